@@ -1,0 +1,286 @@
+//! How an outcome counts: success, worth a retry, an overload, or final.
+//!
+//! The retry, hedge, token-bucket, admission and metrics layers all read outcomes through the one
+//! [`Classify`] trait, so a service that answers "slow down" in its own way (a status code, a gRPC
+//! code, a field in a body) teaches every layer at once by supplying one classifier.
+//!
+//! The rule that keeps overload from turning into more load: an [`Outcome::Overload`] is never
+//! retryable. Throttling answers go straight back to the caller.
+//!
+//! Classifiers provided:
+//! - [`ErrorClassifier`] for plain `Result<T, BoxError>`: any `Ok` is a success, an
+//!   [`Overloaded`](crate::Overloaded) anywhere in the error's chain is an overload, timeouts and
+//!   other (transport) errors are retryable, and a [`ConfigError`](crate::ConfigError) is final.
+//! - [`HttpClassifier`] (feature `http`) for `Result<http::Response<B>, BoxError>`: 5xx retryable;
+//!   429, and 503 with `Retry-After`, overload; other 4xx final.
+//! - [`classify_fn`], a closure adapter.
+//!
+//! ```
+//! use backstop::classify::{Classify, ErrorClassifier, Outcome};
+//! use backstop::{BoxError, Overloaded, OverloadReason};
+//!
+//! let ok: Result<u32, BoxError> = Ok(7);
+//! assert_eq!(ErrorClassifier.classify(ok.as_ref()), Outcome::Success);
+//!
+//! let shed: Result<u32, BoxError> = Err(Overloaded::new(OverloadReason::Shed).into());
+//! assert_eq!(ErrorClassifier.classify(shed.as_ref()), Outcome::Overload(None));
+//! ```
+
+use std::time::Duration;
+
+use crate::error::{BoxError, ConfigError, find_in_chain, find_overload};
+
+/// What an outcome means to the layers that react to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The request did its work.
+    Success,
+    /// A transient failure that another attempt may fix (5xx, a reset connection, a timeout).
+    Retryable,
+    /// The server, or a layer on the way, asked for less load; never retried. Carries the
+    /// server's hint of when to come back, when it gave one.
+    Overload(Option<Duration>),
+    /// A failure another attempt will not fix (a 4xx, a bad configuration).
+    Final,
+}
+
+impl Outcome {
+    /// True only for [`Outcome::Retryable`]: an overload is never retryable.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Outcome::Retryable)
+    }
+
+    /// True for [`Outcome::Overload`].
+    pub fn is_overload(self) -> bool {
+        matches!(self, Outcome::Overload(_))
+    }
+
+    /// A short, stable name used in metric labels: `success`, `overload` or `error`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Overload(_) => "overload",
+            Outcome::Retryable | Outcome::Final => "error",
+        }
+    }
+}
+
+/// Maps the outcome of a call to what it means for retries, hedges, buckets and metrics.
+pub trait Classify<Res, E> {
+    /// Classifies one finished call.
+    fn classify(&self, outcome: Result<&Res, &E>) -> Outcome;
+}
+
+/// The classifier for plain `Result<T, BoxError>` services.
+///
+/// `Ok` is a success whatever it holds; an error is an overload when an
+/// [`Overloaded`](crate::Overloaded) sits anywhere in its source chain, final when it is a
+/// [`ConfigError`], and retryable otherwise (timeouts and transport errors).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorClassifier;
+
+impl ErrorClassifier {
+    /// Classifies an error alone.
+    pub fn classify_error(&self, err: &BoxError) -> Outcome {
+        let err = err.as_ref() as &(dyn std::error::Error + 'static);
+        if let Some(overload) = find_overload(err) {
+            Outcome::Overload(overload.retry_after())
+        } else if find_in_chain::<ConfigError>(err).is_some() {
+            Outcome::Final
+        } else {
+            Outcome::Retryable
+        }
+    }
+}
+
+impl<Res> Classify<Res, BoxError> for ErrorClassifier {
+    fn classify(&self, outcome: Result<&Res, &BoxError>) -> Outcome {
+        match outcome {
+            Ok(_) => Outcome::Success,
+            Err(err) => self.classify_error(err),
+        }
+    }
+}
+
+/// A classifier made from a closure; see [`classify_fn`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClassifyFn<F>(F);
+
+/// Makes a classifier from a closure.
+///
+/// ```
+/// use backstop::classify::{classify_fn, Classify, Outcome};
+///
+/// // A service that answers with a status number.
+/// let by_status = classify_fn(|r: Result<&u16, &std::io::Error>| match r {
+///     Ok(429) => Outcome::Overload(None),
+///     Ok(s) if *s >= 500 => Outcome::Retryable,
+///     Ok(_) => Outcome::Success,
+///     Err(_) => Outcome::Retryable,
+/// });
+/// assert_eq!(by_status.classify(Ok(&429)), Outcome::Overload(None));
+/// ```
+pub fn classify_fn<F>(f: F) -> ClassifyFn<F> {
+    ClassifyFn(f)
+}
+
+impl<F, Res, E> Classify<Res, E> for ClassifyFn<F>
+where
+    F: Fn(Result<&Res, &E>) -> Outcome,
+{
+    fn classify(&self, outcome: Result<&Res, &E>) -> Outcome {
+        (self.0)(outcome)
+    }
+}
+
+#[cfg(feature = "http")]
+pub use self::http_classify::HttpClassifier;
+
+#[cfg(feature = "http")]
+mod http_classify {
+    use super::*;
+    use ::http::{HeaderMap, Response, StatusCode, header::RETRY_AFTER};
+
+    /// The standard HTTP mapping: 2xx and 3xx success; 5xx retryable; 429, and 503 with a
+    /// `Retry-After` header, overload; other 4xx final. Errors are read by [`ErrorClassifier`].
+    ///
+    /// A 503 without `Retry-After` stays retryable: many proxies answer 503 for a dead upstream,
+    /// which another server may well serve.
+    ///
+    /// ```
+    /// use backstop::classify::{Classify, HttpClassifier, Outcome};
+    /// use backstop::BoxError;
+    /// use std::time::Duration;
+    ///
+    /// let res = http::Response::builder().status(429).header("retry-after", "3").body(()).unwrap();
+    /// let outcome = HttpClassifier.classify(Ok::<_, &BoxError>(&res));
+    /// assert_eq!(outcome, Outcome::Overload(Some(Duration::from_secs(3))));
+    /// ```
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct HttpClassifier;
+
+    impl HttpClassifier {
+        /// Classifies a status and its headers.
+        pub fn classify_status(&self, status: StatusCode, headers: &HeaderMap) -> Outcome {
+            let retry_after = retry_after_seconds(headers);
+            match status {
+                StatusCode::TOO_MANY_REQUESTS => Outcome::Overload(retry_after),
+                StatusCode::SERVICE_UNAVAILABLE if retry_after.is_some() => {
+                    Outcome::Overload(retry_after)
+                }
+                s if s.is_server_error() => Outcome::Retryable,
+                s if s.is_client_error() => Outcome::Final,
+                _ => Outcome::Success,
+            }
+        }
+    }
+
+    impl<B> Classify<Response<B>, BoxError> for HttpClassifier {
+        fn classify(&self, outcome: Result<&Response<B>, &BoxError>) -> Outcome {
+            match outcome {
+                Ok(res) => self.classify_status(res.status(), res.headers()),
+                Err(err) => ErrorClassifier.classify_error(err),
+            }
+        }
+    }
+
+    /// Reads `Retry-After` given in whole seconds (the HTTP-date form is not read: it needs a
+    /// wall clock, and backstop runs on tokio's clock).
+    pub(crate) fn retry_after_seconds(headers: &HeaderMap) -> Option<Duration> {
+        let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+        value.parse::<u64>().ok().map(Duration::from_secs)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn status(code: u16, retry_after: Option<&str>) -> Outcome {
+            let mut b = Response::builder().status(code);
+            if let Some(v) = retry_after {
+                b = b.header(RETRY_AFTER, v);
+            }
+            let res = b.body(()).unwrap();
+            HttpClassifier.classify(Ok::<_, &BoxError>(&res))
+        }
+
+        #[test]
+        fn http_statuses_map_as_documented() {
+            assert_eq!(status(200, None), Outcome::Success);
+            assert_eq!(status(304, None), Outcome::Success);
+            assert_eq!(status(500, None), Outcome::Retryable);
+            assert_eq!(status(502, None), Outcome::Retryable);
+            assert_eq!(status(503, None), Outcome::Retryable);
+            assert_eq!(
+                status(503, Some("7")),
+                Outcome::Overload(Some(Duration::from_secs(7)))
+            );
+            assert_eq!(status(429, None), Outcome::Overload(None));
+            assert_eq!(
+                status(429, Some(" 2 ")),
+                Outcome::Overload(Some(Duration::from_secs(2)))
+            );
+            assert_eq!(status(404, None), Outcome::Final);
+            assert_eq!(status(400, Some("5")), Outcome::Final);
+        }
+
+        #[test]
+        fn an_unreadable_retry_after_is_ignored() {
+            assert_eq!(status(429, Some("soon")), Outcome::Overload(None));
+            assert_eq!(
+                status(503, Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+                Outcome::Retryable
+            );
+        }
+
+        #[test]
+        fn errors_go_through_the_error_classifier() {
+            let err: BoxError = crate::Overloaded::new(crate::OverloadReason::Throttled).into();
+            let r: Result<&Response<()>, &BoxError> = Err(&err);
+            assert_eq!(HttpClassifier.classify(r), Outcome::Overload(None));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{OverloadReason, Overloaded};
+
+    #[test]
+    fn overloads_are_never_retryable() {
+        let err: BoxError = Overloaded::new(OverloadReason::RateLimited)
+            .with_retry_after(Duration::from_millis(250))
+            .into();
+        let outcome = ErrorClassifier.classify(Err::<&(), _>(&err));
+        assert_eq!(outcome, Outcome::Overload(Some(Duration::from_millis(250))));
+        assert!(!outcome.is_retryable());
+    }
+
+    #[test]
+    fn transport_errors_and_timeouts_are_retryable_and_config_errors_final() {
+        let reset: BoxError = "connection reset".into();
+        assert_eq!(
+            ErrorClassifier.classify(Err::<&(), _>(&reset)),
+            Outcome::Retryable
+        );
+        let timeout: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        assert_eq!(
+            ErrorClassifier.classify(Err::<&(), _>(&timeout)),
+            Outcome::Retryable
+        );
+        let bad: BoxError = ConfigError::new("x", 0, "positive").into();
+        assert_eq!(
+            ErrorClassifier.classify(Err::<&(), _>(&bad)),
+            Outcome::Final
+        );
+    }
+
+    #[test]
+    fn labels_fold_errors_together() {
+        assert_eq!(Outcome::Success.label(), "success");
+        assert_eq!(Outcome::Overload(None).label(), "overload");
+        assert_eq!(Outcome::Retryable.label(), "error");
+        assert_eq!(Outcome::Final.label(), "error");
+    }
+}

@@ -1,0 +1,12 @@
+#![doc = include_str!("lib.md")]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod classify;
+pub mod error;
+pub mod metrics;
+pub mod timeout;
+
+pub use crate::error::{
+    BoxError, ConfigError, OverloadReason, Overloaded, find_overload, is_overload, is_timeout,
+};

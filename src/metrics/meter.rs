@@ -1,0 +1,455 @@
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, counter, gauge};
+use tokio::time::Instant;
+
+use super::names;
+use crate::classify::Outcome;
+use crate::error::{ConfigError, check};
+
+// The arrival/departure state lives in one atomic word so that each event updates the in-flight
+// count and the time of the last change together, with one compare-and-swap:
+// [time of last event in µs since the meter's epoch: 44 bits | requests in flight: 20 bits].
+const COUNT_BITS: u32 = 20;
+const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
+const TIME_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
+// A time difference past half the 44-bit range means the other thread's event came later.
+const TIME_HALF: u64 = 1 << (64 - COUNT_BITS - 1);
+
+/// A Little's-law meter: how many requests are in flight, how long they take, and what that
+/// means for concurrency and headroom.
+///
+/// It keeps two figures. The sum of completed latencies over a window, divided by the window, is
+/// the average concurrency by Little's law (`L = λW`). The exact area under the in-flight curve,
+/// updated at each arrival and departure, gives the same figure but counts long requests while
+/// they run. Against a stated capacity (workers, connections, a lock's 1), the meter reports
+/// utilization: how close the service is to running out of headroom.
+///
+/// A cheap [`Clone`] handle: clones share one meter. The request path is lock-free.
+///
+/// ```
+/// use backstop::metrics::LittleMeter;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::ConfigError> {
+/// let meter = LittleMeter::builder("db_pool").capacity(8.0).build()?;
+/// let before = meter.snapshot();
+/// let request = meter.start();
+/// tokio::time::advance(Duration::from_millis(500)).await;
+/// request.finish(backstop::classify::Outcome::Success);
+/// tokio::time::advance(Duration::from_millis(500)).await;
+///
+/// let report = meter.snapshot().since(&before);
+/// assert_eq!(report.average_concurrency, 0.5); // busy half of one second
+/// assert_eq!(report.utilization, Some(0.5 / 8.0));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct LittleMeter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    epoch: Instant,
+    capacity: Option<f64>,
+    window: Duration,
+    state: AtomicU64,
+    area_us: AtomicU64,
+    latency_ns: AtomicU64,
+    arrivals: AtomicU64,
+    completions: AtomicU64,
+    next_rotation_us: AtomicU64,
+    rotation: Mutex<Rotation>,
+    series: Series,
+}
+
+#[derive(Debug)]
+struct Rotation {
+    start: LittleSnapshot,
+    last: Option<LittleReport>,
+}
+
+#[derive(Debug)]
+struct Series {
+    in_flight: Gauge,
+    outcomes: [Counter; 4],
+    latency_sum: Gauge,
+    area: Gauge,
+    average_concurrency: Gauge,
+    utilization: Gauge,
+}
+
+impl Series {
+    fn register(name: &str) -> Self {
+        names::describe();
+        let label = names::NAME_LABEL;
+        let name = name.to_owned();
+        let outcome = |o: &'static str| counter!(names::REQUESTS, label => name.clone(), names::OUTCOME_LABEL => o);
+        let series = Series {
+            in_flight: gauge!(names::IN_FLIGHT, label => name.clone()),
+            outcomes: names::OUTCOMES.map(outcome),
+            latency_sum: gauge!(names::LATENCY_SUM_SECONDS, label => name.clone()),
+            area: gauge!(names::CONCURRENCY_SECONDS, label => name.clone()),
+            average_concurrency: gauge!(names::AVERAGE_CONCURRENCY, label => name.clone()),
+            utilization: gauge!(names::UTILIZATION, label => name),
+        };
+        // Touch every series so that it reads 0, not missing, before the first request.
+        series.in_flight.set(0.0);
+        series.latency_sum.set(0.0);
+        series.area.set(0.0);
+        series.average_concurrency.set(0.0);
+        series.utilization.set(0.0);
+        for c in &series.outcomes {
+            c.increment(0);
+        }
+        series
+    }
+}
+
+/// A figure-for-figure copy of a meter's totals at one instant. Two snapshots give the figures
+/// for the interval between them ([`since`](Self::since)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LittleSnapshot {
+    at: Instant,
+    area_us: u64,
+    latency_ns: u64,
+    arrivals: u64,
+    completions: u64,
+    in_flight: u64,
+    capacity: Option<f64>,
+}
+
+/// What a meter saw over an interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LittleReport {
+    /// The length of the interval.
+    pub interval: Duration,
+    /// Average requests in flight: the area under the in-flight curve over the interval.
+    pub average_concurrency: f64,
+    /// The sum of latencies of requests that completed in the interval, over its length: Little's
+    /// law's estimate of the same average, counting only completed requests.
+    pub completed_concurrency: f64,
+    /// Requests that arrived in the interval.
+    pub arrivals: u64,
+    /// Requests that completed (or were cancelled) in the interval.
+    pub completions: u64,
+    /// Arrivals per second.
+    pub arrival_rate: f64,
+    /// The mean latency of the requests that completed in the interval.
+    pub mean_latency: Option<Duration>,
+    /// Requests in flight at the end of the interval.
+    pub in_flight: u64,
+    /// `average_concurrency / capacity`, when the meter was given a capacity.
+    pub utilization: Option<f64>,
+}
+
+impl LittleSnapshot {
+    /// The figures for the interval from `earlier` to this snapshot.
+    pub fn since(&self, earlier: &LittleSnapshot) -> LittleReport {
+        let interval = self.at.saturating_duration_since(earlier.at);
+        let secs = interval.as_secs_f64();
+        let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
+        let area = self.area_us.wrapping_sub(earlier.area_us) as f64 / 1e6;
+        let latency = self.latency_ns.wrapping_sub(earlier.latency_ns);
+        let arrivals = self.arrivals.wrapping_sub(earlier.arrivals);
+        let completions = self.completions.wrapping_sub(earlier.completions);
+        let average_concurrency = per_sec(area);
+        LittleReport {
+            interval,
+            average_concurrency,
+            completed_concurrency: per_sec(latency as f64 / 1e9),
+            arrivals,
+            completions,
+            arrival_rate: per_sec(arrivals as f64),
+            mean_latency: (completions > 0).then(|| Duration::from_nanos(latency / completions)),
+            in_flight: self.in_flight,
+            utilization: self.capacity.map(|c| average_concurrency / c),
+        }
+    }
+
+    /// When the snapshot was taken.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+}
+
+impl LittleMeter {
+    /// Starts a builder for a meter whose series are labelled `name`.
+    pub fn builder(name: impl Into<String>) -> LittleMeterBuilder {
+        LittleMeterBuilder {
+            name: name.into(),
+            capacity: None,
+            window: Duration::from_secs(10),
+        }
+    }
+
+    /// The name the meter's series carry.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.inner.state.load(Relaxed) & COUNT_MAX
+    }
+
+    /// Records an arrival now; the returned guard records the departure when it is finished or
+    /// dropped (a dropped guard counts as `cancelled`).
+    pub fn start(&self) -> InFlight {
+        let now = Instant::now();
+        self.inner.event(now, true);
+        self.inner.arrivals.fetch_add(1, Relaxed);
+        self.inner.series.in_flight.increment(1.0);
+        InFlight {
+            meter: self.clone(),
+            started: now,
+            finished: false,
+        }
+    }
+
+    /// The meter's totals now.
+    pub fn snapshot(&self) -> LittleSnapshot {
+        self.inner.snapshot(Instant::now())
+    }
+
+    /// The figures for the last full window (see [`LittleMeterBuilder::window`]), or for the time
+    /// since the meter was built while no window has ended yet.
+    pub fn report(&self) -> LittleReport {
+        let now = Instant::now();
+        self.inner.maybe_rotate(now);
+        let rotation = self
+            .inner
+            .rotation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match rotation.last {
+            Some(report) => report,
+            None => self.inner.snapshot(now).since(&rotation.start),
+        }
+    }
+}
+
+impl Inner {
+    fn micros(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_micros() as u64 & TIME_MASK
+    }
+
+    /// Moves the in-flight count by one and adds the area since the last event.
+    fn event(&self, now: Instant, arrival: bool) {
+        let now_us = self.micros(now);
+        let mut current = self.state.load(Relaxed);
+        loop {
+            let last = current >> COUNT_BITS;
+            let count = current & COUNT_MAX;
+            let dt = now_us.wrapping_sub(last) & TIME_MASK;
+            // Another thread recorded a later event first: ours happened at its time.
+            let (dt, time) = if dt >= TIME_HALF {
+                (0, last)
+            } else {
+                (dt, now_us)
+            };
+            let count_after = if arrival {
+                (count + 1).min(COUNT_MAX)
+            } else {
+                count.saturating_sub(1)
+            };
+            let next = (time << COUNT_BITS) | count_after;
+            match self
+                .state
+                .compare_exchange_weak(current, next, Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    let area = count * dt;
+                    if area > 0 {
+                        self.area_us.fetch_add(area, Relaxed);
+                        self.series.area.increment(area as f64 / 1e6);
+                    }
+                    return;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn snapshot(&self, now: Instant) -> LittleSnapshot {
+        let now_us = self.micros(now);
+        // Read the word, the area and the word again, so the open slice since the last event is
+        // added to the area it belongs to.
+        let (state, area) = loop {
+            let before = self.state.load(Relaxed);
+            let area = self.area_us.load(Relaxed);
+            if self.state.load(Relaxed) == before {
+                break (before, area);
+            }
+        };
+        let last = state >> COUNT_BITS;
+        let count = state & COUNT_MAX;
+        let dt = now_us.wrapping_sub(last) & TIME_MASK;
+        let open = if dt >= TIME_HALF { 0 } else { count * dt };
+        LittleSnapshot {
+            at: now,
+            area_us: area.wrapping_add(open),
+            latency_ns: self.latency_ns.load(Relaxed),
+            arrivals: self.arrivals.load(Relaxed),
+            completions: self.completions.load(Relaxed),
+            in_flight: count,
+            capacity: self.capacity,
+        }
+    }
+
+    fn maybe_rotate(&self, now: Instant) {
+        if self.micros(now) < self.next_rotation_us.load(Relaxed) {
+            return;
+        }
+        // A rotation is a slow path; whoever holds the lock does it and the rest move on.
+        let Ok(mut rotation) = self.rotation.try_lock() else {
+            return;
+        };
+        let window_end = rotation.start.at + self.window;
+        if now < window_end {
+            return;
+        }
+        let snapshot = self.snapshot(now);
+        let report = snapshot.since(&rotation.start);
+        self.series
+            .average_concurrency
+            .set(report.average_concurrency);
+        if let Some(u) = report.utilization {
+            self.series.utilization.set(u);
+        }
+        rotation.last = Some(report);
+        rotation.start = snapshot;
+        self.next_rotation_us
+            .store(self.micros(now + self.window), Relaxed);
+    }
+}
+
+/// One request in flight through a [`LittleMeter`]; records its departure when finished or
+/// dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    meter: LittleMeter,
+    started: Instant,
+    finished: bool,
+}
+
+impl InFlight {
+    /// Records the departure with `outcome` (success, error or overload).
+    pub fn finish(mut self, outcome: Outcome) {
+        self.depart(match outcome {
+            Outcome::Success => 0,
+            Outcome::Retryable | Outcome::Final => 1,
+            Outcome::Overload(_) => 2,
+        });
+    }
+
+    fn depart(&mut self, outcome_index: usize) {
+        self.finished = true;
+        let now = Instant::now();
+        let inner = &self.meter.inner;
+        inner.event(now, false);
+        let latency = now.saturating_duration_since(self.started);
+        inner
+            .latency_ns
+            .fetch_add(latency.as_nanos() as u64, Relaxed);
+        inner.completions.fetch_add(1, Relaxed);
+        inner.series.in_flight.decrement(1.0);
+        inner.series.latency_sum.increment(latency.as_secs_f64());
+        inner.series.outcomes[outcome_index].increment(1);
+        inner.maybe_rotate(now);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.depart(3);
+        }
+    }
+}
+
+/// Builds a [`LittleMeter`]; [`build`](Self::build) checks every value.
+#[derive(Debug, Clone)]
+pub struct LittleMeterBuilder {
+    name: String,
+    capacity: Option<f64>,
+    window: Duration,
+}
+
+impl LittleMeterBuilder {
+    /// The concurrency the measured resource can sustain (workers, connections; 1 for a lock).
+    /// Must be finite and greater than zero. Without it the meter reports no utilization.
+    pub fn capacity(mut self, capacity: f64) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// The window over which [`LittleMeter::report`] and the average-concurrency and
+    /// utilization gauges are computed. At least 1 ms. Default 10 s.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Checks the values, registers every series (each reads 0 until the first request) with
+    /// the `metrics` recorder installed now, and builds the meter.
+    pub fn build(self) -> Result<LittleMeter, ConfigError> {
+        let name = check(
+            "name",
+            self.name,
+            |n| !n.trim().is_empty(),
+            "a non-empty name",
+        )?;
+        if let Some(c) = self.capacity {
+            check(
+                "capacity",
+                c,
+                |c| c.is_finite() && *c > 0.0,
+                "finite and greater than zero",
+            )?;
+        }
+        let window = check(
+            "window",
+            self.window,
+            |w| *w >= Duration::from_millis(1),
+            "at least 1 ms",
+        )?;
+        let epoch = Instant::now();
+        let series = Series::register(&name);
+        let start = LittleSnapshot {
+            at: epoch,
+            area_us: 0,
+            latency_ns: 0,
+            arrivals: 0,
+            completions: 0,
+            in_flight: 0,
+            capacity: self.capacity,
+        };
+        let inner = Inner {
+            name,
+            epoch,
+            capacity: self.capacity,
+            window,
+            state: AtomicU64::new(0),
+            area_us: AtomicU64::new(0),
+            latency_ns: AtomicU64::new(0),
+            arrivals: AtomicU64::new(0),
+            completions: AtomicU64::new(0),
+            next_rotation_us: AtomicU64::new(0),
+            rotation: Mutex::new(Rotation { start, last: None }),
+            series,
+        };
+        inner
+            .next_rotation_us
+            .store(inner.micros(epoch + window), Relaxed);
+        Ok(LittleMeter {
+            inner: Arc::new(inner),
+        })
+    }
+}

@@ -1,0 +1,58 @@
+//! Every metric name backstop records, in one place.
+//!
+//! All series carry the label [`NAME_LABEL`], the name given to the layer instance, so two
+//! meters in one process never mix. Series are registered when their layer is built, so a
+//! counter that has seen nothing reads 0 rather than missing: a zero says the fix worked, a
+//! missing series says the service stopped reporting.
+
+/// The label carrying the layer instance's name.
+pub const NAME_LABEL: &str = "name";
+/// The label carrying a request's outcome: `success`, `error`, `overload` or `cancelled`.
+pub const OUTCOME_LABEL: &str = "outcome";
+
+/// Gauge: requests in flight through a Little's-law meter now.
+pub const IN_FLIGHT: &str = "backstop_in_flight";
+/// Counter: requests completed, by [`OUTCOME_LABEL`].
+pub const REQUESTS: &str = "backstop_requests_total";
+/// Gauge that only rises: the sum of completed requests' latencies, in seconds. (The `metrics`
+/// facade has integer counters only; `rate()` over this series is the average concurrency of
+/// completed requests, by Little's law.)
+pub const LATENCY_SUM_SECONDS: &str = "backstop_latency_seconds_sum";
+/// Gauge that only rises: the exact area under the in-flight curve, in concurrency-seconds,
+/// updated at every arrival and departure. `rate()` over it is the average concurrency, with
+/// long requests counted while they run.
+pub const CONCURRENCY_SECONDS: &str = "backstop_concurrency_seconds";
+/// Gauge: the average concurrency over the meter's last window.
+pub const AVERAGE_CONCURRENCY: &str = "backstop_average_concurrency";
+/// Gauge: average concurrency over the last window divided by the stated capacity.
+pub const UTILIZATION: &str = "backstop_utilization";
+
+/// Outcome label values, in the order the meter registers them.
+pub const OUTCOMES: [&str; 4] = ["success", "error", "overload", "cancelled"];
+
+/// Describes every series to the installed recorder (units and help text). Called when a meter
+/// is built; calling it again is harmless.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(IN_FLIGHT, Unit::Count, "Requests in flight now.");
+    describe_counter!(REQUESTS, Unit::Count, "Requests completed, by outcome.");
+    describe_gauge!(
+        LATENCY_SUM_SECONDS,
+        Unit::Seconds,
+        "Sum of completed request latencies (only rises)."
+    );
+    describe_gauge!(
+        CONCURRENCY_SECONDS,
+        Unit::Seconds,
+        "Area under the in-flight curve, in concurrency-seconds (only rises)."
+    );
+    describe_gauge!(
+        AVERAGE_CONCURRENCY,
+        Unit::Count,
+        "Average concurrency over the last window (Little's law)."
+    );
+    describe_gauge!(
+        UTILIZATION,
+        "Average concurrency over the last window divided by capacity (1.0 = full)."
+    );
+}

@@ -1,0 +1,92 @@
+//! The deadline a request carries, and how it travels.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The instant by which the caller needs an answer.
+///
+/// It travels with the request (in `http::Extensions` for HTTP requests, see [`HasDeadline`]), so
+/// every layer below can tell how much time is left. Times come from [`tokio::time::Instant`], so
+/// a paused test clock drives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    /// A deadline at `instant`.
+    pub fn at(instant: Instant) -> Self {
+        Deadline(instant)
+    }
+
+    /// A deadline `budget` from now. A budget too large to represent is capped at about a
+    /// century, which is the same as no deadline for any request.
+    pub fn after(budget: Duration) -> Self {
+        Deadline::after_from(Instant::now(), budget)
+    }
+
+    pub(crate) fn after_from(now: Instant, budget: Duration) -> Self {
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        Deadline(
+            now.checked_add(budget)
+                .or_else(|| now.checked_add(CENTURY))
+                .unwrap_or(now),
+        )
+    }
+
+    /// The instant itself.
+    pub fn instant(self) -> Instant {
+        self.0
+    }
+
+    /// Time left before the deadline; zero once it has passed.
+    pub fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// True once the deadline has passed.
+    pub fn is_expired(self) -> bool {
+        self.0 <= Instant::now()
+    }
+}
+
+/// A request that can carry a [`Deadline`].
+///
+/// Implemented for `http::Request<B>` and `http::Extensions` (feature `http`). For your own
+/// request type, store an `Option<Deadline>` in it:
+///
+/// ```
+/// use backstop::timeout::{Deadline, HasDeadline};
+///
+/// struct Query { sql: String, deadline: Option<Deadline> }
+///
+/// impl HasDeadline for Query {
+///     fn deadline(&self) -> Option<Deadline> { self.deadline }
+///     fn set_deadline(&mut self, deadline: Deadline) { self.deadline = Some(deadline) }
+/// }
+/// ```
+pub trait HasDeadline {
+    /// The deadline the request carries, if any.
+    fn deadline(&self) -> Option<Deadline>;
+    /// Replaces the deadline the request carries.
+    fn set_deadline(&mut self, deadline: Deadline);
+}
+
+#[cfg(feature = "http")]
+impl HasDeadline for http::Extensions {
+    fn deadline(&self) -> Option<Deadline> {
+        self.get::<Deadline>().copied()
+    }
+    fn set_deadline(&mut self, deadline: Deadline) {
+        self.insert(deadline);
+    }
+}
+
+#[cfg(feature = "http")]
+impl<B> HasDeadline for http::Request<B> {
+    fn deadline(&self) -> Option<Deadline> {
+        self.extensions().deadline()
+    }
+    fn set_deadline(&mut self, deadline: Deadline) {
+        self.extensions_mut().set_deadline(deadline);
+    }
+}

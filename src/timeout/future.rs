@@ -1,0 +1,93 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+
+use super::{Elapsed, ElapsedCause};
+use crate::error::BoxError;
+
+/// The response future of [`Timeout`](super::Timeout).
+#[pin_project]
+#[derive(Debug)]
+pub struct ResponseFuture<F> {
+    #[pin]
+    state: State<F>,
+}
+
+#[pin_project(project = Projected)]
+#[derive(Debug)]
+enum State<F> {
+    /// The inner call is running under a deadline.
+    Running {
+        #[pin]
+        inner: F,
+        // Made on the first poll that finds the inner future pending, so a call that completes
+        // at once never touches the timer.
+        #[pin]
+        sleep: Option<Sleep>,
+        deadline: Instant,
+        elapsed: Elapsed,
+    },
+    /// The request failed before the inner service was called.
+    Failed(Option<Elapsed>),
+}
+
+impl<F> ResponseFuture<F> {
+    pub(super) fn running(
+        inner: F,
+        deadline: Instant,
+        cause: ElapsedCause,
+        budget: Duration,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Running {
+                inner,
+                sleep: None,
+                deadline,
+                elapsed: Elapsed::new(cause, budget),
+            },
+        }
+    }
+
+    pub(super) fn failed(elapsed: Elapsed) -> Self {
+        ResponseFuture {
+            state: State::Failed(Some(elapsed)),
+        }
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            Projected::Failed(elapsed) => {
+                let elapsed = elapsed.take().expect("polled after completion");
+                Poll::Ready(Err(elapsed.into()))
+            }
+            Projected::Running {
+                inner,
+                mut sleep,
+                deadline,
+                elapsed,
+            } => {
+                if let Poll::Ready(result) = inner.poll(cx) {
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                if sleep.is_none() {
+                    sleep.set(Some(sleep_until(*deadline)));
+                }
+                let sleep = sleep.as_pin_mut().expect("set above");
+                ready!(sleep.poll(cx));
+                Poll::Ready(Err((*elapsed).into()))
+            }
+        }
+    }
+}

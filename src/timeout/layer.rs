@@ -1,0 +1,95 @@
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::Timeout;
+use crate::error::{ConfigError, check};
+
+/// Applies a timeout that also respects, and shrinks, the caller's [`Deadline`](super::Deadline).
+///
+/// Build it with [`TimeoutLayer::builder`]; see the [module docs](super) for the rules.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer {
+    timeout: Duration,
+    fraction: f64,
+}
+
+impl TimeoutLayer {
+    /// A layer with its own `timeout` and the default deadline fraction of 0.9.
+    pub fn new(timeout: Duration) -> Result<Self, ConfigError> {
+        Self::builder().timeout(timeout).build()
+    }
+
+    /// Starts a builder with the defaults: a 1 s timeout and a fraction of 0.9.
+    pub fn builder() -> TimeoutLayerBuilder {
+        TimeoutLayerBuilder::default()
+    }
+
+    /// The layer's own timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The share of the caller's remaining time this layer gives the layers below it.
+    pub fn fraction(&self) -> f64 {
+        self.fraction
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Timeout::new(inner, self.timeout, self.fraction)
+    }
+}
+
+/// Builds a [`TimeoutLayer`]; [`build`](Self::build) checks every value.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayerBuilder {
+    timeout: Duration,
+    fraction: f64,
+}
+
+impl Default for TimeoutLayerBuilder {
+    fn default() -> Self {
+        TimeoutLayerBuilder {
+            timeout: Duration::from_secs(1),
+            fraction: 0.9,
+        }
+    }
+}
+
+impl TimeoutLayerBuilder {
+    /// The layer's own timeout, counted from the moment the service is first polled for
+    /// readiness for this request. Must be greater than zero. Default 1 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The share of the caller's remaining time that this layer allows: the effective timeout is
+    /// `min(timeout, remaining × fraction)`. Must be in (0, 1]. Default 0.9, which leaves a
+    /// tenth of the caller's time for the answer to travel back.
+    pub fn fraction(mut self, fraction: f64) -> Self {
+        self.fraction = fraction;
+        self
+    }
+
+    /// Checks the values and builds the layer.
+    pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
+        let timeout = check(
+            "timeout",
+            self.timeout,
+            |t| !t.is_zero(),
+            "greater than zero",
+        )?;
+        let fraction = check(
+            "fraction",
+            self.fraction,
+            |f| *f > 0.0 && *f <= 1.0,
+            "in (0, 1]",
+        )?;
+        Ok(TimeoutLayer { timeout, fraction })
+    }
+}

@@ -1,0 +1,61 @@
+//! Timeouts with deadline propagation: each layer further down gets a smaller budget.
+//!
+//! A timeout that is too long holds resources; one that is too short causes retry storms; and a
+//! timeout at one layer means nothing to the layers below unless it travels with the request.
+//! [`TimeoutLayer`] gives each call the sooner of two limits:
+//!
+//! - its own timeout, counted from the moment the service was first polled for readiness for this
+//!   request (so time spent waiting for a concurrency permit or a bucket token counts: tower's
+//!   `Timeout` starts its clock only in `call`);
+//! - the caller's [`Deadline`], carried in the request, times a `fraction` (default 0.9), so the
+//!   layer gives the layers below a little less than it has itself.
+//!
+//! It writes the sooner of the two back into the request as the new [`Deadline`], so the next
+//! timeout layer down computes its budget from a smaller remaining time. A request whose deadline
+//! has already passed fails at once with [`Elapsed`] and never reaches the inner service. The
+//! error says which limit ran out ([`ElapsedCause`]).
+//!
+//! Across the network, [`headers`] writes the remaining time as `grpc-timeout` (and a plain
+//! milliseconds header) on the client and reads it back into a [`Deadline`] on the server.
+//!
+//! # When to use it
+//! Everywhere a call can wait: an overall timeout at the top of a client stack, a smaller
+//! per-attempt timeout just above the transport, and on a server a timeout that inherits the
+//! caller's deadline so no one works on a request whose caller has left.
+//!
+//! # Example
+//! ```
+//! use backstop::timeout::{Deadline, HasDeadline, TimeoutLayer};
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), backstop::BoxError> {
+//! let mut client = ServiceBuilder::new()
+//!     .layer(TimeoutLayer::new(Duration::from_secs(2))?) // overall
+//!     .layer(TimeoutLayer::builder().timeout(Duration::from_millis(500)).fraction(0.5).build()?)
+//!     .service_fn(|req: http::Request<()>| async move {
+//!         // The innermost service sees the smallest budget.
+//!         Ok::<_, backstop::BoxError>(req.deadline().unwrap().remaining())
+//!     });
+//!
+//! let left = client.ready().await?.call(http::Request::new(())).await?;
+//! // min(500 ms, 0.5 × 2 s) = 500 ms
+//! assert_eq!(left, Duration::from_millis(500));
+//! # Ok(())
+//! # }
+//! ```
+
+mod deadline;
+mod error;
+mod future;
+#[cfg(feature = "http")]
+pub mod headers;
+mod layer;
+mod service;
+
+pub use self::deadline::{Deadline, HasDeadline};
+pub use self::error::{Elapsed, ElapsedCause};
+pub use self::future::ResponseFuture;
+pub use self::layer::{TimeoutLayer, TimeoutLayerBuilder};
+pub use self::service::Timeout;

@@ -1,0 +1,163 @@
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_service::Service;
+
+use super::{Deadline, Elapsed, ElapsedCause, HasDeadline, ResponseFuture};
+use crate::error::BoxError;
+
+/// A service whose calls end by the sooner of its own timeout and its caller's deadline.
+///
+/// Made by [`TimeoutLayer`](super::TimeoutLayer); see the [module docs](super).
+#[derive(Debug)]
+pub struct Timeout<S> {
+    inner: S,
+    timeout: Duration,
+    fraction: f64,
+    wait: ReadyWait,
+}
+
+/// The wait for the inner service's readiness, which counts against the next request's time.
+#[derive(Debug, Default)]
+enum ReadyWait {
+    /// Not waiting: the clock for the next request starts when it is called.
+    #[default]
+    Idle,
+    /// The inner service said it was not ready at `since`; the timer fires at `since + timeout`.
+    Waiting {
+        since: Instant,
+        timer: Pin<Box<Sleep>>,
+    },
+    /// The inner service became ready after a wait that started at `since`.
+    ReadyAfter { since: Instant },
+    /// The layer's timeout ran out before the inner service was ready: the next call fails
+    /// without reaching it.
+    Expired,
+}
+
+impl<S> Timeout<S> {
+    pub(super) fn new(inner: S, timeout: Duration, fraction: f64) -> Self {
+        Timeout {
+            inner,
+            timeout,
+            fraction,
+            wait: ReadyWait::Idle,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for Timeout<S> {
+    /// A clone starts with no readiness wait of its own: readiness belongs to one handle.
+    fn clone(&self) -> Self {
+        Timeout::new(self.inner.clone(), self.timeout, self.fraction)
+    }
+}
+
+impl<S, Req> Service<Req> for Timeout<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: HasDeadline,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if matches!(self.wait, ReadyWait::Expired) {
+            return Poll::Ready(Ok(()));
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                if let ReadyWait::Waiting { since, .. } = self.wait {
+                    self.wait = ReadyWait::ReadyAfter { since };
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                self.wait = ReadyWait::Idle;
+                Poll::Ready(Err(e.into()))
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let timer = match &mut self.wait {
+                    ReadyWait::Waiting { timer, .. } => timer,
+                    wait => {
+                        let since = match *wait {
+                            ReadyWait::ReadyAfter { since } => since,
+                            _ => Instant::now(),
+                        };
+                        let at = Deadline::after_from(since, timeout).instant();
+                        *wait = ReadyWait::Waiting {
+                            since,
+                            timer: Box::pin(sleep_until(at)),
+                        };
+                        match wait {
+                            ReadyWait::Waiting { timer, .. } => timer,
+                            _ => unreachable!("just set"),
+                        }
+                    }
+                };
+                if timer.as_mut().poll(cx).is_ready() {
+                    // Ready in the sense that the next call has an answer: the timeout.
+                    self.wait = ReadyWait::Expired;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let now = Instant::now();
+        let since = match std::mem::take(&mut self.wait) {
+            ReadyWait::Expired => {
+                return ResponseFuture::failed(Elapsed::new(
+                    ElapsedCause::OwnTimeout,
+                    self.timeout,
+                ));
+            }
+            ReadyWait::ReadyAfter { since } | ReadyWait::Waiting { since, .. } => since,
+            ReadyWait::Idle => now,
+        };
+        let own = Deadline::after_from(since, self.timeout).instant();
+        let (deadline, cause) = match req.deadline() {
+            Some(caller) => {
+                let remaining = caller.instant().saturating_duration_since(now);
+                if remaining.is_zero() {
+                    return ResponseFuture::failed(Elapsed::new(
+                        ElapsedCause::CallerDeadline,
+                        Duration::ZERO,
+                    ));
+                }
+                let scaled = Deadline::after_from(now, remaining.mul_f64(self.fraction)).instant();
+                if scaled < own {
+                    (scaled, ElapsedCause::CallerDeadline)
+                } else {
+                    (own, ElapsedCause::OwnTimeout)
+                }
+            }
+            None => (own, ElapsedCause::OwnTimeout),
+        };
+        req.set_deadline(Deadline::at(deadline));
+        let budget = deadline.saturating_duration_since(since);
+        ResponseFuture::running(self.inner.call(req), deadline, cause, budget)
+    }
+}
