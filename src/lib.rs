@@ -10,3 +10,7 @@ pub mod timeout;
 pub use crate::error::{
     BoxError, ConfigError, OverloadReason, Overloaded, find_overload, is_overload, is_timeout,
 };
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -62,7 +62,6 @@ struct Inner {
     state: AtomicU64,
     area_us: AtomicU64,
     latency_ns: AtomicU64,
-    arrivals: AtomicU64,
     completions: AtomicU64,
     next_rotation_us: AtomicU64,
     rotation: Mutex<Rotation>,
@@ -204,7 +203,6 @@ impl LittleMeter {
     pub fn start(&self) -> InFlight {
         let now = Instant::now();
         self.inner.event(now, true);
-        self.inner.arrivals.fetch_add(1, Relaxed);
         self.inner.series.in_flight.increment(1.0);
         InFlight {
             meter: self.clone(),
@@ -292,12 +290,14 @@ impl Inner {
         let count = state & COUNT_MAX;
         let dt = now_us.wrapping_sub(last) & TIME_MASK;
         let open = if dt >= TIME_HALF { 0 } else { count * dt };
+        let completions = self.completions.load(Relaxed);
         LittleSnapshot {
             at: now,
             area_us: area.wrapping_add(open),
             latency_ns: self.latency_ns.load(Relaxed),
-            arrivals: self.arrivals.load(Relaxed),
-            completions: self.completions.load(Relaxed),
+            // Every request that arrived has either completed or is still in flight.
+            arrivals: completions.wrapping_add(count),
+            completions,
             in_flight: count,
             capacity: self.capacity,
         }
@@ -439,7 +439,6 @@ impl LittleMeterBuilder {
             state: AtomicU64::new(0),
             area_us: AtomicU64::new(0),
             latency_ns: AtomicU64::new(0),
-            arrivals: AtomicU64::new(0),
             completions: AtomicU64::new(0),
             next_rotation_us: AtomicU64::new(0),
             rotation: Mutex::new(Rotation { start, last: None }),

@@ -77,7 +77,13 @@ impl HasDeadline for http::Extensions {
         self.get::<Deadline>().copied()
     }
     fn set_deadline(&mut self, deadline: Deadline) {
-        self.insert(deadline);
+        // Overwrite in place when a layer above already set one: no allocation per layer.
+        match self.get_mut::<Deadline>() {
+            Some(existing) => *existing = deadline,
+            None => {
+                self.insert(deadline);
+            }
+        }
     }
 }
 

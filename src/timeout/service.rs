@@ -138,7 +138,8 @@ where
             ReadyWait::Idle => now,
         };
         let own = Deadline::after_from(since, self.timeout).instant();
-        let (deadline, cause) = match req.deadline() {
+        let caller = req.deadline();
+        let (deadline, cause) = match caller {
             Some(caller) => {
                 let remaining = caller.instant().saturating_duration_since(now);
                 if remaining.is_zero() {
@@ -156,7 +157,9 @@ where
             }
             None => (own, ElapsedCause::OwnTimeout),
         };
-        req.set_deadline(Deadline::at(deadline));
+        if caller != Some(Deadline::at(deadline)) {
+            req.set_deadline(Deadline::at(deadline));
+        }
         let budget = deadline.saturating_duration_since(since);
         ResponseFuture::running(self.inner.call(req), deadline, cause, budget)
     }

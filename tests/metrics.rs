@@ -1,0 +1,229 @@
+//! The Little's-law meter and layer, on tokio's paused clock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use backstop::classify::{Outcome, classify_fn};
+use backstop::metrics::{LittleLayer, LittleMeter, names};
+use backstop::{BoxError, OverloadReason, Overloaded};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tokio::time::{advance, sleep};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+fn slow_ok(
+    latency: Duration,
+) -> impl Service<(), Response = (), Error = BoxError, Future: Send> + Clone + Send {
+    service_fn(move |_: ()| async move {
+        sleep(latency).await;
+        Ok::<_, BoxError>(())
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_of_100ms_every_10ms_make_a_concurrency_of_10() {
+    let meter = LittleMeter::builder("steady")
+        .capacity(20.0)
+        .build()
+        .unwrap();
+    let svc = LittleLayer::new(meter.clone()).layer(slow_ok(Duration::from_millis(100)));
+
+    let mut tasks = Vec::new();
+    let mut start = None;
+    for i in 0..900 {
+        // Measure from 1 s to 9 s, well inside the steady state.
+        if i == 100 {
+            start = Some(meter.snapshot());
+        }
+        let mut svc = svc.clone();
+        tasks.push(tokio::spawn(
+            async move { svc.ready().await?.call(()).await },
+        ));
+        sleep(Duration::from_millis(10)).await;
+    }
+    let report = meter.snapshot().since(&start.unwrap());
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+
+    assert_eq!(report.interval, Duration::from_secs(8));
+    let within_1pct = |x: f64| (x - 10.0).abs() <= 0.1;
+    assert!(
+        within_1pct(report.average_concurrency),
+        "area-based concurrency {}",
+        report.average_concurrency
+    );
+    assert!(
+        within_1pct(report.completed_concurrency),
+        "latency-sum concurrency {}",
+        report.completed_concurrency
+    );
+    // Little's law: L = λW.
+    let lambda_w = report.arrival_rate * report.mean_latency.unwrap().as_secs_f64();
+    assert!(within_1pct(lambda_w), "λW = {lambda_w}");
+    let utilization = report.utilization.unwrap();
+    assert!((utilization - 0.5).abs() <= 0.005, "{utilization}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_requests_count_while_they_run() {
+    let meter = LittleMeter::builder("long").build().unwrap();
+    let before = meter.snapshot();
+    let _a = meter.start();
+    let _b = meter.start();
+    advance(Duration::from_secs(3)).await;
+    // Nothing has completed, yet two requests have been in flight for the whole interval.
+    let report = meter.snapshot().since(&before);
+    assert_eq!(report.completions, 0);
+    assert_eq!(report.completed_concurrency, 0.0);
+    assert_eq!(report.average_concurrency, 2.0);
+    assert_eq!(report.in_flight, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_report_covers_the_last_full_window() {
+    let meter = LittleMeter::builder("windowed")
+        .window(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    // First window: one request busy for the whole second.
+    let guard = meter.start();
+    advance(Duration::from_secs(1)).await;
+    guard.finish(Outcome::Success);
+    assert_eq!(meter.report().interval, Duration::from_secs(1));
+    assert_eq!(meter.report().average_concurrency, 1.0);
+    // Second window: idle. The report now shows the idle window.
+    advance(Duration::from_millis(1_500)).await;
+    let report = meter.report();
+    assert_eq!(report.average_concurrency, 0.0);
+    assert_eq!(report.completions, 0);
+}
+
+type Snapshot = HashMap<(String, Vec<(String, String)>), f64>;
+
+fn read(recorder: &DebuggingRecorder) -> Snapshot {
+    recorder
+        .snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let (_, key) = key.into_parts();
+            let mut labels: Vec<(String, String)> = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort();
+            let value = match value {
+                DebugValue::Counter(c) => c as f64,
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Histogram(h) => h.len() as f64,
+            };
+            ((key.name().to_owned(), labels), value)
+        })
+        .collect()
+}
+
+fn series(metric: &str, outcome: Option<&str>) -> (String, Vec<(String, String)>) {
+    let mut labels = vec![("name".to_owned(), "api".to_owned())];
+    if let Some(o) = outcome {
+        labels.push(("outcome".to_owned(), o.to_owned()));
+    }
+    labels.sort();
+    (metric.to_owned(), labels)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_series_reads_zero_before_the_first_request_and_counts_outcomes_after() {
+    let recorder = DebuggingRecorder::new();
+    let meter = metrics::with_local_recorder(&recorder, || {
+        LittleMeter::builder("api").capacity(4.0).build().unwrap()
+    });
+
+    let before = read(&recorder);
+    let gauges = [
+        names::IN_FLIGHT,
+        names::LATENCY_SUM_SECONDS,
+        names::CONCURRENCY_SECONDS,
+        names::AVERAGE_CONCURRENCY,
+        names::UTILIZATION,
+    ];
+    for g in gauges {
+        assert_eq!(before.get(&series(g, None)), Some(&0.0), "{g}");
+    }
+    for o in names::OUTCOMES {
+        assert_eq!(
+            before.get(&series(names::REQUESTS, Some(o))),
+            Some(&0.0),
+            "{o}"
+        );
+    }
+    assert_eq!(before.len(), gauges.len() + names::OUTCOMES.len());
+
+    // One request of each outcome; 429-like answers count as overloads through the classifier.
+    let classify = classify_fn(|r: Result<&u16, &BoxError>| match r {
+        Ok(429) => Outcome::Overload(None),
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Retryable,
+    });
+    let mut svc = LittleLayer::new(meter.clone())
+        .with_classifier(classify)
+        .layer(service_fn(|code: u16| async move {
+            sleep(Duration::from_millis(250)).await;
+            match code {
+                0 => Err::<u16, BoxError>("reset".into()),
+                1 => Err(Overloaded::new(OverloadReason::Shed).into()),
+                c => Ok(c),
+            }
+        }));
+    svc.ready().await.unwrap().call(200).await.unwrap();
+    svc.ready().await.unwrap().call(429).await.unwrap();
+    svc.ready().await.unwrap().call(0).await.unwrap_err();
+    // The classifier alone decides: this one calls every error retryable, even an `Overloaded`.
+    svc.ready().await.unwrap().call(1).await.unwrap_err();
+    // A request whose caller gives up is counted as cancelled.
+    let fut = svc.ready().await.unwrap().call(200);
+    drop(fut);
+
+    let after = read(&recorder);
+    let count = |o| after[&series(names::REQUESTS, Some(o))];
+    assert_eq!(count("success"), 1.0);
+    assert_eq!(count("overload"), 1.0);
+    assert_eq!(count("error"), 2.0);
+    assert_eq!(count("cancelled"), 1.0);
+    assert_eq!(after[&series(names::IN_FLIGHT, None)], 0.0);
+    let latency_sum = after[&series(names::LATENCY_SUM_SECONDS, None)];
+    assert!((latency_sum - 1.0).abs() < 1e-9, "{latency_sum}");
+    let area = after[&series(names::CONCURRENCY_SECONDS, None)];
+    assert!((area - 1.0).abs() < 1e-6, "{area}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_of_the_service_share_one_meter() {
+    let meter = LittleMeter::builder("shared").build().unwrap();
+    let svc = LittleLayer::new(meter.clone()).layer(slow_ok(Duration::from_millis(10)));
+    let mut a = svc.clone();
+    let mut b = svc;
+    let mut c = b.clone();
+    let before = meter.snapshot();
+    a.ready().await.unwrap().call(()).await.unwrap();
+    b.ready().await.unwrap().call(()).await.unwrap();
+    c.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(meter.snapshot().since(&before).completions, 3);
+}
+
+#[test]
+fn invalid_configs_name_the_field() {
+    assert_eq!(
+        LittleMeter::builder("  ").build().unwrap_err().field(),
+        "name"
+    );
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let err = LittleMeter::builder("x").capacity(bad).build().unwrap_err();
+        assert_eq!(err.field(), "capacity", "{bad}");
+    }
+    let err = LittleMeter::builder("x")
+        .window(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "window");
+}
