@@ -10,7 +10,7 @@
 //! Classifiers provided:
 //! - [`ErrorClassifier`] for plain `Result<T, BoxError>`: any `Ok` is a success, an
 //!   [`Overloaded`](crate::Overloaded) anywhere in the error's chain is an overload, timeouts and
-//!   other (transport) errors are retryable, and a [`ConfigError`](crate::ConfigError) is final.
+//!   other (transport) errors are retryable, and a [`ConfigError`] is final.
 //! - [`HttpClassifier`] (feature `http`) for `Result<http::Response<B>, BoxError>`: 5xx retryable;
 //!   429, and 503 with `Retry-After`, overload; other 4xx final.
 //! - [`classify_fn`], a closure adapter.
