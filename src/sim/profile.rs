@@ -41,7 +41,7 @@ pub struct Segment {
 ///     .step(s(30), 200.0)       // the surge
 ///     .step(s(30), 50.0);       // back to normal
 /// assert_eq!(profile.duration(), s(75));
-/// assert_eq!(profile.rate_at(s(12)), 110.0);
+/// assert_eq!(profile.rate_at(Duration::from_millis(12_500)), 125.0);
 /// assert_eq!(profile.peak(), Some((s(15), s(45))));
 /// ```
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -111,19 +111,20 @@ impl LoadProfile {
         total
     }
 
-    /// The window of the highest-rate stretch: from the start of the first segment reaching
-    /// the peak rate to the end of the last consecutive segment at it. `None` when empty.
+    /// The window of the highest-rate stretch: the first run of consecutive segments that stay
+    /// at the peak rate from start to end (ramps towards it are not part of it). `None` when
+    /// empty.
     pub fn peak(&self) -> Option<(Duration, Duration)> {
         let peak = self
             .segments
             .iter()
-            .map(|s| s.from_rps.max(s.to_rps))
+            .map(|s| s.from_rps.min(s.to_rps))
             .fold(f64::NEG_INFINITY, f64::max);
         let mut start = Duration::ZERO;
         let mut window: Option<(Duration, Duration)> = None;
         for seg in &self.segments {
             let end = start + seg.duration;
-            let at_peak = seg.from_rps.max(seg.to_rps) >= peak;
+            let at_peak = seg.from_rps.min(seg.to_rps) >= peak;
             match (&mut window, at_peak) {
                 (None, true) => window = Some((start, end)),
                 (Some((_, e)), true) if *e == start => *e = end,
