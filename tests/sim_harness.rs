@@ -54,6 +54,10 @@ fn below_capacity_goodput_equals_offered_and_latency_is_the_service_time() {
     assert!(rel(sum.offered_rps, 30.0) < 0.05, "{}", sum.offered_rps);
     assert_eq!(sum.attempts_per_request, 1.0);
     let mean = sum.mean_latency.unwrap().as_secs_f64();
+    eprintln!(
+        "offered {} answered {} mean latency {mean:.5} s",
+        sum.offered, sum.succeeded
+    );
     assert!(rel(mean, 0.100) < 0.02, "mean latency {mean}");
     assert_eq!(sum.wasted, Duration::ZERO);
 }
@@ -86,6 +90,10 @@ async fn littles_law_holds_on_the_simulated_server() {
     let hop = &report.hops[0];
     assert_eq!(hop.in_flight_at_end, 0);
     let lambda_w = hop.arrival_rate * hop.mean_latency.unwrap().as_secs_f64();
+    eprintln!(
+        "L = {:.4}, lambda W = {lambda_w:.4}, meter L = {:.4}",
+        hop.mean_in_flight, little.average_concurrency
+    );
     assert!(
         hop.mean_in_flight > 5.0,
         "queueing expected: {}",
@@ -122,6 +130,7 @@ fn same_seed_same_table_and_another_seed_another() {
 fn naive_web_app_collapses_and_stays_collapsed() {
     let report = WebApp::default().naive().unwrap().run();
     let sum = &report.summary;
+    eprintln!("{report}");
     assert_eq!(report.capacity_rps, 100.0);
     assert!(sum.surge_offered_rps > 180.0);
     assert!(
@@ -222,4 +231,63 @@ fn invalid_scenarios_are_rejected_with_the_field() {
         .build()
         .unwrap_err();
     assert_eq!(jitter.field(), "client.call");
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn client_stacks_are_built_per_client_and_markers_reach_the_server() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Marker(u32);
+
+    let built = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (b, counter) = (built.clone(), seen.clone());
+    let report = Scenario::builder("plug")
+        .seed(9)
+        .profile(LoadProfile::new().step(s(5), 40.0))
+        .run_for(s(6))
+        .clients(ClientBehavior {
+            clients: 3,
+            ..ClientBehavior::default()
+        })
+        .client_stack(move |next| {
+            b.fetch_add(1, Ordering::Relaxed);
+            SimService::new(
+                ServiceBuilder::new()
+                    .map_request(|mut req: backstop::sim::SimRequest| {
+                        let client = req.client;
+                        req.extensions.insert(Marker(client));
+                        req
+                    })
+                    .service(next),
+            )
+        })
+        .hop(
+            Hop::new("web", 4, ServiceTime::Fixed(ms(20))).stack(move |server| {
+                let counter = counter.clone();
+                SimService::new(
+                    ServiceBuilder::new()
+                        .map_request(move |req: backstop::sim::SimRequest| {
+                            assert_eq!(req.extensions.get::<Marker>(), Some(&Marker(req.client)));
+                            assert!(req.client < 3);
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            req
+                        })
+                        .service(server),
+                )
+            }),
+        )
+        .build()
+        .unwrap()
+        .run();
+    assert_eq!(
+        built.load(Ordering::Relaxed),
+        3,
+        "one client stack per client id"
+    );
+    assert_eq!(seen.load(Ordering::Relaxed) as u64, report.summary.offered);
+    assert_eq!(report.summary.succeeded, report.summary.offered);
 }

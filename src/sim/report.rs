@@ -557,3 +557,73 @@ fn recovery(
     let last_unchecked = run_for.saturating_sub(Duration::from_secs(rule.sustain as u64 - 1));
     Recovery::NotRecovered(last_unchecked.saturating_sub(end))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(i: u32, offered: u64, goodput: u64, p50_ms: Option<u64>) -> Bucket {
+        Bucket {
+            start: Duration::from_secs(i as u64),
+            offered,
+            loads: offered,
+            attempts: offered,
+            goodput,
+            errors: 0,
+            gave_up: 0,
+            left: 0,
+            p50: p50_ms.map(Duration::from_millis),
+            p99: p50_ms.map(Duration::from_millis),
+            work: Duration::ZERO,
+            wasted: Duration::ZERO,
+        }
+    }
+
+    fn run(series: &[Bucket]) -> Recovery {
+        let end = Duration::from_secs(series.len() as u64);
+        recovery(
+            series,
+            Some((Duration::from_secs(2), Duration::from_secs(5))),
+            end,
+            100.0,
+            Duration::from_millis(100),
+            &RecoveryRule::default(),
+        )
+    }
+
+    #[test]
+    fn recovery_starts_at_the_first_good_window_after_the_surge() {
+        // Buckets 5..8 after the surge: no goodput, then slow, then good from 8 on.
+        let mut series: Vec<Bucket> = (0..5).map(|i| bucket(i, 200, 0, None)).collect();
+        series.push(bucket(5, 50, 0, None));
+        series.push(bucket(6, 50, 10, Some(700)));
+        series.push(bucket(7, 50, 50, Some(250))); // goodput fine, latency above 2 × 100 ms
+        for i in 8..20 {
+            series.push(bucket(i, 50, 48, Some(120)));
+        }
+        assert_eq!(run(&series), Recovery::Recovered(Duration::from_secs(3)));
+        assert_eq!(run(&series).seconds(), Some(3.0));
+    }
+
+    #[test]
+    fn no_recovery_reports_a_lower_bound() {
+        let mut series: Vec<Bucket> = (0..5).map(|i| bucket(i, 200, 0, None)).collect();
+        for i in 5..20 {
+            series.push(bucket(i, 50, 20, Some(120))); // 40% of what was offered
+        }
+        // Windows could start up to 15 s; all failed: recovery takes at least 16 - 5 = 11 s.
+        let r = run(&series);
+        assert_eq!(r, Recovery::NotRecovered(Duration::from_secs(11)));
+        assert!(!r.recovered());
+        assert_eq!(r.to_string(), "none (>= 11 s)");
+    }
+
+    #[test]
+    fn goodput_target_is_capped_by_capacity() {
+        let mut series: Vec<Bucket> = (0..5).map(|i| bucket(i, 200, 0, None)).collect();
+        for i in 5..12 {
+            series.push(bucket(i, 300, 95, Some(150))); // 95 of 300 offered, capacity 100
+        }
+        assert_eq!(run(&series), Recovery::Recovered(Duration::ZERO));
+    }
+}

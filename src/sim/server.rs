@@ -352,3 +352,134 @@ impl Service<SimRequest> for Network {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeout::{ElapsedCause, TimeoutLayer};
+    use proptest::prelude::*;
+    use tower::ServiceBuilder;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn server(capacity: usize, service: Duration) -> (SimServer, Arc<Mutex<HopCounters>>) {
+        let stats = Arc::new(Mutex::new(HopCounters::new(Instant::now(), ms(1000))));
+        let s = SimServer::new(
+            0,
+            capacity,
+            ServiceTime::Fixed(service),
+            1,
+            stats.clone(),
+            None,
+        );
+        (s, stats)
+    }
+
+    fn request(id: u64, patience: Duration) -> SimRequest {
+        SimRequest::new(id, 0, Instant::now() + patience)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clones_share_the_workers_and_the_counters() {
+        let (a, stats) = server(1, ms(100));
+        let b = a.clone();
+        let start = Instant::now();
+        let (ra, rb) = tokio::join!(
+            a.oneshot(request(1, ms(1000))),
+            b.oneshot(request(2, ms(1000)))
+        );
+        assert_eq!(ra.unwrap().queued, Duration::ZERO);
+        assert_eq!(rb.unwrap().queued, ms(100), "b waited for a's worker");
+        assert_eq!(start.elapsed(), ms(200));
+        let s = lock(&stats);
+        assert_eq!((s.arrivals, s.completed, s.in_flight), (2, 2, 0));
+        assert_eq!(s.work_us, 200_000);
+        assert_eq!(s.wasted_us, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_takes_a_waiting_request_out_of_the_queue() {
+        let (srv, stats) = server(1, ms(100));
+        let stack = |s: SimServer| {
+            ServiceBuilder::new()
+                .layer(TimeoutLayer::builder().fraction(1.0).build().unwrap())
+                .service(s)
+        };
+        let busy = tokio::spawn(stack(srv.clone()).oneshot(request(1, ms(1000))));
+        tokio::task::yield_now().await;
+        // Its caller leaves after 50 ms: it is dropped while still queued.
+        let err = stack(srv.clone())
+            .oneshot(request(2, ms(50)))
+            .await
+            .unwrap_err();
+        let elapsed = err.downcast_ref::<crate::timeout::Elapsed>().unwrap();
+        assert_eq!(elapsed.cause(), ElapsedCause::CallerDeadline);
+        // The next request is served right after the first: nobody works on the dropped one.
+        let third = stack(srv).oneshot(request(3, ms(1000))).await.unwrap();
+        assert_eq!(third.queued, ms(50));
+        busy.await.unwrap().unwrap();
+        let s = lock(&stats);
+        assert_eq!((s.arrivals, s.completed, s.cancelled), (3, 2, 1));
+        assert_eq!(s.work_us, 200_000);
+        assert_eq!(s.wasted_us, 0, "the dropped request never reached a worker");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_finished_after_the_caller_left_is_wasted() {
+        let (srv, stats) = server(1, ms(100));
+        // The caller gives up after 150 ms but the naive server still serves it (behind
+        // another one), finishing at 200 ms.
+        let first = srv.clone().oneshot(request(1, ms(1000)));
+        let second = srv.oneshot(request(2, ms(150)));
+        let (a, b) = tokio::join!(first, second);
+        assert!(a.is_ok() && b.is_ok());
+        let s = lock(&stats);
+        assert_eq!(s.work_us, 200_000);
+        assert_eq!(s.wasted_us, 100_000);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever callers drop and when, every worker is given back and every request gets
+        /// exactly one outcome.
+        #[test]
+        fn dropped_calls_give_back_their_workers(
+            capacity in 1usize..4,
+            calls in proptest::collection::vec((0u64..300, proptest::option::of(0u64..400)), 1..20),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (srv, stats) = server(capacity, ms(50));
+                let start = Instant::now();
+                let mut tasks = Vec::new();
+                for (i, (at, cancel_after)) in calls.iter().copied().enumerate() {
+                    let srv = srv.clone();
+                    tasks.push(tokio::spawn(async move {
+                        tokio::time::sleep_until(start + ms(at)).await;
+                        let call = srv.oneshot(request(i as u64, ms(10_000)));
+                        match cancel_after {
+                            Some(c) => tokio::time::timeout(ms(c), call).await.is_ok(),
+                            None => call.await.is_ok(),
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                let s = lock(&stats);
+                assert_eq!(s.in_flight, 0);
+                assert_eq!(s.arrivals, calls.len() as u64);
+                assert_eq!(s.completed + s.cancelled, s.arrivals);
+                assert!(s.wasted_us <= s.work_us);
+                assert_eq!(srv.inner.workers.available_permits(), capacity);
+            });
+        }
+    }
+}
