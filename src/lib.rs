@@ -5,6 +5,8 @@
 pub mod classify;
 pub mod error;
 pub mod metrics;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod timeout;
 
 pub use crate::error::{
