@@ -7,6 +7,8 @@ pub mod classify;
 pub mod error;
 pub mod lifo_queue;
 pub mod metrics;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod timeout;
 
 pub use crate::error::{

@@ -1,0 +1,324 @@
+//! The demo: congestion collapse without backstop, and what backstop's stacks change.
+//!
+//! The seeds' web application ([`WebApp`]): a service with 10 workers handles 100 requests per
+//! second. Demand is 50/s, rises to 110/s, then to 200/s for 30 s, then falls back to 50/s.
+//! Users give up after 1 s and reload. The same load, with the same seed, runs against:
+//!
+//! - **naive**: an unbounded FIFO queue; clients wait 300 ms per attempt and retry 3 times
+//!   with exponential backoff;
+//! - **backstop**: backstop's stacks as they exist today (see [`Backstop`]);
+//! - **+bounded queue**: the same plus a bounded queue made of tower's own layers, standing in
+//!   until backstop's `backpressure` / `lifo_queue` primitives land.
+//!
+//! It prints a table, writes SVG plots into `target/backstop-demo/`, and ends with one line:
+//! `summary: naive_goodput=F backstop_goodput=F naive_recovery_s=S backstop_recovery_s=S`
+//! (goodput as a fraction of capacity during the surge; recovery in simulated seconds, a lower
+//! bound when the run ended before recovery, as the table's `>=` says).
+//!
+//! Run it with `cargo run --release --example demo`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backstop::BoxError;
+use backstop::metrics::{LittleLayer, LittleMeter, LittleReport, LittleSnapshot};
+use backstop::sim::{
+    CallPolicy, RetryPolicy, Scenario, SimReport, SimServer, SimService, WebApp, table,
+};
+use backstop::timeout::TimeoutLayer;
+use plotters::prelude::*;
+use tower::ServiceBuilder;
+
+/// Backstop's configuration for the story. Each primitive that lands gets a field here and a
+/// line in [`Backstop::server`] or [`Backstop::client`].
+#[derive(Clone)]
+struct Backstop {
+    /// The Little's-law meter of the server stack and its figures when it was built (at the
+    /// start of the run), kept to print its report.
+    meter: Arc<Mutex<Option<(LittleMeter, LittleSnapshot)>>>,
+    /// A bounded queue of this many waiters, from tower's `ConcurrencyLimit` + `LoadShed` (not
+    /// a backstop primitive: a stand-in until `backpressure` / `lifo_queue` land).
+    tower_bounded_queue: Option<usize>,
+}
+
+impl Backstop {
+    fn new(tower_bounded_queue: Option<usize>) -> Self {
+        Backstop {
+            meter: Arc::default(),
+            tower_bounded_queue,
+        }
+    }
+
+    /// Server: metrics → [bounded queue] → timeout inheriting the caller's deadline → workers.
+    ///
+    /// The timeout holds the whole call, queue wait included: a request whose caller has left
+    /// is taken out of the queue instead of served. Later: throttle, PID admission, LIFO queue.
+    fn server(&self, server: SimServer) -> SimService {
+        let meter = LittleMeter::builder("web")
+            .capacity(WebApp::WORKERS as f64)
+            .build()
+            .expect("valid meter");
+        *self.meter.lock().unwrap() = Some((meter.clone(), meter.snapshot()));
+        let deadline = TimeoutLayer::builder()
+            .timeout(Duration::from_secs(10))
+            .fraction(0.9)
+            .build()
+            .expect("valid timeout");
+        let limit = self.tower_bounded_queue.map(|q| WebApp::WORKERS + q);
+        SimService::new(
+            ServiceBuilder::new()
+                .layer(LittleLayer::new(meter))
+                .option_layer(limit.map(|_| tower::load_shed::LoadShedLayer::new()))
+                .option_layer(limit.map(tower::limit::ConcurrencyLimitLayer::new))
+                .layer(deadline)
+                .service(server),
+        )
+    }
+
+    /// Client: an overall timeout equal to the user's patience, one attempt per load (no
+    /// per-request retry loop: the retry budget, at most 1 retry, goes here when it lands).
+    fn client(&self, next: SimService) -> SimService {
+        let overall = TimeoutLayer::new(WebApp::PATIENCE).expect("valid timeout");
+        SimService::new(ServiceBuilder::new().layer(overall).service(next))
+    }
+
+    fn scenario(&self, name: &str) -> Result<Scenario, BoxError> {
+        let call = CallPolicy {
+            attempt_timeout: None,
+            retry: RetryPolicy::Stack,
+        };
+        let (client, server) = (self.clone(), self.clone());
+        Ok(WebApp::default().scenario(
+            name,
+            call,
+            move |next| client.client(next),
+            move |s| server.server(s),
+        )?)
+    }
+
+    /// Runs in a paused runtime of its own, reading the meter on the simulated clock.
+    fn run(&self, name: &str) -> Result<(SimReport, Option<LittleReport>), BoxError> {
+        let scenario = self.scenario(name)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()?;
+        Ok(rt.block_on(async {
+            let report = scenario.run_async().await;
+            // Read on the simulated clock, at the end of the run.
+            let little = self
+                .meter
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|(m, start)| m.snapshot().since(start));
+            (report, little)
+        }))
+    }
+}
+
+fn main() -> Result<(), BoxError> {
+    let wall = std::time::Instant::now();
+    let story = WebApp::default();
+    let naive = story.naive()?.run();
+    let (backstop, little) = Backstop::new(None).run("backstop")?;
+    let (bounded, _) = Backstop::new(Some(20)).run("+bounded queue (tower)")?;
+    let wall = wall.elapsed();
+
+    println!(
+        "backstop demo: {} workers x {:?} mean = {:.0} req/s; demand 50 -> 110 -> 200 (surge, {}-{} s) -> 50 req/s; users give up after {:?} and reload (3x)\n",
+        WebApp::WORKERS,
+        WebApp::SERVICE_MEAN,
+        naive.capacity_rps,
+        naive.summary.surge.map_or(0, |s| s.0.as_secs()),
+        naive.summary.surge.map_or(0, |s| s.1.as_secs()),
+        WebApp::PATIENCE,
+    );
+    println!("{}", table(&[&naive, &backstop, &bounded]));
+    println!("per hop (work and wasted work, Little's law check):");
+    for r in [&naive, &backstop, &bounded] {
+        print!("[{}]\n{}", r.name, r.hop_table());
+    }
+    if let Some(l) = little {
+        println!(
+            "\nbackstop's LittleLayer on the web server over the run: {} arrivals ({:.1}/s), {:.1} in flight on average, mean latency {:.0} ms, utilization {:.2} of {} workers",
+            l.arrivals,
+            l.arrival_rate,
+            l.average_concurrency,
+            l.mean_latency.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            l.utilization.unwrap_or(0.0),
+            WebApp::WORKERS,
+        );
+    }
+
+    let dir = Path::new("target/backstop-demo");
+    std::fs::create_dir_all(dir)?;
+    let runs = [&naive, &backstop, &bounded];
+    plot_goodput(&dir.join("goodput.svg"), &runs)?;
+    plot_latency(&dir.join("latency.svg"), &runs)?;
+    println!("\nplots: {0}/goodput.svg {0}/latency.svg", dir.display());
+    println!(
+        "simulated {} runs of {:?} in {:.2?} wall time",
+        runs.len(),
+        naive.run_for,
+        wall
+    );
+
+    let (n, b) = (&naive.summary, &backstop.summary);
+    println!();
+    verdict(&naive);
+    verdict(&backstop);
+    verdict(&bounded);
+    println!(
+        "summary: naive_goodput={:.2} backstop_goodput={:.2} naive_recovery_s={:.0} backstop_recovery_s={:.0}",
+        n.surge_goodput_fraction,
+        b.surge_goodput_fraction,
+        n.recovery.seconds().unwrap_or(f64::NAN),
+        b.recovery.seconds().unwrap_or(f64::NAN),
+    );
+    Ok(())
+}
+
+/// One honest sentence per run.
+fn verdict(r: &SimReport) {
+    let s = &r.summary;
+    let surge = if s.surge_goodput_fraction < 0.3 {
+        "collapsed during the surge"
+    } else if s.surge_goodput_fraction < 0.9 {
+        "degraded during the surge"
+    } else {
+        "kept goodput at capacity during the surge"
+    };
+    let after = if s.recovery.recovered() {
+        format!("recovered {} after it", s.recovery)
+    } else {
+        format!(
+            "did NOT recover before the run ended ({:.0} s is a lower bound)",
+            s.recovery.seconds().unwrap_or(0.0)
+        )
+    };
+    println!(
+        "{}: {} ({:.2} of capacity, {:.1} attempts per request, {:.0}% of work wasted) and {}",
+        r.name,
+        surge,
+        s.surge_goodput_fraction,
+        s.attempts_per_request,
+        100.0 * s.wasted_fraction(),
+        after
+    );
+}
+
+const COLORS: [RGBColor; 3] = [
+    RGBColor(200, 30, 30),
+    RGBColor(30, 80, 200),
+    RGBColor(20, 150, 60),
+];
+
+/// Contiguous stretches of the points that exist, so gaps show as gaps.
+fn stretches(points: impl Iterator<Item = (f64, Option<f64>)>) -> Vec<Vec<(f64, f64)>> {
+    let mut out: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+    for (x, y) in points {
+        match y {
+            Some(y) => out.last_mut().expect("never empty").push((x, y)),
+            None if out.last().is_some_and(|s| !s.is_empty()) => out.push(Vec::new()),
+            None => {}
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+fn plot_goodput(path: &Path, runs: &[&SimReport]) -> Result<(), BoxError> {
+    let end = runs[0].run_for.as_secs_f64();
+    let top = runs[0].series.iter().map(|b| b.offered).max().unwrap_or(1) as f64 * 1.15;
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("goodput (answers in time per second)", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0f64..end, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("simulated time (s)")
+        .y_desc("requests per second")
+        .draw()?;
+    let offered: Vec<(f64, f64)> = runs[0]
+        .series
+        .iter()
+        .map(|b| (b.start.as_secs_f64() + 0.5, b.offered as f64))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(offered, BLACK.mix(0.4)))?
+        .label("offered")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    let cap = runs[0].capacity_rps;
+    chart
+        .draw_series(LineSeries::new([(0.0, cap), (end, cap)], BLACK.mix(0.2)))?
+        .label("capacity")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.2)));
+    for (r, color) in runs.iter().zip(COLORS) {
+        let points: Vec<(f64, f64)> = r
+            .series
+            .iter()
+            .map(|b| (b.start.as_secs_f64() + 0.5, b.goodput as f64))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(r.name.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn plot_latency(path: &Path, runs: &[&SimReport]) -> Result<(), BoxError> {
+    let end = runs[0].run_for.as_secs_f64();
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "latency of answers in time: p50 (solid), p99 (thin); gaps: no answer in time",
+            ("sans-serif", 20),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0f64..end, 0f64..1000f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("simulated time (s)")
+        .y_desc("milliseconds")
+        .draw()?;
+    for (r, color) in runs.iter().zip(COLORS) {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+        let x = |b: &backstop::sim::Bucket| b.start.as_secs_f64() + 0.5;
+        let p50 = stretches(r.series.iter().map(|b| (x(b), ms(b.p50))));
+        let p99 = stretches(r.series.iter().map(|b| (x(b), ms(b.p99))));
+        for (i, s) in p50.into_iter().enumerate() {
+            let series = chart.draw_series(LineSeries::new(s, color.stroke_width(2)))?;
+            if i == 0 {
+                series.label(r.name.as_str()).legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            }
+        }
+        for s in p99 {
+            chart.draw_series(LineSeries::new(s, color.mix(0.5)))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
