@@ -769,3 +769,107 @@ proptest! {
         prop_assert!(served_lifo >= lifo_grants);
     }
 }
+
+// ---- the scenario on the simulation harness, shortened ------------------------------
+
+#[cfg(feature = "sim")]
+mod simulation {
+    use super::*;
+    use backstop::backpressure::BackpressureLayer;
+    use backstop::sim::{
+        CallPolicy, ClientBehavior, Hop, LoadProfile, RetryPolicy, Scenario, SimReport, SimServer,
+        SimService, WebApp,
+    };
+
+    const SURGE: Duration = Duration::from_secs(15);
+
+    /// 10 workers × 100 ms = 100 requests/s; callers give up on an attempt after 1 s and retry
+    /// once; 0.5x for 5 s, `factor`x for 15 s, 0.5x for 15 s.
+    fn run(name: &str, factor: f64, stack: fn(SimServer) -> SimService) -> SimReport {
+        let s = Duration::from_secs;
+        Scenario::builder(name)
+            .seed(7)
+            .profile(
+                LoadProfile::new()
+                    .step(s(5), 50.0)
+                    .step(SURGE, 100.0 * factor)
+                    .step(s(15), 50.0),
+            )
+            .clients(ClientBehavior {
+                clients: 100,
+                patience: s(2),
+                call: CallPolicy {
+                    attempt_timeout: Some(s(1)),
+                    retry: RetryPolicy::Naive {
+                        retries: 1,
+                        backoff: Duration::ZERO,
+                        jitter: 0.0,
+                    },
+                },
+                ..ClientBehavior::default()
+            })
+            .surge(s(5), s(5) + SURGE)
+            .hop(Hop::new("web", 10, WebApp::service_time()).stack(stack))
+            .build()
+            .unwrap()
+            .run()
+    }
+
+    fn fifo(server: SimServer) -> SimService {
+        SimService::new(server)
+    }
+
+    fn lifo(server: SimServer) -> SimService {
+        let layer = LifoQueueLayer::builder().max_in_flight(10).build().unwrap();
+        SimService::new(layer.layer(server))
+    }
+
+    fn bounded(server: SimServer) -> SimService {
+        let layer = BackpressureLayer::new(10, 20).unwrap();
+        SimService::new(layer.layer(server))
+    }
+
+    /// The first second after the surge whose median latency is within 2x the unloaded one.
+    fn p50_normal_after(report: &SimReport) -> Option<Duration> {
+        let end = Duration::from_secs(5) + SURGE;
+        report
+            .series
+            .iter()
+            .filter(|b| b.start >= end)
+            .find(|b| b.p50.is_some_and(|p| p <= report.unloaded_latency * 2))
+            .map(|b| b.start - end)
+    }
+
+    #[test]
+    fn at_5x_lifo_keeps_goodput_and_recovers_at_once_where_fifo_collapses() {
+        let fifo = run("fifo", 5.0, fifo);
+        let lifo = run("lifo", 5.0, lifo);
+        assert!(
+            fifo.summary.surge_goodput_fraction < 0.2,
+            "baseline collapses: {}",
+            fifo.summary.surge_goodput_fraction
+        );
+        assert!(!fifo.summary.recovery.recovered());
+        assert!(
+            lifo.summary.surge_goodput_fraction >= 0.9,
+            "lifo goodput {}",
+            lifo.summary.surge_goodput_fraction
+        );
+        assert!(p50_normal_after(&lifo).is_some_and(|d| d <= Duration::from_secs(1)));
+        assert!(
+            lifo.summary
+                .recovery
+                .seconds()
+                .is_some_and(|s| lifo.summary.recovery.recovered() && s <= 1.0)
+        );
+    }
+
+    #[test]
+    fn at_2x_lifo_and_backpressure_keep_goodput() {
+        let lifo = run("lifo", 2.0, lifo);
+        let bounded = run("backpressure", 2.0, bounded);
+        assert!(lifo.summary.surge_goodput_fraction >= 0.9);
+        assert!(bounded.summary.surge_goodput_fraction >= 0.9);
+        assert!(p50_normal_after(&lifo).is_some_and(|d| d <= Duration::from_secs(1)));
+    }
+}
