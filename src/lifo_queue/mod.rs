@@ -51,7 +51,9 @@
 //! `Buffer` + `LoadShed` trap, apollographql/router #9034): no semaphore or channel is polled to
 //! decide admission, waiters are woken by a direct hand-over of the slot, and a shed is decided
 //! from the clock, never from a `Pending`. While anyone waits every slot is taken, so a waiter
-//! exists only when capacity really is used up.
+//! exists only when capacity really is used up. (A waiter's timer is a tokio `Sleep`, which does
+//! obey the budget: an exhausted budget can only make a shed happen a little later, and the
+//! grant path checks the bound again, so it never makes one happen early.)
 //!
 //! # Example
 //! ```
