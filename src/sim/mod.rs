@@ -86,7 +86,9 @@ mod story;
 
 pub use self::client::{CallPolicy, Chain, ClientBehavior, Reload, RetryPolicy};
 pub use self::profile::{Arrivals, LoadProfile, Segment};
-pub use self::report::{Bucket, HopReport, Recovery, RecoveryRule, SimReport, Summary, table};
+pub use self::report::{
+    Bucket, HopReport, Recovery, RecoveryRule, SimReport, Summary, goodput_table, table,
+};
 pub use self::request::{SimRequest, SimResponse, SimService};
 pub use self::scenario::{ClientStackFn, Hop, Scenario, ScenarioBuilder, ServerStackFn};
 pub use self::server::SimServer;

@@ -420,12 +420,13 @@ impl SimReport {
         out
     }
 
-    /// The per-hop counts as a table, with the Little's-law check.
+    /// The per-hop counts as a table, with the Little's-law check ([`HopReport::little_error`]:
+    /// requests still inside at the end, `at_end`, make it drift).
     pub fn hop_table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<10} {:>4} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7}",
+            "{:<10} {:>4} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>9} {:>7}",
             "hop",
             "c",
             "sent",
@@ -433,6 +434,7 @@ impl SimReport {
             "completed",
             "cancelled",
             "failed",
+            "at_end",
             "work_s",
             "wasted",
             "in_flight",
@@ -441,7 +443,7 @@ impl SimReport {
         for h in &self.hops {
             let _ = writeln!(
                 out,
-                "{:<10} {:>4} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9.1} {:>6.0}% {:>9.2} {:>+6.1}%",
+                "{:<10} {:>4} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>9.1} {:>6.0}% {:>9.2} {:>+6.1}%",
                 h.name,
                 h.capacity,
                 h.sent,
@@ -449,6 +451,7 @@ impl SimReport {
                 h.completed,
                 h.cancelled,
                 h.failed,
+                h.in_flight_at_end,
                 h.work.as_secs_f64(),
                 100.0 * ratio(h.wasted, h.work),
                 h.mean_in_flight,
@@ -477,9 +480,39 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
 }
 
+/// Goodput of several runs side by side, summed over `every` seconds (with the offered load
+/// of the first run), as a table.
+pub fn goodput_table(reports: &[&SimReport], every: u32) -> String {
+    let every = every.max(1) as usize;
+    let mut out = String::new();
+    let _ = write!(out, "{:>7} {:>8}", "t_s", "offered");
+    for r in reports {
+        let _ = write!(out, " {:>w$}", r.name, w = r.name.len().max(8));
+    }
+    out.push('\n');
+    let n = reports.iter().map(|r| r.series.len()).max().unwrap_or(0);
+    for start in (0..n).step_by(every) {
+        let sum = |r: &SimReport, f: fn(&Bucket) -> u64| -> u64 {
+            r.series.iter().skip(start).take(every).map(f).sum()
+        };
+        let offered = reports.first().map_or(0, |r| sum(r, |b| b.offered));
+        let _ = write!(out, "{:>3}-{:<3} {:>8}", start, start + every, offered);
+        for r in reports {
+            let _ = write!(
+                out,
+                " {:>w$}",
+                sum(r, |b| b.goodput),
+                w = r.name.len().max(8)
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// A summary table of several runs, one row each: offered load, attempts and goodput during the
-/// surge, goodput as a share of capacity, latency percentiles of the answers in time, attempts
-/// per logical request, wasted work, and the recovery time.
+/// surge, goodput as a share of capacity, latency percentiles of the answers in time (whole
+/// run), attempts per logical request, wasted work, and the recovery time; a legend follows.
 pub fn table(reports: &[&SimReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -518,6 +551,14 @@ pub fn table(reports: &[&SimReport]) -> String {
             s.recovery.to_string(),
         );
     }
+    out.push_str(concat!(
+        "  offered: new logical requests/s; attempts: requests/s reaching the front hop\n",
+        "  (retries and reloads included); goodput: answers/s delivered before the user gave up;\n",
+        "  good/cap: goodput / capacity; p50/p99: latency of the answers in time, whole run;\n",
+        "  att/req: attempts per logical request; wasted: worker time spent on answers nobody\n",
+        "  used; recovery: from the end of the surge until goodput and latency are back\n",
+        "  (none (>= N s): not within the run, N is a lower bound)\n",
+    ));
     out
 }
 

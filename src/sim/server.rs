@@ -35,6 +35,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// the queue and the counters. Dropping a call's future (for example when a `TimeoutLayer` in
 /// the server stack fires) takes the request out of the queue, or stops its work; the work done
 /// so far is counted as wasted.
+///
+/// To test a queue discipline of your own (LIFO, bounded, adaptive), put it in the server stack
+/// with a concurrency limit equal to [`capacity`](Self::capacity): the server's own FIFO queue
+/// then stays empty and yours decides who waits.
 #[derive(Clone)]
 pub struct SimServer {
     inner: Arc<ServerInner>,
