@@ -2,8 +2,10 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backpressure;
 pub mod classify;
 pub mod error;
+pub mod lifo_queue;
 pub mod metrics;
 #[cfg(feature = "sim")]
 pub mod sim;

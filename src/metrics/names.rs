@@ -56,3 +56,40 @@ pub fn describe() {
         "Average concurrency over the last window divided by capacity (1.0 = full)."
     );
 }
+
+/// The label carrying why a request was refused ([`OverloadReason::as_str`](crate::OverloadReason::as_str)).
+pub const REASON_LABEL: &str = "reason";
+/// Gauge: requests waiting in a backpressure or LIFO queue now.
+pub const QUEUE_LENGTH: &str = "backstop_queue_length";
+/// Gauge: how long the oldest waiter of a queue has waited, in seconds (0 when none waits): the
+/// health metric of a queue. Refreshed at every queue event (a request that waits, a refusal, a
+/// grant, a shed, a cancel).
+pub const QUEUE_OLDEST_WAIT_SECONDS: &str = "backstop_queue_oldest_wait_seconds";
+/// Gauge: 1 while an adaptive LIFO queue is behind (serving newest first), else 0.
+pub const QUEUE_BEHIND: &str = "backstop_queue_behind";
+/// Counter: requests a queue refused, by [`REASON_LABEL`] (`queue_full` or `shed`).
+pub const REFUSED: &str = "backstop_refused_total";
+
+/// Describes the queue series (backpressure and LIFO queue). Calling it again is harmless.
+pub fn describe_queues() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        QUEUE_LENGTH,
+        Unit::Count,
+        "Requests waiting in the queue now."
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_WAIT_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest waiter (0 when none waits)."
+    );
+    describe_gauge!(
+        QUEUE_BEHIND,
+        "1 while the adaptive LIFO queue is behind and serves newest first."
+    );
+    describe_counter!(
+        REFUSED,
+        Unit::Count,
+        "Requests refused by a queue, by reason."
+    );
+}

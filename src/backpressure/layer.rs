@@ -1,0 +1,107 @@
+use std::marker::PhantomData;
+
+use tower_layer::Layer;
+
+use super::{Backpressure, Limiter, UntilResponse};
+use crate::error::{ConfigError, check};
+
+/// Bounds the requests in flight and the requests waiting, and refuses the rest at once with
+/// [`Overloaded`](crate::Overloaded)`{ reason: QueueFull }`; see the [module docs](super).
+///
+/// Every service this layer makes shares one [`Limiter`].
+#[derive(Debug, Clone)]
+pub struct BackpressureLayer<H = UntilResponse> {
+    limiter: Limiter,
+    _hold: PhantomData<fn() -> H>,
+}
+
+impl BackpressureLayer {
+    /// A layer named `backpressure` allowing `max_in_flight` requests at once and
+    /// `max_waiting` more in line.
+    pub fn new(max_in_flight: usize, max_waiting: usize) -> Result<Self, ConfigError> {
+        Self::builder()
+            .max_in_flight(max_in_flight)
+            .max_waiting(max_waiting)
+            .build()
+    }
+
+    /// Starts a builder with the defaults: name `backpressure`, 64 in flight, 64 waiting.
+    pub fn builder() -> BackpressureLayerBuilder {
+        BackpressureLayerBuilder {
+            name: "backpressure".to_owned(),
+            max_in_flight: 64,
+            max_waiting: 64,
+            _hold: PhantomData,
+        }
+    }
+}
+
+impl<H> BackpressureLayer<H> {
+    /// The shared limiter, to read its figures.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+}
+
+impl<S, H> Layer<S> for BackpressureLayer<H> {
+    type Service = Backpressure<S, H>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Backpressure::new(inner, self.limiter.clone())
+    }
+}
+
+/// Builds a [`BackpressureLayer`]; [`build`](Self::build) checks every value.
+#[derive(Debug, Clone)]
+pub struct BackpressureLayerBuilder<H = UntilResponse> {
+    name: String,
+    max_in_flight: usize,
+    max_waiting: usize,
+    _hold: PhantomData<fn() -> H>,
+}
+
+impl<H> BackpressureLayerBuilder<H> {
+    /// The name the layer's metric series carry. Default `backpressure`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The most requests that may hold a slot at once. At least 1. Default 64.
+    pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// The most requests that may wait for a slot; 0 means none wait. Default 64.
+    pub fn max_waiting(mut self, max_waiting: usize) -> Self {
+        self.max_waiting = max_waiting;
+        self
+    }
+
+    /// Keeps each slot until the HTTP response body has ended, not only until the response
+    /// head is returned. Use it on HTTP servers.
+    #[cfg(feature = "http")]
+    pub fn hold_until_body_end(self) -> BackpressureLayerBuilder<super::UntilBodyEnd> {
+        BackpressureLayerBuilder {
+            name: self.name,
+            max_in_flight: self.max_in_flight,
+            max_waiting: self.max_waiting,
+            _hold: PhantomData,
+        }
+    }
+
+    /// Checks the values, registers the metric series, and builds the layer.
+    pub fn build(self) -> Result<BackpressureLayer<H>, ConfigError> {
+        let max_in_flight = check(
+            "max_in_flight",
+            self.max_in_flight,
+            |&c| c >= 1,
+            "at least 1",
+        )?;
+        Ok(BackpressureLayer {
+            limiter: Limiter::new(max_in_flight, self.max_waiting, &self.name),
+            _hold: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,189 @@
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::{AdaptiveQueue, FromRequest, LifoQueue, NoDeadline};
+use crate::backpressure::UntilResponse;
+use crate::backpressure::gate::{Config, Shedding};
+use crate::error::{ConfigError, check};
+
+/// A wait queue in front of a concurrency limit that serves oldest-first while healthy,
+/// newest-first once behind, and sheds stale waiters; see the [module docs](super).
+///
+/// Every service this layer makes shares one [`AdaptiveQueue`].
+#[derive(Debug, Clone)]
+pub struct LifoQueueLayer<H = UntilResponse, D = FromRequest> {
+    queue: AdaptiveQueue,
+    deadlines: D,
+    _hold: PhantomData<fn() -> H>,
+}
+
+impl LifoQueueLayer {
+    /// A layer named `lifo_queue` allowing `max_in_flight` requests at once, with the defaults
+    /// for everything else (see [`LifoQueueLayer::builder`]).
+    pub fn new(max_in_flight: usize) -> Result<Self, ConfigError> {
+        Self::builder().max_in_flight(max_in_flight).build()
+    }
+
+    /// Starts a builder with the defaults: name `lifo_queue`, 64 in flight, 1024 waiting,
+    /// target 5 ms, interval 100 ms, no sideline, deadlines read from the request.
+    pub fn builder() -> LifoQueueLayerBuilder {
+        LifoQueueLayerBuilder {
+            name: "lifo_queue".to_owned(),
+            max_in_flight: 64,
+            max_waiting: 1024,
+            target: Duration::from_millis(5),
+            interval: Duration::from_millis(100),
+            sideline: None,
+            deadlines: FromRequest,
+            _hold: PhantomData,
+        }
+    }
+}
+
+impl<H, D> LifoQueueLayer<H, D> {
+    /// The shared queue, to read its figures.
+    pub fn queue(&self) -> &AdaptiveQueue {
+        &self.queue
+    }
+}
+
+impl<S, H, D: Clone> Layer<S> for LifoQueueLayer<H, D> {
+    type Service = LifoQueue<S, H, D>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LifoQueue::new(inner, self.queue.clone(), self.deadlines.clone())
+    }
+}
+
+/// Builds a [`LifoQueueLayer`]; [`build`](Self::build) checks every value.
+#[derive(Debug, Clone)]
+pub struct LifoQueueLayerBuilder<H = UntilResponse, D = FromRequest> {
+    name: String,
+    max_in_flight: usize,
+    max_waiting: usize,
+    target: Duration,
+    interval: Duration,
+    sideline: Option<Duration>,
+    deadlines: D,
+    _hold: PhantomData<fn() -> H>,
+}
+
+impl<H, D> LifoQueueLayerBuilder<H, D> {
+    /// The name the layer's metric series carry. Default `lifo_queue`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The most requests that may hold a slot at once. At least 1. Default 64.
+    pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// The most requests that may wait (main list and sideline together); one more is refused
+    /// with `QueueFull`. Default 1024. (The CoDel bound usually sheds long before this.)
+    pub fn max_waiting(mut self, max_waiting: usize) -> Self {
+        self.max_waiting = max_waiting;
+        self
+    }
+
+    /// The longest a waiter may wait once the queue is behind. Greater than zero and at most
+    /// `interval`. Default 5 ms.
+    pub fn target(mut self, target: Duration) -> Self {
+        self.target = target;
+        self
+    }
+
+    /// How long the queue must stay non-empty before it counts as behind (and switches to LIFO);
+    /// also the longest a waiter may wait while it is not behind. Greater than zero. Default
+    /// 100 ms.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Turns sidelining on: a waiter past the CoDel bound moves to a low-priority list, served
+    /// (newest first) only when the main list is empty, and is shed once it has waited
+    /// `max_total_wait` in all (or its deadline passes). Greater than `interval`. Default off:
+    /// such waiters are shed at once.
+    pub fn sideline(mut self, max_total_wait: Duration) -> Self {
+        self.sideline = Some(max_total_wait);
+        self
+    }
+
+    /// Keeps each slot until the HTTP response body has ended, not only until the response
+    /// head is returned. Use it on HTTP servers.
+    #[cfg(feature = "http")]
+    pub fn hold_until_body_end(
+        self,
+    ) -> LifoQueueLayerBuilder<crate::backpressure::UntilBodyEnd, D> {
+        self.with_types(|same| same)
+    }
+
+    /// Ignores request deadlines, so the layer accepts request types without
+    /// [`HasDeadline`](crate::timeout::HasDeadline); only the CoDel bound sheds.
+    pub fn ignore_deadlines(self) -> LifoQueueLayerBuilder<H, NoDeadline> {
+        self.with_types(|_| NoDeadline)
+    }
+
+    fn with_types<H2, D2>(self, deadlines: impl FnOnce(D) -> D2) -> LifoQueueLayerBuilder<H2, D2> {
+        LifoQueueLayerBuilder {
+            name: self.name,
+            max_in_flight: self.max_in_flight,
+            max_waiting: self.max_waiting,
+            target: self.target,
+            interval: self.interval,
+            sideline: self.sideline,
+            deadlines: deadlines(self.deadlines),
+            _hold: PhantomData,
+        }
+    }
+
+    /// Checks the values, registers the metric series, and builds the layer.
+    pub fn build(self) -> Result<LifoQueueLayer<H, D>, ConfigError> {
+        let limit = check(
+            "max_in_flight",
+            self.max_in_flight,
+            |&c| c >= 1,
+            "at least 1",
+        )?;
+        let interval = check(
+            "interval",
+            self.interval,
+            |d| !d.is_zero(),
+            "greater than zero",
+        )?;
+        let target = check(
+            "target",
+            self.target,
+            |d| !d.is_zero() && *d <= interval,
+            "greater than zero and at most `interval`",
+        )?;
+        let sideline = match self.sideline {
+            Some(s) => Some(check(
+                "sideline",
+                s,
+                |d| *d > interval,
+                "greater than `interval`",
+            )?),
+            None => None,
+        };
+        let config = Config {
+            limit,
+            max_waiting: self.max_waiting,
+            shedding: Some(Shedding {
+                target,
+                interval,
+                sideline,
+            }),
+        };
+        Ok(LifoQueueLayer {
+            queue: AdaptiveQueue::new(config, &self.name),
+            deadlines: self.deadlines,
+            _hold: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,109 @@
+use std::marker::PhantomData;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::{AdaptiveQueue, ResponseFuture};
+use crate::backpressure::Hold;
+use crate::error::BoxError;
+use crate::timeout::{Deadline, HasDeadline};
+
+/// Where a [`LifoQueue`] reads a request's deadline from.
+pub trait DeadlineOf<Req> {
+    /// The request's deadline, if it has one. Read only when the request has to wait.
+    fn deadline_of(&self, request: &Req) -> Option<Deadline>;
+}
+
+/// Reads the deadline the request carries ([`HasDeadline`]); the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FromRequest;
+
+impl<Req: HasDeadline> DeadlineOf<Req> for FromRequest {
+    fn deadline_of(&self, request: &Req) -> Option<Deadline> {
+        request.deadline()
+    }
+}
+
+/// Ignores deadlines: only the CoDel bound sheds. For request types without [`HasDeadline`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDeadline;
+
+impl<Req> DeadlineOf<Req> for NoDeadline {
+    fn deadline_of(&self, _request: &Req) -> Option<Deadline> {
+        None
+    }
+}
+
+/// A service behind a [`LifoQueueLayer`](super::LifoQueueLayer). Clones share the queue.
+///
+/// Always ready: admission is decided in `call` and refusals come back from the response future
+/// (see the [module docs](super) on false overloads). The inner service is cloned per request and
+/// made ready only once the request holds a slot.
+#[derive(Debug)]
+pub struct LifoQueue<S, H, D> {
+    inner: S,
+    queue: AdaptiveQueue,
+    deadlines: D,
+    _hold: PhantomData<fn() -> H>,
+}
+
+impl<S: Clone, H, D: Clone> Clone for LifoQueue<S, H, D> {
+    fn clone(&self) -> Self {
+        LifoQueue {
+            inner: self.inner.clone(),
+            queue: self.queue.clone(),
+            deadlines: self.deadlines.clone(),
+            _hold: PhantomData,
+        }
+    }
+}
+
+impl<S, H, D> LifoQueue<S, H, D> {
+    pub(super) fn new(inner: S, queue: AdaptiveQueue, deadlines: D) -> Self {
+        LifoQueue {
+            inner,
+            queue,
+            deadlines,
+            _hold: PhantomData,
+        }
+    }
+
+    /// The shared queue.
+    pub fn queue(&self) -> &AdaptiveQueue {
+        &self.queue
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, H, D, Req> Service<Req> for LifoQueue<S, H, D>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    H: Hold<S::Response>,
+    D: DeadlineOf<Req>,
+{
+    type Response = H::Output;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, H>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let admission = self
+            .queue
+            .gate
+            .acquire(|| self.deadlines.deadline_of(&request));
+        ResponseFuture::new(admission, self.inner.clone(), request)
+    }
+}
