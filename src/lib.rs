@@ -5,6 +5,7 @@
 pub mod classify;
 pub mod error;
 pub mod metrics;
+pub mod retry;
 pub mod timeout;
 
 pub use crate::error::{
