@@ -482,8 +482,7 @@ impl RetryBudgetBuilder {
             "in [0, max_tokens]",
         )?;
         let micros = |t: f64| (t * MICROS).round() as i64;
-        let floor =
-            (floor > 0.0).then(|| Floor::new(floor, (floor * 1.0).max(timeout_cost)));
+        let floor = (floor > 0.0).then(|| Floor::new(floor, (floor * 1.0).max(timeout_cost)));
         let inner = Inner {
             series: Series::register(&self.name),
             name: self.name,
@@ -522,8 +521,7 @@ mod tests {
     #[test]
     fn any_ratio_grants_exactly_that_share() {
         // tower's TpsBudget grants 33% at 0.3 and 100% at 0.6.
-        for (ratio, successes, expected) in [(0.3, 1000, 300), (0.6, 1000, 600), (0.01, 1000, 10)]
-        {
+        for (ratio, successes, expected) in [(0.3, 1000, 300), (0.6, 1000, 600), (0.01, 1000, 10)] {
             let b = no_floor(ratio);
             for _ in 0..successes {
                 b.deposit();
@@ -553,13 +551,22 @@ mod tests {
         b.refund(RetryKind::AfterTimeout);
         assert_eq!(b.tokens(), 5.0);
         let s = b.stats();
-        assert_eq!((s.granted, s.denied, s.refunded, s.deposits), (1, 1, 1, 100));
+        assert_eq!(
+            (s.granted, s.denied, s.refunded, s.deposits),
+            (1, 1, 1, 100)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_floor_accrues_with_time_and_banks_little() {
-        let b = RetryBudget::builder("t").min_per_second(2.0).build().unwrap();
-        assert!(!b.try_withdraw(RetryKind::AfterError), "the floor starts empty");
+        let b = RetryBudget::builder("t")
+            .min_per_second(2.0)
+            .build()
+            .unwrap();
+        assert!(
+            !b.try_withdraw(RetryKind::AfterError),
+            "the floor starts empty"
+        );
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(b.try_withdraw(RetryKind::AfterError));
         assert!(!b.try_withdraw(RetryKind::AfterError));

@@ -59,7 +59,11 @@ where
     S: Service<Req>,
     B: Budget,
 {
-    pub(super) fn new(first: S::Future, backup: Option<(S, Req)>, shared: Arc<Shared<B, C>>) -> Self {
+    pub(super) fn new(
+        first: S::Future,
+        backup: Option<(S, Req)>,
+        shared: Arc<Shared<B, C>>,
+    ) -> Self {
         ResponseFuture {
             shared,
             state: State::First {

@@ -80,14 +80,14 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), BoxError> {
-//! // Every other call fails.
+//! // The third call fails.
 //! let calls = Arc::new(AtomicU32::new(0));
 //! let flaky = {
 //!     let calls = calls.clone();
 //!     tower::service_fn(move |req: Get| {
 //!         let n = calls.fetch_add(1, Ordering::Relaxed);
 //!         async move {
-//!             if n % 2 == 1 { Err::<&str, BoxError>("reset".into()) } else { Ok(req.0) }
+//!             if n == 2 { Err::<&str, BoxError>("reset".into()) } else { Ok(req.0) }
 //!         }
 //!     })
 //! };

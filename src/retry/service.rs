@@ -60,9 +60,7 @@ impl<S: Clone, B, C, I: Clone> Clone for Retry<S, B, C, I> {
     }
 }
 
-impl<S: fmt::Debug, B: fmt::Debug, C: fmt::Debug, I: fmt::Debug> fmt::Debug
-    for Retry<S, B, C, I>
-{
+impl<S: fmt::Debug, B: fmt::Debug, C: fmt::Debug, I: fmt::Debug> fmt::Debug for Retry<S, B, C, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
