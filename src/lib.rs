@@ -6,6 +6,8 @@ pub mod classify;
 pub mod error;
 pub mod metrics;
 pub mod retry;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod timeout;
 
 pub use crate::error::{
