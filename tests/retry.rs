@@ -1,4 +1,5 @@
 //! The retry layer and its budget: what is retried, when, and what it costs.
+#![cfg(all(feature = "http", feature = "sim"))]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -660,5 +661,171 @@ proptest! {
             );
             Ok(())
         })?;
+    }
+}
+
+/// A service that is not ready again until 500 ms after each call, and fails every call.
+struct Gated {
+    ready_at: Arc<Mutex<Instant>>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    log: Log,
+}
+
+impl Clone for Gated {
+    fn clone(&self) -> Self {
+        Gated {
+            ready_at: self.ready_at.clone(),
+            sleep: None,
+            log: self.log.clone(),
+        }
+    }
+}
+
+impl Service<Req> for Gated {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<u32, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        let at = *self.ready_at.lock().unwrap();
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        sleep.as_mut().reset(at);
+        std::task::ready!(sleep.as_mut().poll_unpin(cx));
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.log
+            .lock()
+            .unwrap()
+            .push((req.id, req.attempt, Instant::now()));
+        *self.ready_at.lock().unwrap() = Instant::now() + Duration::from_millis(500);
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err::<u32, BoxError>("connection reset".into())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_waits_for_readiness_past_the_deadline_is_not_sent_and_refunded() {
+    let log: Log = Arc::default();
+    let gated = Gated {
+        ready_at: Arc::new(Mutex::new(Instant::now())),
+        sleep: None,
+        log: log.clone(),
+    };
+    let budget = budget_with(5.0);
+    let layer = RetryLayer::builder(budget.clone())
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .min_time_left(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let req = Req {
+        deadline: Some(Deadline::after(Duration::from_millis(100))),
+        ..Req::new(1)
+    };
+    let err = layer.layer(gated).oneshot(req).await.unwrap_err();
+    assert_eq!(err.to_string(), "connection reset", "the first failure");
+    assert_eq!(sends(&log), 1);
+    assert_eq!(budget.tokens(), 5.0);
+    assert_eq!(budget.stats().refunded, 1);
+}
+
+mod chain {
+    //! The simulation, small: four services in a chain, the bottom one failing.
+
+    use super::*;
+    use backstop::sim::{
+        Arrivals, CallPolicy, ClientBehavior, Hop, LoadProfile, RetryPolicy, Scenario, ServiceTime,
+        SimRequest, SimServer, SimService,
+    };
+
+    fn always_failing(server: SimServer) -> SimService {
+        SimService::new(tower::service_fn(move |req: SimRequest| {
+            let server = server.clone();
+            async move {
+                server.oneshot(req).await?;
+                Err::<backstop::sim::SimResponse, BoxError>("down".into())
+            }
+        }))
+    }
+
+    /// Returns (offered, requests at the bottom service).
+    fn run(rps: f64, secs: u64, naive: bool) -> (u64, u64) {
+        let hop = |n: usize| {
+            let hop = Hop::new(
+                format!("s{n}"),
+                1_000,
+                ServiceTime::Fixed(Duration::from_millis(1)),
+            );
+            let hop = if naive {
+                hop.caller_policy(CallPolicy {
+                    attempt_timeout: None,
+                    retry: RetryPolicy::Naive {
+                        retries: 3,
+                        backoff: Duration::from_millis(10),
+                        jitter: 0.0,
+                    },
+                })
+            } else {
+                let budget = RetryBudget::builder(format!("s{n}")).build().unwrap();
+                let layer = RetryLayer::builder(budget)
+                    .retry_non_idempotent()
+                    .seed(n as u64)
+                    .build()
+                    .unwrap();
+                hop.caller_stack(move |next| SimService::new(layer.layer(next)))
+            };
+            if n == 4 {
+                hop.stack(always_failing)
+            } else {
+                hop
+            }
+        };
+        let scenario = Scenario::builder("chain")
+            .seed(9)
+            .profile(LoadProfile::new().step(Duration::from_secs(secs), rps))
+            .arrivals(Arrivals::Poisson)
+            .run_for(Duration::from_secs(secs + 6))
+            .clients(ClientBehavior {
+                patience: Duration::from_secs(3),
+                ..ClientBehavior::default()
+            })
+            .hop(Hop::new(
+                "s1",
+                1_000,
+                ServiceTime::Fixed(Duration::from_millis(1)),
+            ))
+            .hop(hop(2))
+            .hop(hop(3))
+            .hop(hop(4))
+            .build()
+            .unwrap();
+        let report = scenario.run();
+        (report.summary.offered, report.hops[3].sent)
+    }
+
+    #[test]
+    fn budgets_keep_the_bottom_service_within_1_1x_where_naive_retries_send_64x() {
+        let (offered, bottom) = run(100.0, 10, false);
+        let backstop = bottom as f64 / offered as f64;
+        assert!(offered > 900, "{offered}");
+        assert!(
+            backstop <= 1.1,
+            "backstop sent {backstop:.3}x to the bottom service"
+        );
+
+        let (offered, bottom) = run(10.0, 5, true);
+        assert_eq!(
+            bottom,
+            64 * offered,
+            "naive: 4 × 4 × 4 attempts per request"
+        );
     }
 }

@@ -3,6 +3,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project::{pin_project, pinned_drop};
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -26,13 +27,13 @@ where
 {
     shared: Arc<Shared<B, C>>,
     #[pin]
-    state: State<S::Future, S, Req>,
+    state: State<S::Future, S, Req, S::Response>,
     /// The price of a retry withdrawn from the budget but not sent yet.
     unsent: Option<RetryKind>,
 }
 
 #[pin_project(project = Projected)]
-enum State<F, S, Req> {
+enum State<F, S, Req, Res> {
     /// The first attempt is running; `backup` is what a retry needs, when one is possible.
     First {
         #[pin]
@@ -40,12 +41,14 @@ enum State<F, S, Req> {
         backup: Option<(S, Req)>,
     },
     /// The retry is paid for: waiting out the delay (`sleep`, none for a zero delay), then for
-    /// the inner service to be ready.
+    /// the inner service to be ready. `failed` is the first attempt's answer, passed up if the
+    /// deadline comes too close before the retry can be sent.
     Waiting {
         #[pin]
         sleep: Option<Sleep>,
         service: S,
         request: Option<Req>,
+        failed: Option<Result<Res, BoxError>>,
     },
     /// The retry is running.
     Second {
@@ -120,21 +123,37 @@ where
                         sleep,
                         service,
                         request: Some(request),
+                        failed: Some(result),
                     });
                 }
                 Projected::Waiting {
-                    sleep,
+                    mut sleep,
                     service,
                     request,
+                    failed,
                 } => {
-                    if let Some(sleep) = sleep.as_pin_mut() {
-                        ready!(sleep.poll(cx));
+                    if let Some(delay) = sleep.as_mut().as_pin_mut() {
+                        ready!(delay.poll(cx));
+                        sleep.set(None);
                     }
                     if let Err(e) = ready!(service.poll_ready(cx)) {
                         if let Some(kind) = this.unsent.take() {
                             shared.budget.refund(kind);
                         }
                         return Poll::Ready(Err(e.into()));
+                    }
+                    let request_ref = request.as_ref().expect("the retry is sent once");
+                    if !enough_time_left(shared, request_ref) {
+                        // The wait for readiness ate the time: pass the first failure up, as if
+                        // there had been no retry, and give the token back.
+                        if let Some(kind) = this.unsent.take() {
+                            shared.budget.refund(kind);
+                        }
+                        let failed = failed.take().expect("the first answer is passed up once");
+                        if shared.mark == MarkRetried::Always {
+                            return Poll::Ready(mark(shared, failed));
+                        }
+                        return Poll::Ready(failed);
                     }
                     let mut request = request.take().expect("the retry is sent once");
                     request.set_attempt(2);
@@ -167,17 +186,13 @@ fn plan_retry<Req: RetryRequest, Res, B: Budget, C>(
     shared: &Shared<B, C>,
     request: &Req,
     result: &Result<Res, BoxError>,
-) -> Option<(RetryKind, std::time::Duration)> {
-    let limit = match request.deadline() {
-        Some(deadline) => {
-            let left = deadline.remaining();
-            if left.is_zero() || left < shared.min_time_left {
-                return None;
-            }
-            left - shared.min_time_left
-        }
-        None => std::time::Duration::MAX,
-    };
+) -> Option<(RetryKind, Duration)> {
+    if !enough_time_left(shared, request) {
+        return None;
+    }
+    let limit = request.deadline().map_or(Duration::MAX, |d| {
+        d.remaining().saturating_sub(shared.min_time_left)
+    });
     let kind = match result {
         Err(e) if is_timeout(e.as_ref()) => RetryKind::AfterTimeout,
         _ => RetryKind::AfterError,
@@ -188,6 +203,15 @@ fn plan_retry<Req: RetryRequest, Res, B: Budget, C>(
         return None;
     }
     Some((kind, shared.delay(limit)))
+}
+
+/// True when the request has no deadline, or at least `min_time_left` (and more than zero)
+/// before it.
+fn enough_time_left<Req: RetryRequest, B, C>(shared: &Shared<B, C>, request: &Req) -> bool {
+    request.deadline().is_none_or(|d| {
+        let left = d.remaining();
+        !left.is_zero() && left >= shared.min_time_left
+    })
 }
 
 fn is_marked<Res, B, C: RetriedMarker<Res>>(
