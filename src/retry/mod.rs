@@ -34,8 +34,9 @@
 //! # Cancellation
 //! The budget is charged when the retry is decided, before the delay, so that a burst of
 //! failures cannot all pass the check and then all retry. If the response future is dropped
-//! during the delay (or the inner service fails to become ready), the retry is never sent and
-//! its price is refunded: a retry that never ran costs nothing.
+//! during the delay, the inner service fails to become ready, or waiting for it to become ready
+//! leaves less than `min_time_left` before the deadline (the first failure is then passed up),
+//! the retry is never sent and its price is refunded: a retry that never ran costs nothing.
 //!
 //! # Requests must be `Clone`
 //! The first attempt consumes the request, so the layer keeps a clone for the retry (only when a
