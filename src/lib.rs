@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod throttle;
 pub mod timeout;
 
 pub use crate::error::{

@@ -100,3 +100,43 @@ pub const RETRY_BUDGET_TOKENS: &str = "backstop_retry_budget_tokens";
 pub const RETRIES_ALLOWED: &str = "backstop_retries_allowed_total";
 /// Counter: retries a retry budget denied.
 pub const RETRIES_DENIED: &str = "backstop_retries_denied_total";
+
+/// The label carrying a throttle's decision: `admitted`, `shed` (whole-client shedding),
+/// `quota` (over the client's quota) or `missing_key` (refused for having no client key).
+pub const DECISION_LABEL: &str = "decision";
+/// Counter: requests a throttle layer decided on, by [`DECISION_LABEL`].
+pub const THROTTLE_REQUESTS: &str = "backstop_throttle_requests_total";
+/// Gauge: the fraction of clients a [`ShedFraction`](crate::throttle::ShedFraction) asks to shed.
+pub const THROTTLE_SHED_FRACTION: &str = "backstop_throttle_shed_fraction";
+/// Gauge: clients tracked by [`ClientQuotas`](crate::throttle::ClientQuotas), refreshed at each
+/// sweep.
+pub const THROTTLE_TRACKED_KEYS: &str = "backstop_throttle_tracked_keys";
+/// Counter: idle clients dropped from [`ClientQuotas`](crate::throttle::ClientQuotas) by sweeps.
+pub const THROTTLE_EVICTED_KEYS: &str = "backstop_throttle_evicted_keys_total";
+
+/// Throttle decision label values, in the order the layer registers them.
+pub const THROTTLE_DECISIONS: [&str; 4] = ["admitted", "shed", "quota", "missing_key"];
+
+/// Describes the throttle series. Calling it again is harmless.
+pub fn describe_throttle() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_counter!(
+        THROTTLE_REQUESTS,
+        Unit::Count,
+        "Requests a throttle decided on, by decision."
+    );
+    describe_gauge!(
+        THROTTLE_SHED_FRACTION,
+        "Fraction of clients asked to be shed (0 to 1)."
+    );
+    describe_gauge!(
+        THROTTLE_TRACKED_KEYS,
+        Unit::Count,
+        "Clients tracked by the per-client quotas."
+    );
+    describe_counter!(
+        THROTTLE_EVICTED_KEYS,
+        Unit::Count,
+        "Idle clients dropped from the per-client quotas."
+    );
+}
