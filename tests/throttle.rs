@@ -348,6 +348,28 @@ async fn a_hundred_thousand_keys_keep_memory_bounded() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn new_clients_trigger_the_sweep_of_idle_ones() {
+    let quotas = ClientQuotas::builder("idle", per_second(5))
+        .sweep_every(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for k in 0..100u32 {
+        assert!(quotas.check(&ClientId::from(k)).is_ok());
+    }
+    assert_eq!(quotas.tracked_keys(), 100);
+    // Not due yet: a new client does not sweep.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(quotas.check(&ClientId::from("new")).is_ok());
+    assert!(quotas.check(&ClientId::from("new")).is_ok());
+    assert_eq!(quotas.tracked_keys(), 101);
+    // Due: the request after the next new client sweeps the idle ones out.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(quotas.check(&ClientId::from("newer")).is_ok());
+    assert!(quotas.check(&ClientId::from("newer")).is_ok());
+    assert_eq!(quotas.tracked_keys(), 1, "only the client seen since");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_sweep_keeps_clients_whose_bucket_is_not_full() {
     let quotas = ClientQuotas::builder("keep", per_second(2))
         .build()

@@ -44,9 +44,11 @@ type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddle
 ///
 /// # Memory
 /// At most [`max_keys`](ClientQuotasBuilder::max_keys) clients are tracked (default 100,000).
-/// Every [`sweep_every`](ClientQuotasBuilder::sweep_every) (default 10 s) one request pays for
-/// a sweep that drops the clients whose bucket is full again: their state is the same as a
-/// client never seen, so dropping them changes no decision. When the table is full, clients
+/// When new clients arrive (the only time memory grows) or the table is full, at most every
+/// [`sweep_every`](ClientQuotasBuilder::sweep_every) (default 10 s), one request pays for a
+/// sweep that drops the clients whose bucket is full again: their state is the same as a
+/// client never seen, so dropping them changes no decision. Call [`sweep`](Self::sweep) from a
+/// timer to give memory back when traffic stops. When the table is full, clients
 /// not in it share one overflow bucket with the default quota until a sweep makes room: a
 /// flood of new keys cannot grow memory, and cannot get past the quota by being new.
 ///
@@ -109,7 +111,14 @@ impl ClientQuotas {
                 .check()
                 .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()));
         }
-        self.maybe_sweep();
+        // Memory grows only when new clients arrive, so that is when a sweep may be due (and
+        // while the table is full, so that room is made as soon as it is); the request path of
+        // known clients reads no clock for it.
+        let store = &i.store.0;
+        if store.grew.load(Relaxed) || store.len.load(Relaxed) >= store.cap {
+            store.grew.store(false, Relaxed);
+            self.maybe_sweep();
+        }
         i.limiter
             .check_key(key)
             .map_err(|not_until| not_until.wait_time_from(clock.now()))
@@ -130,8 +139,8 @@ impl ClientQuotas {
         self.store().overflowed.load(Relaxed)
     }
 
-    /// Drops every client whose bucket is full again, now. Requests do this every
-    /// `sweep_every`; call it from a timer task if traffic may stop for long.
+    /// Drops every client whose bucket is full again, now. New clients trigger this at most
+    /// every `sweep_every`; call it from a timer task to give memory back when traffic stops.
     pub fn sweep(&self) {
         let i = &self.inner;
         let before = i.limiter.len();
@@ -266,8 +275,12 @@ struct CappedStore(Arc<StoreInner>);
 
 struct StoreInner {
     shards: Box<[RwLock<HashMap<ClientId, InMemoryState>>]>,
-    hasher: std::hash::RandomState,
+    /// Seed of the shard choice. The maps inside use SipHash with random keys (client keys come
+    /// from clients); the shard choice only needs spreading, so it takes the cheap mixer.
+    shard_seed: u64,
     len: AtomicUsize,
+    /// Set when a new client was inserted or overflowed: a sweep may be due.
+    grew: std::sync::atomic::AtomicBool,
     cap: usize,
     overflow: InMemoryState,
     overflowed: AtomicU64,
@@ -277,8 +290,9 @@ impl CappedStore {
     fn new(cap: usize) -> Self {
         CappedStore(Arc::new(StoreInner {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            hasher: std::hash::RandomState::new(),
+            shard_seed: std::hash::RandomState::new().hash_one(0x5eed_u64),
             len: AtomicUsize::new(0),
+            grew: std::sync::atomic::AtomicBool::new(false),
             cap,
             overflow: InMemoryState::default(),
             overflowed: AtomicU64::new(0),
@@ -287,7 +301,8 @@ impl CappedStore {
 
     fn shard(&self, key: &ClientId) -> &RwLock<HashMap<ClientId, InMemoryState>> {
         let s = &self.0;
-        &s.shards[(s.hasher.hash_one(key) as usize) % SHARDS]
+        let h = super::shed::stable_hash(s.shard_seed, 0, key.as_bytes());
+        &s.shards[(h as usize) % SHARDS]
     }
 }
 
@@ -307,6 +322,7 @@ impl StateStore for CappedStore {
             return state.measure_and_replace(&NotKeyed::NonKey, f);
         }
         let s = &self.0;
+        s.grew.store(true, Relaxed);
         let room = s
             .len
             .fetch_update(Relaxed, Relaxed, |n| (n < s.cap).then_some(n + 1));
