@@ -571,3 +571,85 @@ async fn decisions_are_counted_from_zero() {
     assert_eq!(counter(&snap, "quota"), 1);
     assert_eq!(counter(&snap, "shed"), 1);
 }
+
+// ---------------------------------------------------------------- properties
+
+#[derive(Debug, Clone)]
+struct Step {
+    client: u32,
+    advance_ms: u64,
+    drop_unpolled: bool,
+    shed_half: bool,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    // Half the steps come at once, so clients reach and pass their burst.
+    let advance = prop_oneof![Just(0u64), 0..400u64];
+    (0..3u32, advance, any::<bool>(), any::<bool>()).prop_map(
+        |(client, advance_ms, drop_unpolled, shed_half)| Step {
+            client,
+            advance_ms,
+            drop_unpolled,
+            shed_half,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every request gets exactly the outcome an independent model gives: shed iff the shed
+    /// handle says so (whatever else happened), else the textbook GCRA for its client (4 per
+    /// second, burst 4, so T = 250 ms). Dropping a response future unpolled changes nothing:
+    /// the decision is made in `call`, and the throttle holds nothing a future could give back.
+    #[test]
+    fn decisions_match_a_gcra_model(steps in proptest::collection::vec(step(), 1..120)) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let shed = ShedFraction::builder("prop").seed(5).epoch_origin(Instant::now()).build().unwrap();
+            let quotas = ClientQuotas::builder("prop", per_second(4)).build().unwrap();
+            let mut svc = ThrottleLayer::builder(by_id)
+                .shed(shed.clone())
+                .quotas(quotas)
+                .build()
+                .unwrap()
+                .layer(echo_service());
+            let t = Duration::from_millis(250);
+            let start = Instant::now();
+            let mut tat: std::collections::HashMap<u32, Duration> = Default::default();
+            for s in steps {
+                tokio::time::advance(Duration::from_millis(s.advance_ms)).await;
+                shed.set(if s.shed_half { 0.5 } else { 0.0 });
+                let now = Instant::now() - start;
+                let expect_shed = shed.is_shed(&ClientId::from(s.client));
+                let expect_ok = !expect_shed && {
+                    let tat = tat.entry(s.client).or_insert(now);
+                    let ok = tat.saturating_sub(now) <= t * 3;
+                    if ok {
+                        *tat = (*tat).max(now) + t;
+                    }
+                    ok
+                };
+                let fut = svc.ready().await.unwrap().call(s.client);
+                if s.drop_unpolled {
+                    drop(fut);
+                    continue;
+                }
+                match fut.await {
+                    Ok(c) => prop_assert!(expect_ok && c == s.client, "{s:?} admitted"),
+                    Err(e) => {
+                        prop_assert!(!expect_ok, "{s:?} refused: {e}");
+                        let o = find_overload(e.as_ref()).unwrap();
+                        prop_assert_eq!(o.reason(), OverloadReason::Throttled);
+                        prop_assert!(o.retry_after().is_some());
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+}

@@ -28,6 +28,12 @@
 //!   and [`overload_to_response`] make any backstop refusal a 429 (client asks too much) or 503
 //!   (server is full) with `Retry-After`.
 //!
+//! # Cancellation
+//! The decision is made in `call`, before the inner service sees the request, and the throttle
+//! holds nothing while the request runs: a dropped response future has nothing to give back. A
+//! quota counts requests sent, as governor does, so an admitted request that is then cancelled
+//! has spent its token; a shed request spends none.
+//!
 //! # When to use it
 //! On servers, outermost after metrics (`metrics → throttle → pid admission → queue → timeout →
 //! handler`), so a throttled client costs one hash and one atomic. Give every server of a fleet
