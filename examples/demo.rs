@@ -6,9 +6,11 @@
 //!
 //! - **naive**: an unbounded FIFO queue; clients wait 300 ms per attempt and retry 3 times
 //!   with exponential backoff;
-//! - **backstop**: backstop's stacks as they exist today (see [`Backstop`]);
-//! - **+bounded queue**: the same plus a bounded queue made of tower's own layers, standing in
-//!   until backstop's `backpressure` / `lifo_queue` primitives land.
+//! - **timeouts only**: backstop's deadline-propagating timeouts and nothing else, to show what
+//!   they do alone;
+//! - **backstop**: backstop's client and server stacks (see [`Backstop`]): deadline propagation,
+//!   a retry budget (at most one retry, 1% of successes), and an adaptive LIFO queue in front of
+//!   the workers.
 //!
 //! It prints a table, writes SVG plots into `target/backstop-demo/`, and ends with one line:
 //! `summary: naive_goodput=F backstop_goodput=F naive_recovery_s=S backstop_recovery_s=S`
@@ -22,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop::BoxError;
+use backstop::lifo_queue::LifoQueueLayer;
 use backstop::metrics::{LittleLayer, LittleMeter, LittleReport, LittleSnapshot};
+use backstop::retry::{RetryBudget, RetryLayer};
 use backstop::sim::{
     CallPolicy, RetryPolicy, Scenario, SimReport, SimServer, SimService, WebApp, goodput_table,
     table,
@@ -31,6 +35,8 @@ use backstop::timeout::TimeoutLayer;
 use plotters::prelude::*;
 use tower::ServiceBuilder;
 
+const WORKERS: usize = WebApp::WORKERS;
+
 /// Backstop's configuration for the story. Each primitive that lands gets a field here and a
 /// line in [`Backstop::server`] or [`Backstop::client`].
 #[derive(Clone)]
@@ -38,23 +44,27 @@ struct Backstop {
     /// The Little's-law meter of the server stack and its figures when it was built (at the
     /// start of the run), kept to print its report.
     meter: Arc<Mutex<Option<(LittleMeter, LittleSnapshot)>>>,
-    /// A bounded queue of this many waiters, from tower's `ConcurrencyLimit` + `LoadShed` (not
-    /// a backstop primitive: a stand-in until `backpressure` / `lifo_queue` land).
-    tower_bounded_queue: Option<usize>,
+    /// The whole stacks, or the timeouts alone.
+    full: bool,
+    /// One retry budget for every simulated user: the client-wide aggregate retry rate.
+    budget: RetryBudget,
 }
 
 impl Backstop {
-    fn new(tower_bounded_queue: Option<usize>) -> Self {
-        Backstop {
+    fn new(full: bool) -> Result<Self, BoxError> {
+        Ok(Backstop {
             meter: Arc::default(),
-            tower_bounded_queue,
-        }
+            full,
+            budget: RetryBudget::builder("web_client").build()?,
+        })
     }
 
-    /// Server: metrics → [bounded queue] → timeout inheriting the caller's deadline → workers.
+    /// Server: metrics → [adaptive LIFO queue] → timeout inheriting the caller's deadline →
+    /// workers.
     ///
-    /// The timeout holds the whole call, queue wait included: a request whose caller has left
-    /// is taken out of the queue instead of served. Later: throttle, PID admission, LIFO queue.
+    /// The LIFO queue admits as many requests as there are workers and serves the newest
+    /// waiters first once it is behind, dropping those that waited too long; the timeout holds
+    /// the whole call, so a request whose caller has left never keeps a worker busy.
     fn server(&self, server: SimServer) -> SimService {
         let meter = LittleMeter::builder("web")
             .capacity(WebApp::WORKERS as f64)
@@ -66,22 +76,48 @@ impl Backstop {
             .fraction(0.9)
             .build()
             .expect("valid timeout");
-        let limit = self.tower_bounded_queue.map(|q| WebApp::WORKERS + q);
+        let lifo = self.full.then(|| {
+            LifoQueueLayer::builder()
+                .name("web")
+                .max_in_flight(WORKERS)
+                .build()
+                .expect("valid queue")
+        });
         SimService::new(
             ServiceBuilder::new()
                 .layer(LittleLayer::new(meter))
-                .option_layer(limit.map(|_| tower::load_shed::LoadShedLayer::new()))
-                .option_layer(limit.map(tower::limit::ConcurrencyLimitLayer::new))
+                .option_layer(lifo)
                 .layer(deadline)
                 .service(server),
         )
     }
 
-    /// Client: an overall timeout equal to the user's patience, one attempt per load (no
-    /// per-request retry loop: the retry budget, at most 1 retry, goes here when it lands).
+    /// Client: an overall timeout equal to the user's patience; with the whole stack, at most
+    /// one retry paid for by the shared budget, and a per-attempt timeout of half the time left.
     fn client(&self, next: SimService) -> SimService {
         let overall = TimeoutLayer::new(WebApp::PATIENCE).expect("valid timeout");
-        SimService::new(ServiceBuilder::new().layer(overall).service(next))
+        let retry = self.full.then(|| {
+            RetryLayer::builder(self.budget.clone())
+                // The story's page loads are reads.
+                .retry_non_idempotent()
+                .backoff(Duration::from_millis(10), Duration::from_millis(100))
+                .build()
+                .expect("valid retry")
+        });
+        let attempt = self.full.then(|| {
+            TimeoutLayer::builder()
+                .timeout(WebApp::PATIENCE / 2)
+                .fraction(0.5)
+                .build()
+                .expect("valid timeout")
+        });
+        SimService::new(
+            ServiceBuilder::new()
+                .layer(overall)
+                .option_layer(retry)
+                .option_layer(attempt)
+                .service(next),
+        )
     }
 
     fn scenario(&self, name: &str) -> Result<Scenario, BoxError> {
@@ -123,8 +159,9 @@ fn main() -> Result<(), BoxError> {
     let wall = std::time::Instant::now();
     let story = WebApp::default();
     let naive = story.naive()?.run();
-    let (backstop, little) = Backstop::new(None).run("backstop")?;
-    let (bounded, _) = Backstop::new(Some(20)).run("+bounded queue (tower)")?;
+    let (timeouts, _) = Backstop::new(false)?.run("timeouts only")?;
+    let full = Backstop::new(true)?;
+    let (backstop, little) = full.run("backstop")?;
     let wall = wall.elapsed();
 
     println!(
@@ -136,28 +173,28 @@ fn main() -> Result<(), BoxError> {
         naive.summary.surge.map_or(0, |s| s.1.as_secs()),
         WebApp::PATIENCE,
     );
-    println!("{}", table(&[&naive, &backstop, &bounded]));
+    println!("{}", table(&[&naive, &timeouts, &backstop]));
     println!("answers in time, per 5 s:");
-    println!("{}", goodput_table(&[&naive, &backstop, &bounded], 5));
+    println!("{}", goodput_table(&[&naive, &timeouts, &backstop], 5));
     println!("per hop (work and wasted work, Little's law check):");
-    for r in [&naive, &backstop, &bounded] {
+    for r in [&naive, &timeouts, &backstop] {
         print!("[{}]\n{}", r.name, r.hop_table());
     }
     if let Some(l) = little {
         println!(
-            "\nbackstop's LittleLayer on the web server over the run: {} arrivals ({:.1}/s), {:.1} in flight on average, mean latency {:.0} ms, utilization {:.2} of {} workers",
+            "\nbackstop's LittleLayer on the web server over the run: {} arrivals ({:.1}/s), {:.1} in flight on average (waiters included), mean latency {:.0} ms; against {} workers that is a utilization of {:.2}",
             l.arrivals,
             l.arrival_rate,
             l.average_concurrency,
             l.mean_latency.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-            l.utilization.unwrap_or(0.0),
             WebApp::WORKERS,
+            l.utilization.unwrap_or(0.0),
         );
     }
 
     let dir = &Path::new(env!("CARGO_MANIFEST_DIR")).join("target/backstop-demo");
     std::fs::create_dir_all(dir)?;
-    let runs = [&naive, &backstop, &bounded];
+    let runs = [&naive, &timeouts, &backstop];
     plot_goodput(&dir.join("goodput.svg"), &runs)?;
     plot_latency(&dir.join("latency.svg"), &runs)?;
     println!("\nplots: target/backstop-demo/goodput.svg target/backstop-demo/latency.svg");
@@ -171,21 +208,20 @@ fn main() -> Result<(), BoxError> {
     let (n, b) = (&naive.summary, &backstop.summary);
     println!();
     verdict(&naive);
+    verdict(&timeouts);
     verdict(&backstop);
-    verdict(&bounded);
-    if b.surge_goodput_fraction < 0.3 {
+    let budget = full.budget.stats();
+    println!(
+        "backstop's retry budget: {} retries sent, {} denied over the run",
+        budget.granted - budget.refunded,
+        budget.denied
+    );
+    if timeouts.summary.surge_goodput_fraction < 0.3 {
         println!(
-            "note: backstop's timeouts alone do not keep goodput up during the surge: the server \
-             drops queued requests whose caller has left (no stuck state afterwards), but a FIFO \
-             queue still serves the oldest requests, whose deadline is nearly up."
+            "note: timeouts alone end the stuck state (the server drops queued requests whose \
+             caller has left) but keep goodput low during the surge: a FIFO queue still serves \
+             the oldest requests, whose deadline is nearly up. The LIFO queue serves the newest."
         );
-        if bounded.summary.surge_goodput_fraction > b.surge_goodput_fraction {
-            println!(
-                "note: bounding the queue (tower's layers, standing in for backstop's own \
-                 backpressure / LIFO queue) raised surge goodput from {:.2} to {:.2} of capacity.",
-                b.surge_goodput_fraction, bounded.summary.surge_goodput_fraction
-            );
-        }
     }
     println!(
         "summary: naive_goodput={:.2} backstop_goodput={:.2} naive_recovery_s={:.0} backstop_recovery_s={:.0}",
