@@ -8,7 +8,7 @@
 //!   with exponential backoff;
 //! - **timeouts only**: backstop's deadline-propagating timeouts and nothing else, to show what
 //!   they do alone;
-//! - **backstop**: backstop's client and server stacks (see [`Backstop`]): deadline propagation,
+//! - **backstop**: backstop's client and server stacks (see `support/web_stacks.rs`): deadline propagation,
 //!   a retry budget (at most one retry, 1% of successes), and an adaptive LIFO queue in front of
 //!   the workers.
 //!
@@ -24,144 +24,44 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop::BoxError;
-use backstop::lifo_queue::LifoQueueLayer;
-use backstop::metrics::{LittleLayer, LittleMeter, LittleReport, LittleSnapshot};
-use backstop::retry::{RetryBudget, RetryLayer};
-use backstop::sim::{
-    CallPolicy, RetryPolicy, Scenario, SimReport, SimServer, SimService, WebApp, goodput_table,
-    table,
-};
-use backstop::timeout::TimeoutLayer;
+use backstop::metrics::{LittleMeter, LittleReport, LittleSnapshot};
+use backstop::sim::{SimReport, WebApp, goodput_table, table};
 use plotters::prelude::*;
-use tower::ServiceBuilder;
 
-const WORKERS: usize = WebApp::WORKERS;
+#[path = "support/web_stacks.rs"]
+mod web_stacks;
+use web_stacks::WebStacks;
 
-/// Backstop's configuration for the story. Each primitive that lands gets a field here and a
-/// line in [`Backstop::server`] or [`Backstop::client`].
-#[derive(Clone)]
-struct Backstop {
-    /// The Little's-law meter of the server stack and its figures when it was built (at the
-    /// start of the run), kept to print its report.
-    meter: Arc<Mutex<Option<(LittleMeter, LittleSnapshot)>>>,
-    /// The whole stacks, or the timeouts alone.
-    full: bool,
-    /// One retry budget for every simulated user: the client-wide aggregate retry rate.
-    budget: RetryBudget,
-}
-
-impl Backstop {
-    fn new(full: bool) -> Result<Self, BoxError> {
-        Ok(Backstop {
-            meter: Arc::default(),
-            full,
-            budget: RetryBudget::builder("web_client").build()?,
-        })
-    }
-
-    /// Server: metrics → [adaptive LIFO queue] → timeout inheriting the caller's deadline →
-    /// workers.
-    ///
-    /// The LIFO queue admits as many requests as there are workers and serves the newest
-    /// waiters first once it is behind, dropping those that waited too long; the timeout holds
-    /// the whole call, so a request whose caller has left never keeps a worker busy.
-    fn server(&self, server: SimServer) -> SimService {
-        let meter = LittleMeter::builder("web")
-            .capacity(WebApp::WORKERS as f64)
-            .build()
-            .expect("valid meter");
-        *self.meter.lock().unwrap() = Some((meter.clone(), meter.snapshot()));
-        let deadline = TimeoutLayer::builder()
-            .timeout(Duration::from_secs(10))
-            .fraction(0.9)
-            .build()
-            .expect("valid timeout");
-        let lifo = self.full.then(|| {
-            LifoQueueLayer::builder()
-                .name("web")
-                .max_in_flight(WORKERS)
-                .build()
-                .expect("valid queue")
-        });
-        SimService::new(
-            ServiceBuilder::new()
-                .layer(LittleLayer::new(meter))
-                .option_layer(lifo)
-                .layer(deadline)
-                .service(server),
-        )
-    }
-
-    /// Client: an overall timeout equal to the user's patience; with the whole stack, at most
-    /// one retry paid for by the shared budget, and a per-attempt timeout of half the time left.
-    fn client(&self, next: SimService) -> SimService {
-        let overall = TimeoutLayer::new(WebApp::PATIENCE).expect("valid timeout");
-        let retry = self.full.then(|| {
-            RetryLayer::builder(self.budget.clone())
-                // The story's page loads are reads.
-                .retry_non_idempotent()
-                .backoff(Duration::from_millis(10), Duration::from_millis(100))
-                .build()
-                .expect("valid retry")
-        });
-        let attempt = self.full.then(|| {
-            TimeoutLayer::builder()
-                .timeout(WebApp::PATIENCE / 2)
-                .fraction(0.5)
-                .build()
-                .expect("valid timeout")
-        });
-        SimService::new(
-            ServiceBuilder::new()
-                .layer(overall)
-                .option_layer(retry)
-                .option_layer(attempt)
-                .service(next),
-        )
-    }
-
-    fn scenario(&self, name: &str) -> Result<Scenario, BoxError> {
-        let call = CallPolicy {
-            attempt_timeout: None,
-            retry: RetryPolicy::Stack,
-        };
-        let (client, server) = (self.clone(), self.clone());
-        Ok(WebApp::default().scenario(
-            name,
-            call,
-            move |next| client.client(next),
-            move |s| server.server(s),
-        )?)
-    }
-
-    /// Runs in a paused runtime of its own, reading the meter on the simulated clock.
-    fn run(&self, name: &str) -> Result<(SimReport, Option<LittleReport>), BoxError> {
-        let scenario = self.scenario(name)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()?;
-        Ok(rt.block_on(async {
-            let report = scenario.run_async().await;
-            // Read on the simulated clock, at the end of the run.
-            let little = self
-                .meter
-                .lock()
-                .unwrap()
-                .as_ref()
-                .map(|(m, start)| m.snapshot().since(start));
-            (report, little)
-        }))
-    }
+/// Runs the story with `stacks` in a paused runtime of its own, and reads the server's
+/// Little's-law meter on the simulated clock at the end of the run.
+fn run(stacks: &WebStacks, name: &str) -> Result<(SimReport, Option<LittleReport>), BoxError> {
+    let meter: Arc<Mutex<Option<(LittleMeter, LittleSnapshot)>>> = Arc::default();
+    let slot = meter.clone();
+    let scenario = stacks.scenario(&WebApp::default(), name, move |m| {
+        *slot.lock().unwrap() = Some((m.clone(), m.snapshot()));
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    Ok(rt.block_on(async {
+        let report = scenario.run_async().await;
+        let little = meter
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(m, start)| m.snapshot().since(start));
+        (report, little)
+    }))
 }
 
 fn main() -> Result<(), BoxError> {
     let wall = std::time::Instant::now();
     let story = WebApp::default();
     let naive = story.naive()?.run();
-    let (timeouts, _) = Backstop::new(false)?.run("timeouts only")?;
-    let full = Backstop::new(true)?;
-    let (backstop, little) = full.run("backstop")?;
+    let (timeouts, _) = run(&WebStacks::new(false)?, "timeouts only")?;
+    let full = WebStacks::new(true)?;
+    let (backstop, little) = run(&full, "backstop")?;
     let wall = wall.elapsed();
 
     println!(
