@@ -162,6 +162,13 @@ pub fn sweep(ps: &[f64], size: Size, seed: u64) -> Result<Vec<(Mode, Vec<Point>)
         .collect()
 }
 
+/// Requests per chain under random throttling with 3 tries per call, relative to 3: a call
+/// makes 1 + p + p^2 attempts, and the chain reaches its next call with q = 1 - p^3.
+pub fn random_model(p: f64) -> f64 {
+    let q = 1.0 - p * p * p;
+    (1.0 + p + p * p) * (1.0 + q + q * q) / 3.0
+}
+
 /// `x / base`, 0 when the base is 0.
 pub fn ratio(x: u64, base: u64) -> f64 {
     if base == 0 {
@@ -198,7 +205,7 @@ fn main() -> Result<(), BoxError> {
     for (mode, _) in &runs {
         print!(" {:^23} |", mode.name());
     }
-    println!(" {:>5}", "1-p");
+    println!(" {:>5} {:>6}", "1-p", "model");
     print!("{:>5} |", "");
     for _ in &runs {
         print!(" {:>7} {:>7} {:>7} |", "load", "admit", "done");
@@ -215,8 +222,11 @@ fn main() -> Result<(), BoxError> {
                 ratio(pt.done, base.done)
             );
         }
-        println!(" {:>5.2}", 1.0 - p);
+        println!(" {:>5.2} {:>6.3}", 1.0 - p, random_model(*p));
     }
+    println!(
+        "model: the plain model's random-throttling load, (1 + p + p^2)(1 + q + q^2) / 3 with q = 1 - p^3"
+    );
     for (mode, points) in &runs {
         let base = points[0];
         println!(

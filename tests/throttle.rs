@@ -79,6 +79,15 @@ fn sweep_random_throttling_raises_load_whole_client_never_does() {
     assert!(random_peak > 1.4, "random peak {random_peak}");
     let r = |i: usize| sweep::ratio(random[i].load, random[0].load);
     assert!(r(2) > 1.4 && r(3) > 1.4, "{random:?}");
+    // And it follows the plain model.
+    for (i, pt) in random.iter().enumerate() {
+        assert!(
+            (r(i) - sweep::random_model(pt.p)).abs() < 0.03,
+            "p={} {}",
+            pt.p,
+            r(i)
+        );
+    }
 
     // Whole clients: the load never rises above the unthrottled level, and admitted work
     // falls as 1 - p (up to the sampling of 500 clients).
@@ -265,6 +274,21 @@ async fn clones_share_the_fraction_and_the_quotas() {
     assert_eq!(shed.get(), 0.0);
     shed.set(7.0);
     assert_eq!(shed.get(), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_controller_drives_the_fraction_through_a_watch_channel() {
+    let shed = ShedFraction::builder("driven").build().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(0.25);
+    let follower = tokio::spawn(shed.clone().follow(rx));
+    tokio::task::yield_now().await;
+    assert_eq!(shed.get(), 0.25);
+    tx.send(0.6).unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(shed.get(), 0.6);
+    drop(tx);
+    follower.await.unwrap(); // ends with its sender
+    assert_eq!(shed.get(), 0.6);
 }
 
 // ---------------------------------------------------------------- quotas

@@ -17,8 +17,13 @@ impl Overloaded {
         }
     }
 
-    /// The refusal as an empty-bodied response: [`http_status`](Self::http_status), and
-    /// `Retry-After` in whole seconds, rounded up, when the refusal has a hint.
+    /// The refusal as an empty-bodied response: [`http_status`](Self::http_status) and
+    /// `Retry-After` in whole seconds, rounded up, at least 1 ([`DEFAULT_RETRY_AFTER`] when the
+    /// refusal has no hint).
+    ///
+    /// `Retry-After` is always sent because clients read a 503 without it as a server error
+    /// worth retrying (backstop's own [`HttpClassifier`](crate::classify::HttpClassifier)
+    /// does), and a 503 with it as a refusal not to retry.
     ///
     /// ```
     /// use backstop::{OverloadReason, Overloaded};
@@ -32,17 +37,19 @@ impl Overloaded {
     pub fn to_http_response<B: Default>(&self) -> http::Response<B> {
         let mut res = http::Response::new(B::default());
         *res.status_mut() = self.http_status();
-        if let Some(after) = self.retry_after() {
-            res.headers_mut()
-                .insert(http::header::RETRY_AFTER, retry_after_seconds(after).into());
-        }
+        let after = self.retry_after().unwrap_or(DEFAULT_RETRY_AFTER);
+        res.headers_mut()
+            .insert(http::header::RETRY_AFTER, retry_after_seconds(after).into());
         res
     }
 }
 
-/// Whole seconds, rounded up: a client told "0" would come straight back.
+/// The `Retry-After` of a refusal that names no time to come back.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Whole seconds, rounded up, at least 1: a client told "0" would come straight back.
 fn retry_after_seconds(after: Duration) -> u64 {
-    after.as_secs() + u64::from(after.subsec_nanos() > 0)
+    (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)
 }
 
 /// Turns an [`Overloaded`] error (anywhere in the error's source chain) into its response and
@@ -88,7 +95,7 @@ mod tests {
 
     #[test]
     fn seconds_round_up() {
-        assert_eq!(retry_after_seconds(Duration::ZERO), 0);
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
         assert_eq!(retry_after_seconds(Duration::from_nanos(1)), 1);
         assert_eq!(retry_after_seconds(Duration::from_secs(3)), 3);
         assert_eq!(retry_after_seconds(Duration::from_millis(3001)), 4);
@@ -104,11 +111,22 @@ mod tests {
         ] {
             let res: http::Response<()> = Overloaded::new(reason).to_http_response();
             assert_eq!(res.status(), 503);
-            assert!(res.headers().get(http::header::RETRY_AFTER).is_none());
+            assert_eq!(res.headers()[http::header::RETRY_AFTER], "1");
         }
         let res: http::Response<()> =
             Overloaded::new(OverloadReason::RateLimited).to_http_response();
         assert_eq!(res.status(), 429);
+    }
+
+    #[test]
+    fn backstop_clients_read_the_answer_as_an_overload() {
+        use crate::classify::{Classify, HttpClassifier, Outcome};
+        for reason in [OverloadReason::QueueFull, OverloadReason::Throttled] {
+            let o = Overloaded::new(reason).with_retry_after(Duration::from_millis(2500));
+            let res: http::Response<()> = o.to_http_response();
+            let outcome = HttpClassifier.classify(Ok::<_, &BoxError>(&res));
+            assert_eq!(outcome, Outcome::Overload(Some(Duration::from_secs(3))));
+        }
     }
 
     #[test]

@@ -79,7 +79,7 @@ mod shed;
 pub use self::error::MissingClientKey;
 pub use self::future::ResponseFuture;
 #[cfg(feature = "http")]
-pub use self::http::overload_to_response;
+pub use self::http::{DEFAULT_RETRY_AFTER, overload_to_response};
 pub use self::key::{ClientId, ClientKey, MissingKey};
 #[cfg(feature = "http")]
 pub use self::key::{HeaderKey, Principal, PrincipalKey, RemoteAddrKey};

@@ -102,6 +102,16 @@ impl ShedFraction {
         f64::from_bits(self.inner.fraction.load(Relaxed))
     }
 
+    /// Sets every fraction `signal` publishes, until its sender is dropped: the wiring for a
+    /// controller that publishes its shed fraction on a `watch` channel (the PID admission
+    /// controller's `subscribe()`). Spawn it: `tokio::spawn(shed.clone().follow(rx))`.
+    pub async fn follow(self, mut signal: tokio::sync::watch::Receiver<f64>) {
+        self.set(*signal.borrow_and_update());
+        while signal.changed().await.is_ok() {
+            self.set(*signal.borrow_and_update());
+        }
+    }
+
     /// The handle's name.
     pub fn name(&self) -> &str {
         &self.inner.name
