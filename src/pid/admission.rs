@@ -116,6 +116,7 @@ impl AdmissionController {
             min_admission: 0.05,
             anti_windup: AntiWindup::Clamp,
             derivative_filter: Duration::from_millis(200),
+            proportional_filter: Duration::ZERO,
             seed: None,
         }
     }
@@ -261,6 +262,7 @@ pub struct AdmissionControllerBuilder {
     min_admission: f64,
     anti_windup: AntiWindup,
     derivative_filter: Duration,
+    proportional_filter: Duration,
     seed: Option<u64>,
 }
 
@@ -323,6 +325,13 @@ impl AdmissionControllerBuilder {
         self
     }
 
+    /// The time constant of a low-pass filter on the measurement the proportional term sees
+    /// (against sampling noise). Default none.
+    pub fn proportional_filter(mut self, tau: Duration) -> Self {
+        self.proportional_filter = tau;
+        self
+    }
+
     /// Seeds the admission draws, so that a simulation is repeatable. Default: a random seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -347,6 +356,7 @@ impl AdmissionControllerBuilder {
             .action(Action::Direct)
             .anti_windup(self.anti_windup)
             .derivative_filter(self.derivative_filter)
+            .proportional_filter(self.proportional_filter)
             .build()?;
         let (shed_tx, _) = watch::channel(0.0);
         Ok(AdmissionController {

@@ -3,7 +3,7 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
-use crate::backpressure::Limiter;
+use crate::backpressure::{Limiter, QueueStats};
 use crate::lifo_queue::AdaptiveQueue;
 use crate::metrics::{LittleMeter, LittleSnapshot};
 
@@ -30,11 +30,21 @@ impl<S: Signal + ?Sized> Signal for std::sync::Arc<S> {
     }
 }
 
-/// Queue delay, in seconds: how long the oldest waiter of a backpressure or LIFO queue has
-/// waited (0 when nobody waits). The health figure of a queue, and the signal CoDel uses.
-#[derive(Clone)]
+/// Queue delay, in seconds, of a [`backpressure`](crate::backpressure) or
+/// [`lifo_queue`](crate::lifo_queue) queue, measured one of two ways:
+///
+/// - [`of_limiter`](Self::of_limiter) / [`of_queue`](Self::of_queue): the wait a request
+///   arriving now can expect, by Little's law applied to the queue: requests waiting divided by
+///   the rate at which the queue hands out slots (averaged over about a second). It moves as soon
+///   as the queue grows or shrinks, so a controller sees the effect of its last decision at the
+///   next tick. **The one to control with.**
+/// - [`oldest_waiter`](Self::oldest_waiter): the age of the oldest waiter (0 when nobody waits),
+///   the queue's health figure. It lags: after admission is cut, the head of the queue keeps
+///   ageing until everyone admitted before the cut has been served, so the lag is the delay
+///   itself, and a controller on it overshoots (the `pid_step` example measured it).
 pub struct QueueDelay {
     source: QueueSource,
+    estimate: Option<Mutex<RateState>>,
 }
 
 #[derive(Clone)]
@@ -43,19 +53,45 @@ enum QueueSource {
     Lifo(AdaptiveQueue),
 }
 
+#[derive(Debug, Default)]
+struct RateState {
+    last: Option<(Instant, u64)>,
+    rate: f64,
+}
+
+/// The time constant of the grant-rate average.
+const RATE_TAU: f64 = 1.0;
+
 impl QueueDelay {
-    /// The oldest waiter's age in a [`BackpressureLayer`](crate::backpressure::BackpressureLayer)'s
-    /// queue.
+    /// The expected wait in a [`BackpressureLayer`](crate::backpressure::BackpressureLayer)'s
+    /// queue: waiting / grant rate.
     pub fn of_limiter(limiter: &Limiter) -> Self {
         QueueDelay {
             source: QueueSource::Backpressure(limiter.clone()),
+            estimate: Some(Mutex::default()),
         }
     }
 
-    /// The oldest waiter's age in a [`LifoQueueLayer`](crate::lifo_queue::LifoQueueLayer)'s queue.
+    /// The expected wait in a [`LifoQueueLayer`](crate::lifo_queue::LifoQueueLayer)'s queue:
+    /// waiting / grant rate.
     pub fn of_queue(queue: &AdaptiveQueue) -> Self {
         QueueDelay {
             source: QueueSource::Lifo(queue.clone()),
+            estimate: Some(Mutex::default()),
+        }
+    }
+
+    /// Measures the oldest waiter's age instead of the expected wait (see the type's doc for
+    /// why that lags).
+    pub fn oldest_waiter(mut self) -> Self {
+        self.estimate = None;
+        self
+    }
+
+    fn stats(&self) -> QueueStats {
+        match &self.source {
+            QueueSource::Backpressure(l) => l.stats(),
+            QueueSource::Lifo(q) => q.stats(),
         }
     }
 }
@@ -66,17 +102,44 @@ impl fmt::Debug for QueueDelay {
             QueueSource::Backpressure(_) => "backpressure",
             QueueSource::Lifo(_) => "lifo_queue",
         };
-        f.debug_struct("QueueDelay").field("of", &kind).finish()
+        let how = if self.estimate.is_some() {
+            "expected wait"
+        } else {
+            "oldest waiter"
+        };
+        f.debug_struct("QueueDelay")
+            .field("of", &kind)
+            .field("measures", &how)
+            .finish()
     }
 }
 
 impl Signal for QueueDelay {
-    fn sample(&self, _now: Instant) -> Option<f64> {
-        let oldest = match &self.source {
-            QueueSource::Backpressure(l) => l.oldest_wait(),
-            QueueSource::Lifo(q) => q.oldest_wait(),
+    fn sample(&self, now: Instant) -> Option<f64> {
+        let stats = self.stats();
+        let oldest = stats.oldest_wait.map_or(0.0, |d| d.as_secs_f64());
+        let Some(estimate) = &self.estimate else {
+            return Some(oldest);
         };
-        Some(oldest.map_or(0.0, |d| d.as_secs_f64()))
+        let mut state = estimate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, granted)) = state.last {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            if dt > 0.0 {
+                let rate = stats.admitted.saturating_sub(granted) as f64 / dt;
+                let alpha = dt / (RATE_TAU + dt);
+                state.rate += alpha * (rate - state.rate);
+            }
+        }
+        state.last = Some((now, stats.admitted));
+        if stats.waiting == 0 {
+            return Some(0.0);
+        }
+        // Nothing granted lately (a stuck server, or the first sample): the head's age is the
+        // best figure there is.
+        if state.rate <= f64::EPSILON {
+            return Some(oldest);
+        }
+        Some(stats.waiting as f64 / state.rate)
     }
 }
 
