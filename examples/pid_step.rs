@@ -8,8 +8,8 @@
 //! - **no control**: a FIFO queue (`BackpressureLayer`, 10 in flight, 100 000 waiting);
 //! - **fixed limit**: `BackpressureLayer` with 10 in flight and 5 waiting, `QueueFull` beyond:
 //!   Little's law sizes the queue for the target (5 waiters / 100 per s = 50 ms);
-//! - **gradient2**: an adaptive concurrency limit in the style of Netflix's Gradient2 (written
-//!   in this file: see `Gradient2` below), in front of the same FIFO queue;
+//! - **gradient2**: an adaptive concurrency limit in the style of Netflix's Gradient (written
+//!   in this file: see `Gradient` below), in front of the same FIFO queue;
 //! - **P, PI, PID**: `AdmissionLayer` driven by `QueueDelay` of the FIFO queue, in front of it.
 //!
 //! Measured per row: goodput over the surge (answers delivered before the user gave up, as a
@@ -40,7 +40,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backstop::backpressure::{BackpressureLayer, Limiter};
-use backstop::pid::{AdmissionController, AdmissionLayer, QueueDelay};
+use backstop::pid::{AdmissionController, AdmissionLayer, Draw, QueueDelay};
 use backstop::sim::{
     ClientBehavior, Hop, LoadProfile, Scenario, ServiceTime, SimReport, SimRequest, SimResponse,
     SimService,
@@ -55,10 +55,11 @@ const TICK: Duration = Duration::from_millis(100);
 enum Control {
     None,
     Fixed,
-    Gradient2,
+    Gradient,
     P,
     Pi,
     Pid,
+    PidRandom,
 }
 
 impl Control {
@@ -66,15 +67,19 @@ impl Control {
         match self {
             Control::None => "no control",
             Control::Fixed => "fixed limit",
-            Control::Gradient2 => "gradient2",
+            Control::Gradient => "gradient",
             Control::P => "P",
             Control::Pi => "PI",
             Control::Pid => "PID",
+            Control::PidRandom => "PID random",
         }
     }
 
     fn is_pid(self) -> bool {
-        matches!(self, Control::P | Control::Pi | Control::Pid)
+        matches!(
+            self,
+            Control::P | Control::Pi | Control::Pid | Control::PidRandom
+        )
     }
 }
 
@@ -95,19 +100,19 @@ const STEP: Setup = Setup {
     mean: Duration::from_millis(100),
     setpoint: 0.050,
     fixed_waiting: 5,
-    p: (3.0, 0.0, 0.0),
-    pi: (1.0, 8.0, 0.0),
-    pid: (1.0, 8.0, 0.05),
+    p: (2.0, 0.0, 0.0),
+    pi: (2.0, 20.0, 0.0),
+    pid: (2.0, 20.0, 0.2),
 };
 
 const NETFLIX: Setup = Setup {
     workers: 2,
     mean: Duration::from_millis(18),
-    setpoint: 0.020,
+    setpoint: 0.030,
     fixed_waiting: 2,
-    p: (3.0, 0.0, 0.0),
-    pi: (1.0, 8.0, 0.0),
-    pid: (1.0, 8.0, 0.05),
+    p: (2.0, 0.0, 0.0),
+    pi: (2.0, 20.0, 0.0),
+    pid: (2.0, 20.0, 0.2),
 };
 
 impl Setup {
@@ -115,10 +120,6 @@ impl Setup {
         self.workers as f64 / self.mean.as_secs_f64()
     }
     fn gains(&self, c: Control) -> (f64, f64, f64) {
-        if let Ok(v) = std::env::var(format!("GAINS_{c:?}")) {
-            let g: Vec<f64> = v.split(',').map(|x| x.parse().unwrap()).collect();
-            return (g[0], g[1], g[2]);
-        }
         match c {
             Control::P => self.p,
             Control::Pi => self.pi,
@@ -153,7 +154,14 @@ struct Run {
     accepted: Vec<(Duration, Duration)>,
 }
 
-fn run(name: &str, setup: Setup, control: Control, profile: LoadProfile, surge: (Duration, Duration)) -> Run {
+fn run(
+    name: &str,
+    setup: Setup,
+    control: Control,
+    setpoint: f64,
+    profile: LoadProfile,
+    surge: (Duration, Duration),
+) -> Run {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -173,16 +181,11 @@ fn run(name: &str, setup: Setup, control: Control, profile: LoadProfile, surge: 
             let (kp, ki, kd) = setup.gains(control);
             AdmissionController::builder(QueueDelay::of_limiter(&limiter))
                 .name(format!("{name} {}", control.name()))
-                .setpoint(setup.setpoint)
+                .setpoint(setpoint)
                 .gains(kp, ki, kd)
                 .tick(TICK)
-                .proportional_filter(Duration::from_millis(
-                    std::env::var("PF").map_or(0, |v| v.parse().unwrap()),
-                ))
-                .derivative_filter(Duration::from_millis(
-                    std::env::var("DF").map_or(200, |v| v.parse().unwrap()),
-                ))
                 .seed(42)
+                .draw(if control == Control::PidRandom { Draw::Random } else { Draw::Even })
                 .build()
                 .expect("valid controller")
         });
@@ -192,7 +195,7 @@ fn run(name: &str, setup: Setup, control: Control, profile: LoadProfile, surge: 
             refused: Arc::default(),
             accepted: Arc::default(),
         };
-        let gradient = Gradient2::new(setup.workers);
+        let gradient = Gradient::new(setup.workers);
 
         let (c2, t2, g2) = (controller.clone(), tally.clone(), gradient.clone());
         let hop = Hop::new("server", setup.workers, ServiceTime::LogNormal { mean: setup.mean, cv: 0.5 })
@@ -200,7 +203,7 @@ fn run(name: &str, setup: Setup, control: Control, profile: LoadProfile, surge: 
                 let queued = SimService::new(queue.layer(server));
                 let controlled = match (&c2, control) {
                     (Some(c), _) => SimService::new(AdmissionLayer::new(c.clone()).layer(queued)),
-                    (None, Control::Gradient2) => g2.wrap(queued),
+                    (None, Control::Gradient) => g2.wrap(queued),
                     _ => queued,
                 };
                 counting(t2.clone(), controlled)
@@ -262,33 +265,36 @@ fn counting(tally: Tally, inner: SimService) -> SimService {
 
 
 // ---------------------------------------------------------------------------------------------
-// An adaptive concurrency limit in the style of Netflix concurrency-limits' Gradient2, for
-// comparison only (not part of backstop). Per window of 10 responses: the short RTT is the
-// window's mean, the long RTT an exponential average over ~600 samples; gradient =
-// clamp(1.5 × long / short, 0.5, 1); limit ← limit × 0.8 + (limit × gradient + 4) × 0.2, within
-// [1, 200]; no growth while fewer than half the limit are in flight (app-limited); the long RTT
-// decays when it runs more than 2x the short one. Over the limit: `QueueFull` at once.
+// An adaptive concurrency limit in the style of Netflix concurrency-limits' Gradient limit, for
+// comparison only (not part of backstop). RTTs are averaged over windows of 10 responses; the
+// no-load RTT is the smallest window average seen (the service time here does not drift; a
+// sliding minimum over 100 windows learned a sustained queue as normal after ~10 s); gradient =
+// clamp(1.5 × no-load / window RTT, 0.5, 1); limit ← 0.8 × limit + 0.2 × (limit × gradient +
+// √limit), within [1, 200]; no growth while fewer than half the limit are in flight
+// (app-limited). Over the limit: `QueueFull` at once. (A first try with Gradient's long-RTT
+// exponential average drifted up with a sustained queue and never shed: the long average
+// learns the queue as normal.)
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Clone)]
-struct Gradient2 {
-    state: Arc<Mutex<G2State>>,
+struct Gradient {
+    state: Arc<Mutex<GradientState>>,
     in_flight: Arc<AtomicUsize>,
 }
 
-struct G2State {
+struct GradientState {
     limit: f64,
-    long_rtt: Option<f64>,
+    no_load: f64,
     window_sum: f64,
     window_n: u32,
 }
 
-impl Gradient2 {
+impl Gradient {
     fn new(initial: usize) -> Self {
-        Gradient2 {
-            state: Arc::new(Mutex::new(G2State {
+        Gradient {
+            state: Arc::new(Mutex::new(GradientState {
                 limit: initial as f64,
-                long_rtt: None,
+                no_load: f64::INFINITY,
                 window_sum: 0.0,
                 window_n: 0,
             })),
@@ -310,17 +316,13 @@ impl Gradient2 {
         let short = s.window_sum / s.window_n as f64;
         s.window_sum = 0.0;
         s.window_n = 0;
-        let alpha = 2.0 / (600.0 / 10.0 + 1.0); // ~600 samples, counted in windows of 10
-        let mut long = s.long_rtt.map_or(short, |l| l + alpha * (short - l));
-        if long / short > 2.0 {
-            long *= 0.95;
-        }
-        s.long_rtt = Some(long);
-        if (in_flight as f64) < s.limit / 2.0 {
+        s.no_load = s.no_load.min(short);
+        let no_load = s.no_load;
+        let gradient = (1.5 * no_load / short).clamp(0.5, 1.0);
+        if gradient >= 1.0 && (in_flight as f64) < s.limit / 2.0 {
             return;
         }
-        let gradient = (1.5 * long / short).clamp(0.5, 1.0);
-        let target = s.limit * gradient + 4.0;
+        let target = s.limit * gradient + s.limit.sqrt();
         s.limit = (s.limit * 0.8 + target * 0.2).clamp(1.0, 200.0);
     }
 
@@ -332,7 +334,7 @@ impl Gradient2 {
 
 #[derive(Clone)]
 struct GradientService {
-    g: Gradient2,
+    g: Gradient,
     inner: SimService,
 }
 
@@ -392,34 +394,52 @@ fn goodput(r: &Run, from: Duration, to: Duration, capacity: f64) -> f64 {
     good as f64 / secs(to - from) / capacity
 }
 
-/// From `from`, the first sample time after which the queue delay stays within `bound` until
-/// `to`; `None` if the last sample before `to` is still above.
+/// Per second from `from` to `to`: the mean of `f` over the second's 100 ms samples.
+fn per_second(r: &Run, from: Duration, to: Duration, f: impl Fn(&Sample) -> Option<f64>) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut t = from;
+    while t < to {
+        let xs: Vec<f64> = r
+            .samples
+            .iter()
+            .filter(|s| s.t >= t && s.t < t + Duration::from_secs(1))
+            .filter_map(&f)
+            .collect();
+        if !xs.is_empty() {
+            out.push(xs.iter().sum::<f64>() / xs.len() as f64);
+        }
+        t += Duration::from_secs(1);
+    }
+    out
+}
+
+/// Seconds from `from` until the queue delay, averaged per second, stays within `bound` until
+/// `to`; `None` if the last second is still above.
 fn settle(r: &Run, from: Duration, to: Duration, bound: f64) -> Option<f64> {
-    let window: Vec<&Sample> = r.samples.iter().filter(|s| s.t >= from && s.t < to).collect();
-    let last_bad = window.iter().rposition(|s| s.delay > bound);
-    match last_bad {
+    let means = per_second(r, from, to, |s| Some(s.delay));
+    match means.iter().rposition(|d| *d > bound) {
         None => Some(0.0),
-        Some(i) if i + 1 < window.len() => Some(secs(window[i + 1].t - from)),
+        Some(i) if i + 1 < means.len() => Some((i + 1) as f64),
         Some(_) => None,
     }
 }
 
-fn max_delay(r: &Run, from: Duration, to: Duration) -> f64 {
-    r.samples
-        .iter()
-        .filter(|s| s.t >= from && s.t < to)
-        .map(|s| s.delay)
-        .fold(0.0, f64::max)
-}
-
-/// (max |p − mean|, mean) of the admission probability between `from` and `to`.
-fn swing(r: &Run, from: Duration, to: Duration) -> Option<(f64, f64)> {
-    let ps: Vec<f64> = r
+/// The 99th percentile of the 100 ms queue-delay samples between `from` and `to`.
+fn delay_p99(r: &Run, from: Duration, to: Duration) -> f64 {
+    let mut d: Vec<f64> = r
         .samples
         .iter()
         .filter(|s| s.t >= from && s.t < to)
-        .filter_map(|s| s.probability)
+        .map(|s| s.delay)
         .collect();
+    d.sort_by(f64::total_cmp);
+    d.get(d.len() * 99 / 100).copied().unwrap_or(0.0)
+}
+
+/// (max |p − mean|, mean) of the admission probability, averaged per second, between `from`
+/// and `to`.
+fn swing(r: &Run, from: Duration, to: Duration) -> Option<(f64, f64)> {
+    let ps = per_second(r, from, to, |s| s.probability);
     if ps.is_empty() {
         return None;
     }
@@ -483,13 +503,14 @@ fn fmt_opt(x: Option<f64>, unit: &str) -> String {
     x.map_or("never".to_owned(), |v| format!("{v:.1}{unit}"))
 }
 
-const ROWS: [Control; 6] = [
+const ROWS: [Control; 7] = [
     Control::None,
     Control::Fixed,
-    Control::Gradient2,
+    Control::Gradient,
     Control::P,
     Control::Pi,
     Control::Pid,
+    Control::PidRandom,
 ];
 
 struct StepFigures {
@@ -516,30 +537,33 @@ fn step_scenario() -> Vec<StepFigures> {
         1e3 * STEP.setpoint
     );
     println!(
-        "{:<12} {:>8} {:>9} {:>14} {:>18} {:>14} {:>9}",
-        "row", "goodput", "settle", "max delay >2s", "p swing >5s", "full adm. after", "refused"
+        "{:<12} {:>8} {:>8} {:>10} {:>14} {:>17} {:>16} {:>8}",
+        "row", "goodput", "settle", "peak", "delay p99 >2s", "p swing >5s", "full adm. after", "refused"
     );
     let mut figures = Vec::new();
     for control in ROWS {
-        let r = run("step", STEP, control, profile.clone(), (from, to));
+        let r = run("step", STEP, control, STEP.setpoint, profile.clone(), (from, to));
         let g = goodput(&r, from, to, cap);
         let st = settle(&r, from, to, bound);
-        let md = max_delay(&r, from + s(2), to);
+        let md = delay_p99(&r, from + s(2), to);
+        let peak = r
+            .samples
+            .iter()
+            .filter(|x| x.t >= from && x.t < to)
+            .map(|x| x.delay)
+            .fold(0.0, f64::max);
         let sw = swing(&r, from + s(5), to).map_or("-".to_owned(), |(w, m)| {
             format!("±{w:.3} ({:.0}%)", 100.0 * w / m)
         });
         let back = full_admission_stays(&r, to);
-        if std::env::var("TRACE").is_ok_and(|t| t == control.name()) {
-            for x in r.samples.iter().filter(|x| x.t >= from - s(1) && x.t < from + s(6)) {
-                println!("  t={:.1} d={:.0}ms p={:?}", secs(x.t), 1e3 * x.delay, x.probability.map(|p| (p * 100.0).round() / 100.0));
-            }
-        }
+
         let last = r.samples.last().expect("sampled");
         println!(
-            "{:<12} {:>7.0}% {:>9} {:>11.0} ms {:>18} {:>14} {:>8.1}%",
+            "{:<12} {:>7.0}% {:>8} {:>7.0} ms {:>11.0} ms {:>17} {:>16} {:>7.1}%",
             control.name(),
             100.0 * g,
             fmt_opt(st, " s"),
+            1e3 * peak,
             1e3 * md,
             sw,
             fmt_opt(back, " s"),
@@ -554,6 +578,14 @@ fn step_scenario() -> Vec<StepFigures> {
     figures
 }
 
+/// Seconds after `from` until the first whole second in which nothing was refused.
+fn first_full_second(r: &Run, from: Duration) -> Option<f64> {
+    admitted_share(r, from, 10)
+        .iter()
+        .find(|(_, share)| *share >= 1.0)
+        .map(|(t, _)| secs(*t - from))
+}
+
 fn netflix_scenario() {
     let s = Duration::from_secs;
     let phase = s(100);
@@ -563,19 +595,25 @@ fn netflix_scenario() {
         .step(phase, 90.0)
         .step(phase, 200.0)
         .step(phase, 100.0);
-    let (from, to) = (3 * phase, 3 * phase);
-    let (from, to) = (from - phase, to);
+    let (from, to) = (2 * phase, 3 * phase);
     println!();
     println!(
-        "netflix: 2 workers, log-normal 18 ms (cv 0.5): capacity {cap:.0} req/s; Poisson 50 -> 90 -> 200 -> 100 req/s, 100 s each; target queue delay {:.0} ms",
-        1e3 * NETFLIX.setpoint
+        "netflix: 2 workers, log-normal 18 ms (cv 0.5): capacity {cap:.0} req/s; Poisson 50 -> 90 -> 200 -> 100 req/s, 100 s each"
     );
     println!(
-        "{:<12} {:>14} {:>14} {:>14} {:>10} {:>16}",
-        "row", "goodput @200", "p99 @50", "p99 @200", "p99 ratio", "full adm. after"
+        "{:<18} {:>12} {:>8} {:>9} {:>7} {:>12} {:>14}",
+        "row", "goodput@200", "p99@50", "p99@200", "ratio", "first full", "full 5 s"
     );
-    for control in [Control::None, Control::Fixed, Control::Gradient2, Control::Pid] {
-        let r = run("netflix", NETFLIX, control, profile.clone(), (from, to));
+    let rows = [
+        (Control::None, 0.0),
+        (Control::Fixed, 0.0),
+        (Control::Gradient, 0.0),
+        (Control::Pid, NETFLIX.setpoint),
+        (Control::Pid, 0.040),
+        (Control::PidRandom, NETFLIX.setpoint),
+    ];
+    for (control, setpoint) in rows {
+        let r = run("netflix", NETFLIX, control, setpoint, profile.clone(), (from, to));
         let g = goodput(&r, from, to, cap);
         let unloaded = p99(&r, Duration::ZERO, phase);
         let loaded = p99(&r, from, to);
@@ -583,14 +621,22 @@ fn netflix_scenario() {
             (Some(u), Some(l)) => format!("{:.2}x", secs(l) / secs(u)),
             _ => "-".to_owned(),
         };
-        let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.0} ms", 1e3 * secs(d)));
+        let ms = |d: Option<Duration>| {
+            d.map_or("-".to_owned(), |d| format!("{:.0} ms", 1e3 * secs(d)))
+        };
+        let name = if control.is_pid() {
+            format!("{} {:.0} ms", control.name(), 1e3 * setpoint)
+        } else {
+            control.name().to_owned()
+        };
         println!(
-            "{:<12} {:>13.0}% {:>14} {:>14} {:>10} {:>16}",
-            control.name(),
+            "{:<18} {:>11.0}% {:>8} {:>9} {:>7} {:>12} {:>14}",
+            name,
             100.0 * g,
             ms(unloaded),
             ms(loaded),
             ratio,
+            fmt_opt(first_full_second(&r, to), " s"),
             fmt_opt(full_admission_for(&r, to, 5), " s"),
         );
     }

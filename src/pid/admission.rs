@@ -42,8 +42,10 @@ struct Inner {
     next_tick_us: AtomicU64,
     /// The admission probability, as f64 bits, read lock-free on the request path.
     probability: AtomicU64,
-    /// A splitmix64 counter: one lock-free, seedable random draw per request.
+    /// A splitmix64 counter: one lock-free, seedable random draw per request; with
+    /// [`Draw::Even`], the admission credit (f64 bits) instead.
     rng: AtomicU64,
+    draw: Draw,
     admitted: AtomicU64,
     denied: AtomicU64,
     shed_tx: watch::Sender<f64>,
@@ -96,6 +98,20 @@ impl fmt::Debug for AdmissionController {
     }
 }
 
+/// How a request is chosen for admission, given the probability `p`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Draw {
+    /// An independent random draw per request (seeded with
+    /// [`seed`](AdmissionControllerBuilder::seed)): the admitted stream is as bursty as the
+    /// offered one.
+    #[default]
+    Random,
+    /// Error diffusion: exactly a share `p` of requests is admitted, evenly spread (with `p` =
+    /// 1/3, every third). The admitted stream is smoother than the offered one, so the same
+    /// utilization costs less queueing. Deterministic, no seed.
+    Even,
+}
+
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 fn splitmix(mut z: u64) -> u64 {
@@ -112,12 +128,12 @@ impl AdmissionController {
             name: "admission".to_owned(),
             tick: Duration::from_millis(100),
             setpoint: 0.05,
-            gains: (1.0, 8.0, 0.05),
+            gains: (2.0, 20.0, 0.2),
             min_admission: 0.05,
             anti_windup: AntiWindup::Clamp,
             derivative_filter: Duration::from_millis(200),
-            proportional_filter: Duration::ZERO,
             seed: None,
+            draw: Draw::Random,
         }
     }
 
@@ -169,10 +185,28 @@ impl AdmissionController {
     pub fn try_admit(&self) -> bool {
         self.poll_tick(Instant::now());
         let p = self.admission_probability();
-        let admit = p >= 1.0 || {
-            let draw = splitmix(self.inner.rng.fetch_add(GOLDEN, Relaxed).wrapping_add(GOLDEN));
-            ((draw >> 11) as f64 / (1u64 << 53) as f64) < p
-        };
+        let admit = p >= 1.0
+            || match self.inner.draw {
+                Draw::Random => {
+                    let draw =
+                        splitmix(self.inner.rng.fetch_add(GOLDEN, Relaxed).wrapping_add(GOLDEN));
+                    ((draw >> 11) as f64 / (1u64 << 53) as f64) < p
+                }
+                Draw::Even => {
+                    // Error diffusion: each request adds p to a credit, and one whole credit
+                    // admits one request. Exactly p of them pass, evenly spread.
+                    let mut admit = false;
+                    let _ = self
+                        .inner
+                        .rng
+                        .fetch_update(Relaxed, Relaxed, |bits| {
+                            let credit = f64::from_bits(bits) + p;
+                            admit = credit >= 1.0;
+                            Some(if admit { credit - 1.0 } else { credit }.to_bits())
+                        });
+                    admit
+                }
+            };
         if admit {
             self.inner.admitted.fetch_add(1, Relaxed);
         } else {
@@ -262,8 +296,8 @@ pub struct AdmissionControllerBuilder {
     min_admission: f64,
     anti_windup: AntiWindup,
     derivative_filter: Duration,
-    proportional_filter: Duration,
     seed: Option<u64>,
+    draw: Draw,
 }
 
 impl fmt::Debug for AdmissionControllerBuilder {
@@ -299,7 +333,7 @@ impl AdmissionControllerBuilder {
     }
 
     /// The gains: kp in shed share per unit of error, ki per unit of error per second, kd per
-    /// unit of error per second of rate. All finite and at least 0. Default (1, 8, 0.05), tuned
+    /// unit of error per second of rate. All finite and at least 0. Default (2, 20, 0.2), tuned
     /// for queue delay in seconds around a 50 ms setpoint (see the `pid_step` example).
     pub fn gains(mut self, kp: f64, ki: f64, kd: f64) -> Self {
         self.gains = (kp, ki, kd);
@@ -325,16 +359,15 @@ impl AdmissionControllerBuilder {
         self
     }
 
-    /// The time constant of a low-pass filter on the measurement the proportional term sees
-    /// (against sampling noise). Default none.
-    pub fn proportional_filter(mut self, tau: Duration) -> Self {
-        self.proportional_filter = tau;
-        self
-    }
-
     /// Seeds the admission draws, so that a simulation is repeatable. Default: a random seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// How requests are chosen for admission. Default [`Draw::Random`].
+    pub fn draw(mut self, draw: Draw) -> Self {
+        self.draw = draw;
         self
     }
 
@@ -356,7 +389,6 @@ impl AdmissionControllerBuilder {
             .action(Action::Direct)
             .anti_windup(self.anti_windup)
             .derivative_filter(self.derivative_filter)
-            .proportional_filter(self.proportional_filter)
             .build()?;
         let (shed_tx, _) = watch::channel(0.0);
         Ok(AdmissionController {
@@ -372,7 +404,11 @@ impl AdmissionControllerBuilder {
                 }),
                 next_tick_us: AtomicU64::new(0),
                 probability: AtomicU64::new(1.0f64.to_bits()),
-                rng: AtomicU64::new(self.seed.unwrap_or_else(rand::random)),
+                rng: AtomicU64::new(match self.draw {
+                    Draw::Random => self.seed.unwrap_or_else(rand::random),
+                    Draw::Even => 0.0f64.to_bits(),
+                }),
+                draw: self.draw,
                 admitted: AtomicU64::new(0),
                 denied: AtomicU64::new(0),
                 shed_tx,

@@ -34,8 +34,7 @@ pub enum AntiWindup {
 pub struct PidTerms {
     /// The error the update saw (sign per [`Action`]).
     pub error: f64,
-    /// The proportional term: `kp × error` (of the smoothed measurement, with a
-    /// [`proportional_filter`](PidControllerBuilder::proportional_filter)).
+    /// The proportional term: `kp × error`.
     pub p: f64,
     /// The integral term: the running sum of `ki × error × dt`, after anti-windup.
     pub i: f64,
@@ -80,7 +79,6 @@ pub struct PidController {
     integral: f64,
     last_measurement: Option<f64>,
     filtered_rate: f64,
-    smoothed: Option<f64>,
     last: PidTerms,
 }
 
@@ -96,7 +94,6 @@ struct PidConfig {
     action: Action,
     anti_windup: AntiWindup,
     derivative_filter: Duration,
-    proportional_filter: Duration,
 }
 
 impl PidController {
@@ -115,7 +112,6 @@ impl PidController {
                 action: Action::Reverse,
                 anti_windup: AntiWindup::Clamp,
                 derivative_filter: Duration::from_millis(200),
-                proportional_filter: Duration::ZERO,
             },
         }
     }
@@ -134,16 +130,7 @@ impl PidController {
             Action::Direct => -1.0,
         };
         let error = sign * (c.setpoint - measurement);
-        // The proportional term may see a smoothed measurement, so that sampling noise does not
-        // pass straight to the output; the integral sees the raw one (it smooths by itself, and
-        // must not be biased).
-        let beta = secs / (c.proportional_filter.as_secs_f64() + secs);
-        let smoothed = match self.smoothed {
-            Some(prev) => prev + beta * (measurement - prev),
-            None => measurement,
-        };
-        self.smoothed = Some(smoothed);
-        let p = c.kp * sign * (c.setpoint - smoothed);
+        let p = c.kp * error;
 
         // The derivative of the measurement, not of the error: a setpoint step moves the error
         // but not the measurement, so it does not kick. Filtered: alpha = dt / (tau + dt).
@@ -222,7 +209,6 @@ impl PidController {
         self.integral = 0.0;
         self.last_measurement = None;
         self.filtered_rate = 0.0;
-        self.smoothed = None;
         self.last = PidTerms {
             output: self.config.bias.clamp(self.config.min, self.config.max),
             ..PidTerms::default()
@@ -285,13 +271,6 @@ impl PidControllerBuilder {
         self
     }
 
-    /// The time constant of a low-pass filter on the measurement the proportional term sees;
-    /// zero (the default) means none. The integral always sees the raw measurement.
-    pub fn proportional_filter(mut self, tau: Duration) -> Self {
-        self.config.proportional_filter = tau;
-        self
-    }
-
     /// Checks the values and builds the controller.
     pub fn build(self) -> Result<PidController, ConfigError> {
         let c = self.config;
@@ -323,7 +302,6 @@ impl PidControllerBuilder {
             integral: 0.0,
             last_measurement: None,
             filtered_rate: 0.0,
-            smoothed: None,
             last: PidTerms::default(),
         };
         pid.reset();

@@ -69,7 +69,7 @@ mod layer;
 mod service;
 mod signal;
 
-pub use self::admission::{AdmissionController, AdmissionControllerBuilder};
+pub use self::admission::{AdmissionController, AdmissionControllerBuilder, Draw};
 pub use self::controller::{Action, AntiWindup, PidController, PidControllerBuilder, PidTerms};
 pub use self::future::ResponseFuture;
 pub use self::layer::AdmissionLayer;
