@@ -169,7 +169,11 @@ fn run(
         .expect("runtime");
     rt.block_on(async move {
         let start = Instant::now();
-        let max_waiting = if control == Control::Fixed { setup.fixed_waiting } else { 100_000 };
+        let max_waiting = if control == Control::Fixed {
+            setup.fixed_waiting
+        } else {
+            100_000
+        };
         let queue = BackpressureLayer::builder()
             .name(format!("{name} {}", control.name()))
             .max_in_flight(setup.workers)
@@ -185,7 +189,11 @@ fn run(
                 .gains(kp, ki, kd)
                 .tick(TICK)
                 .seed(42)
-                .draw(if control == Control::PidRandom { Draw::Random } else { Draw::Even })
+                .draw(if control == Control::PidRandom {
+                    Draw::Random
+                } else {
+                    Draw::Even
+                })
                 .build()
                 .expect("valid controller")
         });
@@ -198,20 +206,30 @@ fn run(
         let gradient = Gradient::new(setup.workers);
 
         let (c2, t2, g2) = (controller.clone(), tally.clone(), gradient.clone());
-        let hop = Hop::new("server", setup.workers, ServiceTime::LogNormal { mean: setup.mean, cv: 0.5 })
-            .stack(move |server| {
-                let queued = SimService::new(queue.layer(server));
-                let controlled = match (&c2, control) {
-                    (Some(c), _) => SimService::new(AdmissionLayer::new(c.clone()).layer(queued)),
-                    (None, Control::Gradient) => g2.wrap(queued),
-                    _ => queued,
-                };
-                counting(t2.clone(), controlled)
-            });
+        let hop = Hop::new(
+            "server",
+            setup.workers,
+            ServiceTime::LogNormal {
+                mean: setup.mean,
+                cv: 0.5,
+            },
+        )
+        .stack(move |server| {
+            let queued = SimService::new(queue.layer(server));
+            let controlled = match (&c2, control) {
+                (Some(c), _) => SimService::new(AdmissionLayer::new(c.clone()).layer(queued)),
+                (None, Control::Gradient) => g2.wrap(queued),
+                _ => queued,
+            };
+            counting(t2.clone(), controlled)
+        });
         let scenario = Scenario::builder(format!("{name} {}", control.name()))
             .seed(2026)
             .profile(profile)
-            .clients(ClientBehavior { patience: Duration::from_secs(1), ..Default::default() })
+            .clients(ClientBehavior {
+                patience: Duration::from_secs(1),
+                ..Default::default()
+            })
             .surge(surge.0, surge.1)
             .hop(hop)
             .build()
@@ -236,7 +254,12 @@ fn run(
         let report = scenario.run_async().await;
         let samples = samples.lock().unwrap().clone();
         let accepted = tally.accepted.lock().unwrap().clone();
-        Run { control, report, samples, accepted }
+        Run {
+            control,
+            report,
+            samples,
+            accepted,
+        }
     })
 }
 
@@ -262,7 +285,6 @@ fn counting(tally: Tally, inner: SimService) -> SimService {
         }
     }))
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // An adaptive concurrency limit in the style of Netflix concurrency-limits' Gradient limit, for
@@ -395,7 +417,12 @@ fn goodput(r: &Run, from: Duration, to: Duration, capacity: f64) -> f64 {
 }
 
 /// Per second from `from` to `to`: the mean of `f` over the second's 100 ms samples.
-fn per_second(r: &Run, from: Duration, to: Duration, f: impl Fn(&Sample) -> Option<f64>) -> Vec<f64> {
+fn per_second(
+    r: &Run,
+    from: Duration,
+    to: Duration,
+    f: impl Fn(&Sample) -> Option<f64>,
+) -> Vec<f64> {
     let mut out = Vec::new();
     let mut t = from;
     while t < to {
@@ -459,7 +486,11 @@ fn admitted_share(r: &Run, from: Duration, every: usize) -> Vec<(Duration, f64)>
             let (a, b) = (w[0], w[every]);
             let offered = b.offered - a.offered;
             let refused = b.refused - a.refused;
-            let share = if offered == 0 { 1.0 } else { 1.0 - refused as f64 / offered as f64 };
+            let share = if offered == 0 {
+                1.0
+            } else {
+                1.0 - refused as f64 / offered as f64
+            };
             (a.t, share)
         })
         .collect()
@@ -538,11 +569,25 @@ fn step_scenario() -> Vec<StepFigures> {
     );
     println!(
         "{:<12} {:>8} {:>8} {:>10} {:>14} {:>17} {:>16} {:>8}",
-        "row", "goodput", "settle", "peak", "delay p99 >2s", "p swing >5s", "full adm. after", "refused"
+        "row",
+        "goodput",
+        "settle",
+        "peak",
+        "delay p99 >2s",
+        "p swing >5s",
+        "full adm. after",
+        "refused"
     );
     let mut figures = Vec::new();
     for control in ROWS {
-        let r = run("step", STEP, control, STEP.setpoint, profile.clone(), (from, to));
+        let r = run(
+            "step",
+            STEP,
+            control,
+            STEP.setpoint,
+            profile.clone(),
+            (from, to),
+        );
         let g = goodput(&r, from, to, cap);
         let st = settle(&r, from, to, bound);
         let md = delay_p99(&r, from + s(2), to);
@@ -613,7 +658,14 @@ fn netflix_scenario() {
         (Control::PidRandom, NETFLIX.setpoint),
     ];
     for (control, setpoint) in rows {
-        let r = run("netflix", NETFLIX, control, setpoint, profile.clone(), (from, to));
+        let r = run(
+            "netflix",
+            NETFLIX,
+            control,
+            setpoint,
+            profile.clone(),
+            (from, to),
+        );
         let g = goodput(&r, from, to, cap);
         let unloaded = p99(&r, Duration::ZERO, phase);
         let loaded = p99(&r, from, to);
@@ -621,9 +673,8 @@ fn netflix_scenario() {
             (Some(u), Some(l)) => format!("{:.2}x", secs(l) / secs(u)),
             _ => "-".to_owned(),
         };
-        let ms = |d: Option<Duration>| {
-            d.map_or("-".to_owned(), |d| format!("{:.0} ms", 1e3 * secs(d)))
-        };
+        let ms =
+            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.0} ms", 1e3 * secs(d)));
         let name = if control.is_pid() {
             format!("{} {:.0} ms", control.name(), 1e3 * setpoint)
         } else {
@@ -646,7 +697,10 @@ fn main() {
     let step = step_scenario();
     netflix_scenario();
 
-    let pid = step.iter().find(|f| f.control == Control::Pid).expect("ran");
+    let pid = step
+        .iter()
+        .find(|f| f.control == Control::Pid)
+        .expect("ran");
     let others = step.iter().filter(|f| f.control != Control::Pid);
     let best_goodput = others.clone().map(|f| f.goodput).fold(0.0, f64::max);
     let best_settle = others

@@ -188,22 +188,23 @@ impl AdmissionController {
         let admit = p >= 1.0
             || match self.inner.draw {
                 Draw::Random => {
-                    let draw =
-                        splitmix(self.inner.rng.fetch_add(GOLDEN, Relaxed).wrapping_add(GOLDEN));
+                    let draw = splitmix(
+                        self.inner
+                            .rng
+                            .fetch_add(GOLDEN, Relaxed)
+                            .wrapping_add(GOLDEN),
+                    );
                     ((draw >> 11) as f64 / (1u64 << 53) as f64) < p
                 }
                 Draw::Even => {
                     // Error diffusion: each request adds p to a credit, and one whole credit
                     // admits one request. Exactly p of them pass, evenly spread.
                     let mut admit = false;
-                    let _ = self
-                        .inner
-                        .rng
-                        .fetch_update(Relaxed, Relaxed, |bits| {
-                            let credit = f64::from_bits(bits) + p;
-                            admit = credit >= 1.0;
-                            Some(if admit { credit - 1.0 } else { credit }.to_bits())
-                        });
+                    let _ = self.inner.rng.fetch_update(Relaxed, Relaxed, |bits| {
+                        let credit = f64::from_bits(bits) + p;
+                        admit = credit >= 1.0;
+                        Some(if admit { credit - 1.0 } else { credit }.to_bits())
+                    });
                     admit
                 }
             };

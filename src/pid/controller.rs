@@ -411,7 +411,11 @@ mod tests {
             c.update(0.0, DT);
         }
         assert_eq!(c.output(), 1.0);
-        assert!(c.terms().i <= 1.0 + 1e-9, "integral bounded: {:?}", c.terms());
+        assert!(
+            c.terms().i <= 1.0 + 1e-9,
+            "integral bounded: {:?}",
+            c.terms()
+        );
         // Now the measurement overshoots: the output must leave the limit within a second.
         let mut steps = 0;
         while c.update(6.0, DT) >= 1.0 {

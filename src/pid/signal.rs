@@ -56,7 +56,8 @@ enum QueueSource {
 #[derive(Debug, Default)]
 struct RateState {
     last: Option<(Instant, u64)>,
-    rate: f64,
+    /// Grants per second, averaged; the first interval's rate as it is.
+    rate: Option<f64>,
 }
 
 /// The time constant of the grant-rate average.
@@ -127,7 +128,7 @@ impl Signal for QueueDelay {
             if dt > 0.0 {
                 let rate = stats.admitted.saturating_sub(granted) as f64 / dt;
                 let alpha = dt / (RATE_TAU + dt);
-                state.rate += alpha * (rate - state.rate);
+                state.rate = Some(state.rate.map_or(rate, |r| r + alpha * (rate - r)));
             }
         }
         state.last = Some((now, stats.admitted));
@@ -136,10 +137,10 @@ impl Signal for QueueDelay {
         }
         // Nothing granted lately (a stuck server, or the first sample): the head's age is the
         // best figure there is.
-        if state.rate <= f64::EPSILON {
-            return Some(oldest);
+        match state.rate {
+            Some(rate) if rate > f64::EPSILON => Some(stats.waiting as f64 / rate),
+            _ => Some(oldest),
         }
-        Some(stats.waiting as f64 / state.rate)
     }
 }
 
