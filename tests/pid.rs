@@ -171,6 +171,36 @@ async fn the_shed_fraction_watch_and_the_ticker_drive_a_throttle_without_request
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_callback_hands_every_new_shed_fraction_to_a_throttle() {
+    // Stands in for the whole-client throttle's shared shed-fraction handle.
+    let throttle = Arc::new(Mutex::new(Vec::new()));
+    let seen = throttle.clone();
+    let knob = Knob::default();
+    let ctl = AdmissionController::builder(knob.clone())
+        .setpoint(0.05)
+        .gains(2.0, 0.0, 0.0)
+        .min_admission(0.0)
+        .on_shed_fraction(move |shed| seen.lock().unwrap().push(shed))
+        .build()
+        .unwrap();
+    knob.set(0.05);
+    let ticker = tokio::spawn(ctl.clone().run_ticker());
+    // Ticks at 0 ms (the first only starts the clock), 100, 200, 300, 400 ms; each value is
+    // set half a tick before the tick that reads it.
+    sleep(TICK / 2).await;
+    for v in [0.05, 0.30, 0.55, 0.0] {
+        knob.set(v);
+        sleep(TICK).await;
+    }
+    ticker.abort();
+    let got = throttle.lock().unwrap().clone();
+    assert_eq!(got.len(), 4, "{got:?}");
+    for (g, w) in got.iter().zip([0.0, 0.5, 1.0, 0.0]) {
+        assert!((g - w).abs() < 1e-9, "{got:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn seeded_draws_repeat_and_even_draws_admit_the_exact_share() {
     async fn decisions(draw: Draw, seed: u64) -> Vec<bool> {
         let knob = Knob::default();

@@ -49,8 +49,11 @@ struct Inner {
     admitted: AtomicU64,
     denied: AtomicU64,
     shed_tx: watch::Sender<f64>,
+    on_shed: Option<ShedCallback>,
     series: Series,
 }
+
+type ShedCallback = Box<dyn Fn(f64) + Send + Sync>;
 
 struct TickState {
     pid: PidController,
@@ -134,6 +137,7 @@ impl AdmissionController {
             derivative_filter: Duration::from_millis(200),
             seed: None,
             draw: Draw::Random,
+            on_shed: None,
         }
     }
 
@@ -278,6 +282,9 @@ impl AdmissionController {
         inner.series.p.set(terms.p);
         inner.series.i.set(terms.i);
         inner.series.d.set(terms.d);
+        if let Some(callback) = &inner.on_shed {
+            callback(shed);
+        }
         inner.shed_tx.send_if_modified(|old| {
             let changed = *old != shed;
             *old = shed;
@@ -299,6 +306,7 @@ pub struct AdmissionControllerBuilder {
     derivative_filter: Duration,
     seed: Option<u64>,
     draw: Draw,
+    on_shed: Option<ShedCallback>,
 }
 
 impl fmt::Debug for AdmissionControllerBuilder {
@@ -372,6 +380,15 @@ impl AdmissionControllerBuilder {
         self
     }
 
+    /// Calls `callback` with the shed fraction (`1 − probability`) at every tick that updates
+    /// it, under the controller's lock: keep it short (store a number). The synchronous
+    /// alternative to [`subscribe`](AdmissionController::subscribe), e.g. to set a whole-client
+    /// throttle's shed fraction.
+    pub fn on_shed_fraction(mut self, callback: impl Fn(f64) + Send + Sync + 'static) -> Self {
+        self.on_shed = Some(Box::new(callback));
+        self
+    }
+
     /// Checks the values, registers the metric series (probability 1, terms 0), and builds the
     /// controller.
     pub fn build(self) -> Result<AdmissionController, ConfigError> {
@@ -413,6 +430,7 @@ impl AdmissionControllerBuilder {
                 admitted: AtomicU64::new(0),
                 denied: AtomicU64::new(0),
                 shed_tx,
+                on_shed: self.on_shed,
             }),
         })
     }
