@@ -10,13 +10,17 @@
 //! low-pass filter (no kick on a setpoint change or one noisy sample), and updates that scale
 //! with the real time between them.
 //!
-//! [`AdmissionController`] samples a [`Signal`] every tick (default 100 ms), feeds the PID, and
-//! turns its output into an admission probability; [`AdmissionLayer`] admits each request with
-//! that probability and refuses the rest at once with
-//! [`Overloaded`](crate::Overloaded)`{ reason: AdmissionDenied }`. Signals provided:
-//! [`QueueDelay`] (the oldest waiter's age in a [`backpressure`](crate::backpressure) or
-//! [`lifo_queue`](crate::lifo_queue) queue), [`AverageConcurrency`] (Little's `L` from a
-//! [`LittleMeter`](crate::metrics::LittleMeter)) and any closure ([`signal_fn`]).
+//! [`AdmissionController`] samples a [`Signal`] every tick (default 100 ms, lazily, on the first
+//! request after the tick), feeds the PID, and turns its output into an admission probability;
+//! [`AdmissionLayer`] admits each request with that probability and refuses the rest at once
+//! with [`Overloaded`](crate::Overloaded)`{ reason: AdmissionDenied }`. Requests are picked by
+//! a seeded random draw, or by [`Draw::Even`] (exactly that share, evenly spread: a smoother
+//! admitted stream, which queues less for the same goodput). Signals provided:
+//! [`QueueDelay`] (the expected wait in a [`backpressure`](crate::backpressure) or
+//! [`lifo_queue`](crate::lifo_queue) queue by Little's law, waiting / grant rate; or the oldest
+//! waiter's age, which lags), [`AverageConcurrency`] (Little's `L` from a
+//! [`LittleMeter`](crate::metrics::LittleMeter)) and any closure ([`signal_fn`]), such as a
+//! latency percentile from your own tracker.
 //!
 //! The gauges `backstop_admission_probability`, `backstop_admission_error` and the P, I and D
 //! terms (`backstop_admission_{p,i,d}_term`) are registered when the controller is built, and
@@ -27,12 +31,23 @@
 //! On a server whose overload shows in a signal you can measure before the callers time out:
 //! queue delay is the best one. Put the layer in front of the queue it watches. Prefer, where
 //! you can, to shed at the source: [`AdmissionController::subscribe`] gives the shed fraction
-//! (`1 − probability`) as a `watch`, ready to drive a whole-client throttle, with
-//! [`AdmissionController::run_ticker`] spawned to tick it.
+//! (`1 − probability`) as a `watch`, and
+//! [`on_shed_fraction`](AdmissionControllerBuilder::on_shed_fraction) hands it to a callback at
+//! every tick, ready to drive a whole-client throttle; spawn
+//! [`AdmissionController::run_ticker`] to tick when no request passes through the layer.
+//!
+//! What it is not: a replacement for a bound on the queue. On one server a fixed or adaptive
+//! concurrency limit holds the queue delay as well (the `pid_step` example measures both), and
+//! a random admission share lets the bursts of random arrivals through: under a 2-worker server,
+//! the PID alone trades goodput against tail latency, while the PID over a short bounded line
+//! gets both. The controller earns its place where the signal and the lever are apart: a
+//! delay measured on a server driving a throttle in its clients, a latency percentile
+//! downstream, a utilization target.
 //!
 //! Tuning: the `pid_step` example measures the step response of P, PI and PID against no
-//! control and a fixed concurrency limit on the simulation harness; the default gains come from
-//! it (queue delay in seconds, 50 ms setpoint).
+//! control, a fixed concurrency limit and a gradient-style adaptive limit on the simulation
+//! harness; the default gains (2, 20, 0.2) come from it (queue delay in seconds, 50 ms
+//! setpoint, 100 ms tick). For another setpoint, scale kp, ki and kd roughly by 0.05 / setpoint.
 //!
 //! # Example
 //! ```
