@@ -93,6 +93,41 @@ pub fn describe_queues() {
         "Requests refused by a queue, by reason."
     );
 }
+
+/// Gauge: the PID admission controller's admission probability, in [0, 1] (1 = admit all).
+pub const ADMISSION_PROBABILITY: &str = "backstop_admission_probability";
+/// Gauge: the admission controller's last error (measurement − setpoint, in the signal's unit).
+pub const ADMISSION_ERROR: &str = "backstop_admission_error";
+/// Gauge: the admission controller's proportional term (a share of requests to shed).
+pub const ADMISSION_P_TERM: &str = "backstop_admission_p_term";
+/// Gauge: the admission controller's integral term (a share of requests to shed).
+pub const ADMISSION_I_TERM: &str = "backstop_admission_i_term";
+/// Gauge: the admission controller's derivative term (a share of requests to shed).
+pub const ADMISSION_D_TERM: &str = "backstop_admission_d_term";
+/// Counter: requests the admission controller refused with `AdmissionDenied`.
+pub const ADMISSION_DENIED: &str = "backstop_admission_denied_total";
+
+/// Describes the admission controller's series. Calling it again is harmless.
+pub fn describe_admission() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        ADMISSION_PROBABILITY,
+        "Probability that a request is admitted (1 = all)."
+    );
+    describe_gauge!(
+        ADMISSION_ERROR,
+        "Controller error: measurement minus setpoint, in the signal's unit."
+    );
+    describe_gauge!(ADMISSION_P_TERM, "Proportional term (share to shed).");
+    describe_gauge!(ADMISSION_I_TERM, "Integral term (share to shed).");
+    describe_gauge!(ADMISSION_D_TERM, "Derivative term (share to shed).");
+    describe_counter!(
+        ADMISSION_DENIED,
+        Unit::Count,
+        "Requests refused by the admission controller."
+    );
+}
+
 /// Gauge: tokens a retry budget holds now (earned tokens only, not the time-based floor).
 pub const RETRY_BUDGET_TOKENS: &str = "backstop_retry_budget_tokens";
 /// Counter: retries a retry budget allowed (withdrawals granted, including any later refunded
