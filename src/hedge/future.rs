@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project::pin_project;
+use pin_project::{pin_project, pinned_drop};
 use tokio::time::{Instant, Sleep, sleep};
 use tower_service::Service;
 
@@ -23,11 +23,13 @@ struct Spare<S, Req> {
 
 /// The response future of [`HedgeService`](super::HedgeService).
 ///
-/// Dropping it drops both copies, which cancels them.
-#[pin_project]
+/// Dropping it drops both copies, which cancels them, and refunds a duplicate that was paid for
+/// but not sent yet.
+#[pin_project(PinnedDrop)]
 pub struct ResponseFuture<S, Req, C, B, P>
 where
     S: Service<Req>,
+    B: HedgeBudget,
 {
     #[pin]
     first: Option<S::Future>,
@@ -46,6 +48,7 @@ where
 impl<S, Req, C, B, P> ResponseFuture<S, Req, C, B, P>
 where
     S: Service<Req>,
+    B: HedgeBudget,
 {
     pub(super) fn single(first: S::Future, started: Instant, shared: Arc<Shared<C, B, P>>) -> Self {
         ResponseFuture {
@@ -115,7 +118,11 @@ where
                     // retry layer's business. A paid-for duplicate never sent is refunded.
                     this.second.set(None);
                     give_back(this.spare.take(), &shared.budget, constant_work);
-                    return Poll::Ready(result);
+                    if outcome == Outcome::Success {
+                        return Poll::Ready(result);
+                    }
+                    // Both copies failed (or only one was ever sent): the first failure.
+                    return Poll::Ready(this.failure.take().unwrap_or(result));
                 }
                 // The duplicate is still running and may yet succeed.
                 this.failure.get_or_insert(result);
@@ -130,9 +137,9 @@ where
                 let outcome = shared.classifier.classify(result.as_ref());
                 if outcome == Outcome::Success {
                     if this.first.is_some() {
-                        // The first copy is cancelled; what it took so far is a lower bound on
-                        // its latency, and counting it keeps slow copies in the percentile.
-                        shared.tracker.record(this.started.elapsed());
+                        // The first copy is cancelled: all we know is that it is slower than
+                        // this, and counting it keeps slow copies in the percentile.
+                        shared.tracker.record_at_least(this.started.elapsed());
                         this.first.set(None);
                     }
                     shared.series.won.increment(1);
@@ -186,6 +193,23 @@ where
                     // Poll the new copy once, so it can wake us.
                 }
             }
+        }
+    }
+}
+
+#[pinned_drop]
+impl<S, Req, C, B, P> PinnedDrop for ResponseFuture<S, Req, C, B, P>
+where
+    S: Service<Req>,
+    B: HedgeBudget,
+{
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some(spare) = this.spare.take()
+            && spare.paid
+            && !matches!(this.shared.rule, DelayRule::Now)
+        {
+            this.shared.budget.refund();
         }
     }
 }

@@ -136,6 +136,12 @@ impl<C, B, P> HedgeLayer<C, B, P> {
         &self.shared.tracker
     }
 
+    /// The delay a request sent now would get before its duplicate: `None` while the tracker
+    /// has too few samples. (Zero in constant-work mode.)
+    pub fn current_delay(&self) -> Option<Duration> {
+        self.shared.delay()
+    }
+
     /// The budget hedges draw on.
     pub fn budget(&self) -> &B {
         &self.shared.budget
