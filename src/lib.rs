@@ -8,6 +8,7 @@ pub mod error;
 pub mod hedge;
 pub mod lifo_queue;
 pub mod metrics;
+pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod timeout;

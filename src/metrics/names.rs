@@ -124,3 +124,11 @@ pub fn describe_hedge() {
         "Hedge delay in use when the last duplicate went out."
     );
 }
+
+/// Gauge: tokens a retry budget holds now (earned tokens only, not the time-based floor).
+pub const RETRY_BUDGET_TOKENS: &str = "backstop_retry_budget_tokens";
+/// Counter: retries a retry budget allowed (withdrawals granted, including any later refunded
+/// because the retry was cancelled before it was sent).
+pub const RETRIES_ALLOWED: &str = "backstop_retries_allowed_total";
+/// Counter: retries a retry budget denied.
+pub const RETRIES_DENIED: &str = "backstop_retries_denied_total";
