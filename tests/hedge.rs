@@ -553,3 +553,35 @@ fn budgets_combine() {
     assert!(!both.try_withdraw(), "the shared budget is empty");
     assert_eq!(local.tokens(), 1.0, "the local token was given back");
 }
+
+#[tokio::test(start_paused = true)]
+async fn hedges_can_draw_on_the_retry_budget() {
+    use backstop::hedge::SharedWithRetries;
+    use backstop::retry::{Budget, RetryBudget};
+    let retry_budget = RetryBudget::builder("shared")
+        .ratio(1.0)
+        .min_per_second(0.0)
+        .build()
+        .unwrap();
+    let layer = HedgeLayer::builder()
+        .hedge_any()
+        .fixed_delay(Duration::from_millis(10))
+        .budget(SharedWithRetries::new(retry_budget.clone()))
+        .build_with()
+        .unwrap();
+    let backend = Scripted::new(vec![Step::Ok(100), Step::Ok(100), Step::Ok(1)]);
+    let mut svc = layer.layer(backend.clone());
+    // Empty shared budget: no duplicate.
+    let (call, _) = send(&mut svc, ()).await.unwrap();
+    assert_eq!((call, backend.calls()), (0, 1));
+    // Two successes deposited (by a retry layer, say): a hedge costs a retry after a timeout (2).
+    retry_budget.deposit();
+    retry_budget.deposit();
+    let (call, _) = send(&mut svc, ()).await.unwrap();
+    assert_eq!((call, backend.calls()), (2, 3), "hedged, the duplicate won");
+    assert_eq!(
+        retry_budget.tokens(),
+        0.0,
+        "the hedge spent the retries' tokens"
+    );
+}

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::error::{ConfigError, check};
+use crate::retry::{Budget, RetryKind};
 
 /// Tokens are kept in millionths, so a fraction given with up to six decimals is earned exactly.
 const MICROS: f64 = 1_000_000.0;
@@ -203,4 +204,68 @@ impl HedgeBudget for Unlimited {
         true
     }
     fn refund(&self) {}
+}
+
+/// The retry layer's [`Budget`](crate::retry::Budget) as a hedge budget, so retries and hedges
+/// share one cap on extra load (Finagle's backup requests draw on the client-wide retry
+/// budget). Combine it with a local [`HedgeBucket`] through [`Both`] to cap hedges on their own
+/// too.
+///
+/// A hedge is charged as a retry of `kind`, by default [`RetryKind::AfterTimeout`]: like a retry
+/// after a timeout, it goes out while the first copy may still be running on a server. It earns
+/// nothing: the [`RetryLayer`](crate::retry::RetryLayer) above deposits on each success, so put
+/// both layers on the same budget (`retry → hedge`).
+///
+/// ```
+/// use backstop::hedge::{Both, HedgeBucket, HedgeLayer, SharedWithRetries};
+/// use backstop::retry::RetryBudget;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::ConfigError> {
+/// let client_budget = RetryBudget::builder("api").build()?;
+/// let hedge = HedgeLayer::builder()
+///     .budget(Both {
+///         local: HedgeBucket::new(0.05)?,
+///         shared: SharedWithRetries::new(client_budget.clone()),
+///     })
+///     .build_with()?;
+/// # let _ = hedge;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SharedWithRetries<B> {
+    budget: B,
+    kind: RetryKind,
+}
+
+impl<B> SharedWithRetries<B> {
+    /// Hedges charged as retries after a timeout.
+    pub fn new(budget: B) -> Self {
+        SharedWithRetries {
+            budget,
+            kind: RetryKind::AfterTimeout,
+        }
+    }
+
+    /// Charge each hedge as a retry of `kind` instead.
+    pub fn charged_as(mut self, kind: RetryKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The shared retry budget.
+    pub fn get_ref(&self) -> &B {
+        &self.budget
+    }
+}
+
+impl<B: Budget> HedgeBudget for SharedWithRetries<B> {
+    fn deposit(&self) {}
+    fn try_withdraw(&self) -> bool {
+        self.budget.try_withdraw(self.kind)
+    }
+    fn refund(&self) {
+        self.budget.refund(self.kind)
+    }
 }

@@ -10,10 +10,13 @@
 //!   microseconds, over the last one to two windows), never below a floor (1 ms); no hedge at
 //!   all before the tracker holds `min_samples` latencies. Or a [fixed
 //!   delay](HedgeLayerBuilder::fixed_delay).
-//! - **One duplicate at most**, sent only when the request is idempotent (the [`Idempotent`]
-//!   extension, [`HedgeRequest::is_idempotent`], or a [predicate](HedgeLayerBuilder::hedge_if))
-//!   and the [`HedgeBudget`] pays for it: the default [`HedgeBucket`] earns 0.05 hedge per
-//!   request, so at most 5% of requests are duplicated, whatever the latency does.
+//! - **One duplicate at most**, sent only when the request is idempotent (the retry layer's
+//!   [`Idempotent`] extension, [`HedgeRequest::is_idempotent`], or a
+//!   [predicate](HedgeLayerBuilder::hedge_if)) and the [`HedgeBudget`] pays for it: the default
+//!   [`HedgeBucket`] earns 0.05 hedge per request, so at most 5% of requests are duplicated,
+//!   whatever the latency does. [`SharedWithRetries`] draws hedges from the retry layer's
+//!   budget instead, so retries and hedges share one cap on extra load (with [`Both`], from a
+//!   local bucket and the shared budget).
 //! - **First success wins**; the other copy is dropped, which cancels it. A failure does not win
 //!   over a copy still running: it is kept, and returned only if the other copy fails too (the
 //!   first failure is returned). tower's `Hedge` returns whichever copy completes first, so a
@@ -76,7 +79,7 @@ mod request;
 mod service;
 mod tracker;
 
-pub use self::budget::{Both, HedgeBucket, HedgeBudget, Unlimited};
+pub use self::budget::{Both, HedgeBucket, HedgeBudget, SharedWithRetries, Unlimited};
 pub use self::future::ResponseFuture;
 pub use self::layer::{HedgeLayer, HedgeLayerBuilder};
 pub use self::request::{

@@ -2,10 +2,14 @@
 
 use std::fmt;
 
-/// Marks a request as safe to send twice. Put it in an `http::Request`'s extensions, or return
-/// true from [`HedgeRequest::is_idempotent`] for your own request type.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Idempotent;
+/// Hedge every request: the retry layer's policy (copies are not marked).
+pub use crate::retry::AnyRequest;
+/// The marker of a request safe to send twice: the retry layer's, so one mark allows both a
+/// retry and a hedge.
+pub use crate::retry::Idempotent;
+/// Hedge the requests marked idempotent: the retry layer's policy, read through
+/// [`HedgeRequest::is_idempotent`] (the [`Idempotent`] extension for HTTP).
+pub use crate::retry::MarkedIdempotent;
 
 /// Which copy of a hedged request this is: 0 for the first, 1 for the duplicate. The layer puts
 /// it in the extensions of both copies whenever it sends two, so a load balancer below can send
@@ -17,8 +21,8 @@ pub struct HedgeCopy(pub u8);
 /// idempotent and can be marked with its [`HedgeCopy`].
 ///
 /// Implemented for `http::Request<B>` (feature `http`: idempotent when its extensions hold
-/// [`Idempotent`]; copies get a [`HedgeCopy`] extension) and for the simulator's requests. For
-/// your own type both methods have defaults:
+/// [`Idempotent`], the retry layer's marker; copies get a [`HedgeCopy`] extension) and for the
+/// simulator's requests. For your own type both methods have defaults:
 ///
 /// ```
 /// use backstop::hedge::{HedgeCopy, HedgeRequest};
@@ -68,7 +72,8 @@ impl HedgeRequest for crate::sim::SimRequest {
 impl HedgeRequest for crate::sim::SimRequest {}
 
 /// Decides which requests may be hedged; see
-/// [`HedgeLayerBuilder::hedge_if`](super::HedgeLayerBuilder::hedge_if).
+/// [`HedgeLayerBuilder::hedge_if`](super::HedgeLayerBuilder::hedge_if). Implemented for the
+/// retry layer's [`MarkedIdempotent`] (the default) and [`AnyRequest`], and for [`HedgeFn`].
 pub trait Hedgeable<Req> {
     /// True when `req` may be sent twice.
     fn allows(&self, req: &Req) -> bool;
@@ -77,11 +82,7 @@ pub trait Hedgeable<Req> {
     fn mark(&self, req: &mut Req, copy: HedgeCopy);
 }
 
-/// The default: a request may be hedged when it says it is idempotent
-/// ([`HedgeRequest::is_idempotent`], the [`Idempotent`] extension for HTTP).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MarkedIdempotent;
-
+/// The default: a request may be hedged when it says it is idempotent.
 impl<Req: HedgeRequest> Hedgeable<Req> for MarkedIdempotent {
     fn allows(&self, req: &Req) -> bool {
         req.is_idempotent()
@@ -93,9 +94,6 @@ impl<Req: HedgeRequest> Hedgeable<Req> for MarkedIdempotent {
 
 /// Every request may be hedged: the opt-in for services whose requests are all safe to repeat
 /// (any request type; copies are not marked).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AnyRequest;
-
 impl<Req> Hedgeable<Req> for AnyRequest {
     fn allows(&self, _req: &Req) -> bool {
         true
@@ -104,6 +102,7 @@ impl<Req> Hedgeable<Req> for AnyRequest {
 }
 
 /// A request may be hedged when the closure says so (any request type; copies are not marked).
+/// With HTTP, [`http_method_is_idempotent`](crate::retry::http_method_is_idempotent) is one.
 #[derive(Clone, Copy)]
 pub struct HedgeFn<F>(pub(super) F);
 
