@@ -14,7 +14,9 @@
 //!
 //! Backends:
 //! - `bimodal`: uniform 8–12 ms, and 2% of requests take 1 s (the unhedged p99 is 1 s);
-//! - `lognormal`: median 10 ms, σ = 1.5 (p99 ≈ 330 ms, p99.9 ≈ 1 s), heavy-tailed;
+//! - `lognormal`: median 10 ms, σ = 1.5 (p99 ≈ 330 ms, p99.9 ≈ 1 s), heavy-tailed (the sim
+//!   harness's `LogNormal { cv: 3 }` has about this σ);
+//! - `lognormal-heavy`: median 10 ms, σ = 3.5, capped at 100 s (p95 ≈ 3.2 s, p99 ≈ 34 s);
 //! - `grpc-java`: the latency injected by grpc-java's hedging example server (1% +10 s,
 //!   4% +5 s, 5% +2 s, i.e. 10% at least +2 s, 5% at least +5 s), on a 0.5–1.5 ms base.
 //!
@@ -36,6 +38,8 @@ use tower::{Layer, Service, ServiceExt};
 enum Backend {
     Bimodal,
     LogNormal,
+    /// σ = 3.5: a tail heavy enough that p99 ÷ p95 ≈ 11.
+    LogNormalHeavy,
     GrpcJava,
 }
 
@@ -44,6 +48,7 @@ impl Backend {
         match self {
             Backend::Bimodal => "bimodal",
             Backend::LogNormal => "lognormal",
+            Backend::LogNormalHeavy => "lognormal-heavy",
             Backend::GrpcJava => "grpc-java",
         }
     }
@@ -57,14 +62,8 @@ impl Backend {
                     Duration::from_micros(rng.random_range(8_000..=12_000))
                 }
             }
-            Backend::LogNormal => {
-                // exp(μ + σ·z), z standard normal by Box–Muller; median e^μ = 10 ms.
-                let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-                let u2: f64 = rng.random();
-                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                let ms = 10.0 * (1.5 * z).exp();
-                Duration::from_secs_f64((ms / 1000.0).min(100.0))
-            }
+            Backend::LogNormal => lognormal(rng, 1.5),
+            Backend::LogNormalHeavy => lognormal(rng, 3.5),
             Backend::GrpcJava => {
                 let base = Duration::from_micros(rng.random_range(500..=1_500));
                 let extra = match rng.random_range(0..100) {
@@ -77,6 +76,15 @@ impl Backend {
             }
         }
     }
+}
+
+/// exp(μ + σ·z), z standard normal by Box–Muller; median e^μ = 10 ms; capped at 100 s.
+fn lognormal(rng: &mut StdRng, sigma: f64) -> Duration {
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random();
+    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    let ms = 10.0 * (sigma * z).exp();
+    Duration::from_secs_f64((ms / 1000.0).min(100.0))
 }
 
 /// A backend shared by every copy of one run: one seeded generator, one call counter.
@@ -337,7 +345,12 @@ fn main() {
     println!("hedge_tail: {requests} requests per run, Poisson 1,000/s, seed {seed}, paused clock");
 
     let mut summary = String::new();
-    for backend in [Backend::Bimodal, Backend::LogNormal, Backend::GrpcJava] {
+    for backend in [
+        Backend::Bimodal,
+        Backend::LogNormal,
+        Backend::LogNormalHeavy,
+        Backend::GrpcJava,
+    ] {
         let mut runs = vec![
             unhedged(backend, requests, seed),
             backstop_hedge(

@@ -138,7 +138,7 @@ where
                 if outcome == Outcome::Success {
                     if this.first.is_some() {
                         // The first copy is cancelled: all we know is that it is slower than
-                        // this, and counting it keeps slow copies in the percentile.
+                        // this (see `record_at_least`).
                         shared.tracker.record_at_least(this.started.elapsed());
                         this.first.set(None);
                     }

@@ -29,9 +29,10 @@
 //!   endpoints, as DynamoDB's request routers do: the load stays the same when an endpoint fails.
 //!
 //! Latencies recorded: the first copy's, when it completes (an overload refusal is not
-//! recorded); when the duplicate wins, the time the first copy had run is recorded as a lower
-//! bound of its latency, which keeps the slow copies in the percentile (tower's `Hedge` records
-//! completed copies only, which pulls its percentile down and hedges more than asked).
+//! recorded). When the duplicate wins, the first copy is cancelled and recorded at twice the time
+//! it had run (see [`LatencyTracker::record_at_least`]), which keeps slow copies in the
+//! percentile: tower's `Hedge` records completed copies only, which pulls its percentile down
+//! and makes it hedge more than asked.
 //!
 //! Put the hedge layer below the retry layer and above a per-attempt timeout:
 //! `retry → hedge → timeout(attempt) → transport`.

@@ -58,9 +58,10 @@ fn new_histogram() -> Histo {
 /// }
 /// assert_eq!(tracker.watched(), None); // 99 samples: not enough to answer
 /// tracker.record(Duration::from_micros(12_345));
-/// // The 95th of 100 samples is 10,094 µs; kept to 3 significant figures (8 µs steps here).
+/// // The 95th of 100 samples is 10,094 µs; kept to 3 significant figures (8 µs steps here),
+/// // rounded up.
 /// let p95 = tracker.watched().unwrap().as_micros();
-/// assert!((10_084..=10_094).contains(&p95), "{p95}");
+/// assert!((10_094..=10_102).contains(&p95), "{p95}");
 /// # Ok(())
 /// # }
 /// ```
@@ -86,10 +87,6 @@ struct Inner {
     cached: AtomicU64,
     /// Samples in the previous window (read lock-free to know when to refresh early).
     previous_len: AtomicU64,
-    /// Censored samples (copies cancelled before they answered) in the current window.
-    censored_current: AtomicU64,
-    /// Censored samples in the previous window.
-    censored_previous: AtomicU64,
 }
 
 /// The slow-path state: the previous window, and a scratch histogram for merged answers.
@@ -145,23 +142,18 @@ impl LatencyTracker {
     }
 
     /// Records a latency known only to be longer than `at_least`: a copy cancelled after
-    /// `at_least` because the other copy answered first.
+    /// `at_least` because the other copy answered first. It is recorded as twice that long.
     ///
-    /// Such a sample counts as slower than every measured one. Recording the time it had run
-    /// instead would drag the percentile down: once the delay is too short, every slow copy is
-    /// cancelled just after it, and the tail would never be seen again (tower's `Hedge`, which
-    /// drops cancelled copies altogether, hedges more than its percentile says for this reason).
-    /// When a percentile falls among the censored samples, the tracker has no answer (no hedge)
-    /// until measured latencies outweigh them again.
+    /// Recording only the time it had run would drag the percentile down: once the delay is
+    /// too short, every slow copy is cancelled just after it, and the tail is never seen again
+    /// (tower's `Hedge`, which leaves cancelled copies out altogether, hedges more than its
+    /// percentile says for this reason). A cancelled copy ran past the delay, so at twice its
+    /// running time it still counts above the delay, which is all the percentile needs when the
+    /// delay is right; when the delay is too short, the percentile lands among these samples and
+    /// the next delay is at least twice the last: it climbs back geometrically. Percentiles far
+    /// above the delay read high because of it.
     pub fn record_at_least(&self, at_least: Duration) {
-        let _ = at_least;
-        let inner = &*self.inner;
-        inner.censored_current.fetch_add(1, Relaxed);
-        inner.current_len.fetch_add(1, Relaxed);
-        let since = inner.since_refresh.fetch_add(1, Relaxed) + 1;
-        if since >= REFRESH_EVERY || inner.rotation_due(Instant::now()) {
-            inner.refresh(Instant::now());
-        }
+        self.record(at_least.saturating_mul(2));
     }
 
     /// The watched percentile (set by [`LatencyTrackerBuilder::watch`], default p95), read
@@ -243,20 +235,15 @@ impl Inner {
         self.cached.store(answer.unwrap_or(NO_ANSWER), Relaxed);
     }
 
-    /// The quantile in microseconds over measured + censored samples, the censored ones counted
-    /// as the slowest; `None` with too few samples or when the quantile falls among the censored.
+    /// The quantile in microseconds; `None` with too few samples.
     fn answer(&self, measured: &Histo, quantile: f64) -> Option<u64> {
-        let censored = self.censored_current.load(Relaxed) + self.censored_previous.load(Relaxed);
-        let total = measured.len() + censored;
-        if total < self.min_samples || measured.is_empty() {
+        if measured.len() < self.min_samples {
             return None;
         }
-        let rank = quantile * total as f64;
-        let within = rank / measured.len() as f64;
-        // hdrhistogram answers the highest value equivalent to the quantile's bucket; the lowest
-        // one is the measured latency itself when latencies repeat (a clock with 1 ms ticks),
-        // so a copy exactly as slow as the percentile is not hedged on a rounding.
-        (within <= 1.0).then(|| measured.lowest_equivalent(measured.value_at_quantile(within)))
+        // hdrhistogram answers the highest value equivalent to the quantile's bucket (three
+        // significant figures): the delay is the percentile rounded up, so no more than the
+        // stated share of copies can be later than it.
+        Some(measured.value_at_quantile(quantile))
     }
 
     /// Under the slow lock: rotates when the window is over, then merges previous + current
@@ -284,10 +271,6 @@ impl Inner {
             // A record racing with the resets may be miscounted by one: the count only decides
             // when to refresh early.
             self.current_len.store(0, Relaxed);
-            let censored = self.censored_current.swap(0, Relaxed);
-            self.censored_previous
-                .store(if keep { censored } else { 0 }, Relaxed);
-            moved += if keep { censored } else { 0 };
             self.previous_len.store(moved, Relaxed);
             // Windows stay aligned to the period, so a quiet spell does not stretch one.
             let aligned = start + (elapsed / self.window_ns) * self.window_ns;
@@ -364,8 +347,6 @@ impl LatencyTrackerBuilder {
                 quantile,
                 cached: AtomicU64::new(NO_ANSWER),
                 previous_len: AtomicU64::new(0),
-                censored_current: AtomicU64::new(0),
-                censored_previous: AtomicU64::new(0),
             }),
         })
     }
