@@ -7,10 +7,20 @@
 //!   100 samples, a budget of 5% extra requests);
 //! - `tower`: `tower::hedge::Hedge` configured alike (p95, 100 samples, 10 s period), which has
 //!   no budget, rounds latencies up to whole milliseconds and returns the first completion;
-//! - further `backstop` rows where a backend calls for them (a matched extra load, a fixed delay).
+//! - `backstop pNN, MM% budget`, where tower spent more extra requests than backstop's
+//!   defaults: backstop set to tower's measured extra load (percentile 1 − load, budget load + 1
+//!   point), to compare the two at the same cost;
+//! - for the grpc-java backend, backstop with grpc-java's fixed 1 s delay, on a 5% and a 12%
+//!   budget.
+//!
+//! Columns are for the whole run, then for the requests after the first 12 s: tower's `Hedge`
+//! reads only its previous full period (10 s), so it sends no duplicate before then, while
+//! backstop's tracker answers after 100 samples.
 //!
 //! The backend has no queue: every copy takes an independent sample of the backend's latency,
-//! so the figures show the hedging policy alone.
+//! so the figures show the hedging policy alone. tokio's timer has 1 ms ticks, so every
+//! latency here lands on a whole millisecond: backstop's microsecond tracker cannot show its
+//! precision in this run (tower's rounding up to whole milliseconds costs nothing here).
 //!
 //! Backends:
 //! - `bimodal`: uniform 8–12 ms, and 2% of requests take 1 s (the unhedged p99 is 1 s);
