@@ -5,6 +5,7 @@
 pub mod backpressure;
 pub mod classify;
 pub mod error;
+pub mod hedge;
 pub mod lifo_queue;
 pub mod metrics;
 pub mod pid;
