@@ -10,6 +10,7 @@ pub mod metrics;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod timeout;
+pub mod token_bucket;
 
 pub use crate::error::{
     BoxError, ConfigError, OverloadReason, Overloaded, find_overload, is_overload, is_timeout,
