@@ -31,7 +31,6 @@ async fn refills_at_the_rate_up_to_the_capacity() {
     assert!(bucket.try_acquire(1));
     advance(Duration::from_secs(60)).await;
     assert_eq!(bucket.tokens(), 5.0, "never above the capacity");
-    assert_eq!((bucket.acquired(), bucket.denied()), (2, 2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -188,8 +187,7 @@ async fn clones_of_a_service_share_one_bucket() {
         }
     }
     assert_eq!(ok, 3, "six clones, one bucket of 3");
-    assert_eq!(bucket.acquired(), 3);
-    assert_eq!(bucket.denied(), 3);
+    assert_eq!(bucket.tokens(), 0.0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -477,7 +475,6 @@ fn threads_hammering_one_bucket_get_exactly_the_capacity() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(per_thread.iter().sum::<u64>(), capacity);
-    assert_eq!(bucket.acquired(), capacity);
     assert_eq!(bucket.tokens(), 0.0);
 }
 

@@ -199,8 +199,6 @@ pub(crate) struct Inner {
     pub(crate) waiting: AtomicUsize,
     pub(crate) queue: Mutex<WaitQueue>,
     controller: Option<Mutex<Controller>>,
-    acquired: AtomicU64,
-    denied: AtomicU64,
     series: Series,
 }
 
@@ -283,10 +281,8 @@ impl TokenBucket {
 
     pub(crate) fn count(&self, granted: bool) {
         if granted {
-            self.inner.acquired.fetch_add(1, Ordering::Relaxed);
             self.inner.series.acquired.increment(1);
         } else {
-            self.inner.denied.fetch_add(1, Ordering::Relaxed);
             self.inner.series.denied.increment(1);
         }
     }
@@ -351,16 +347,6 @@ impl TokenBucket {
         } else {
             Some(f64::from_bits(self.inner.rate_f64.load(Ordering::Acquire)))
         }
-    }
-
-    /// Grants so far (including grants while unlimited).
-    pub fn acquired(&self) -> u64 {
-        self.inner.acquired.load(Ordering::Relaxed)
-    }
-
-    /// Refusals so far (`try_acquire` answering false, and refusals of the layer).
-    pub fn denied(&self) -> u64 {
-        self.inner.denied.load(Ordering::Relaxed)
     }
 
     /// How long until `n` tokens could be granted, if nobody else takes any; zero when they are
@@ -654,8 +640,6 @@ impl TokenBucketBuilder {
                 waiting: AtomicUsize::new(0),
                 queue: Mutex::new(WaitQueue::default()),
                 controller: self.adaptive.map(|a| Mutex::new(Controller::new(a, 0.0))),
-                acquired: AtomicU64::new(0),
-                denied: AtomicU64::new(0),
                 series,
             }),
         };
