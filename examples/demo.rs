@@ -6,9 +6,11 @@
 //!
 //! - **naive**: an unbounded FIFO queue; clients wait 300 ms per attempt and retry 3 times
 //!   with exponential backoff;
-//! - **backstop**: backstop's stacks as they exist today (see [`Backstop`]);
-//! - **+bounded queue**: the same plus a bounded queue made of tower's own layers, standing in
-//!   until backstop's `backpressure` / `lifo_queue` primitives land.
+//! - **timeouts only**: backstop's deadline-propagating timeouts and nothing else, to show what
+//!   they do alone;
+//! - **backstop**: backstop's client and server stacks (see `support/web_stacks.rs`): deadline propagation,
+//!   a retry budget (at most one retry, 1% of successes), and an adaptive LIFO queue in front of
+//!   the workers.
 //!
 //! It prints a table, writes SVG plots into `target/backstop-demo/`, and ends with one line:
 //! `summary: naive_goodput=F backstop_goodput=F naive_recovery_s=S backstop_recovery_s=S`
@@ -22,109 +24,44 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop::BoxError;
-use backstop::metrics::{LittleLayer, LittleMeter, LittleReport, LittleSnapshot};
-use backstop::sim::{
-    CallPolicy, RetryPolicy, Scenario, SimReport, SimServer, SimService, WebApp, goodput_table,
-    table,
-};
-use backstop::timeout::TimeoutLayer;
+use backstop::metrics::{LittleMeter, LittleReport, LittleSnapshot};
+use backstop::sim::{SimReport, WebApp, goodput_table, table};
 use plotters::prelude::*;
-use tower::ServiceBuilder;
 
-/// Backstop's configuration for the story. Each primitive that lands gets a field here and a
-/// line in [`Backstop::server`] or [`Backstop::client`].
-#[derive(Clone)]
-struct Backstop {
-    /// The Little's-law meter of the server stack and its figures when it was built (at the
-    /// start of the run), kept to print its report.
-    meter: Arc<Mutex<Option<(LittleMeter, LittleSnapshot)>>>,
-    /// A bounded queue of this many waiters, from tower's `ConcurrencyLimit` + `LoadShed` (not
-    /// a backstop primitive: a stand-in until `backpressure` / `lifo_queue` land).
-    tower_bounded_queue: Option<usize>,
-}
+#[path = "support/web_stacks.rs"]
+mod web_stacks;
+use web_stacks::WebStacks;
 
-impl Backstop {
-    fn new(tower_bounded_queue: Option<usize>) -> Self {
-        Backstop {
-            meter: Arc::default(),
-            tower_bounded_queue,
-        }
-    }
-
-    /// Server: metrics → [bounded queue] → timeout inheriting the caller's deadline → workers.
-    ///
-    /// The timeout holds the whole call, queue wait included: a request whose caller has left
-    /// is taken out of the queue instead of served. Later: throttle, PID admission, LIFO queue.
-    fn server(&self, server: SimServer) -> SimService {
-        let meter = LittleMeter::builder("web")
-            .capacity(WebApp::WORKERS as f64)
-            .build()
-            .expect("valid meter");
-        *self.meter.lock().unwrap() = Some((meter.clone(), meter.snapshot()));
-        let deadline = TimeoutLayer::builder()
-            .timeout(Duration::from_secs(10))
-            .fraction(0.9)
-            .build()
-            .expect("valid timeout");
-        let limit = self.tower_bounded_queue.map(|q| WebApp::WORKERS + q);
-        SimService::new(
-            ServiceBuilder::new()
-                .layer(LittleLayer::new(meter))
-                .option_layer(limit.map(|_| tower::load_shed::LoadShedLayer::new()))
-                .option_layer(limit.map(tower::limit::ConcurrencyLimitLayer::new))
-                .layer(deadline)
-                .service(server),
-        )
-    }
-
-    /// Client: an overall timeout equal to the user's patience, one attempt per load (no
-    /// per-request retry loop: the retry budget, at most 1 retry, goes here when it lands).
-    fn client(&self, next: SimService) -> SimService {
-        let overall = TimeoutLayer::new(WebApp::PATIENCE).expect("valid timeout");
-        SimService::new(ServiceBuilder::new().layer(overall).service(next))
-    }
-
-    fn scenario(&self, name: &str) -> Result<Scenario, BoxError> {
-        let call = CallPolicy {
-            attempt_timeout: None,
-            retry: RetryPolicy::Stack,
-        };
-        let (client, server) = (self.clone(), self.clone());
-        Ok(WebApp::default().scenario(
-            name,
-            call,
-            move |next| client.client(next),
-            move |s| server.server(s),
-        )?)
-    }
-
-    /// Runs in a paused runtime of its own, reading the meter on the simulated clock.
-    fn run(&self, name: &str) -> Result<(SimReport, Option<LittleReport>), BoxError> {
-        let scenario = self.scenario(name)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()?;
-        Ok(rt.block_on(async {
-            let report = scenario.run_async().await;
-            // Read on the simulated clock, at the end of the run.
-            let little = self
-                .meter
-                .lock()
-                .unwrap()
-                .as_ref()
-                .map(|(m, start)| m.snapshot().since(start));
-            (report, little)
-        }))
-    }
+/// Runs the story with `stacks` in a paused runtime of its own, and reads the server's
+/// Little's-law meter on the simulated clock at the end of the run.
+fn run(stacks: &WebStacks, name: &str) -> Result<(SimReport, Option<LittleReport>), BoxError> {
+    let meter: Arc<Mutex<Option<(LittleMeter, LittleSnapshot)>>> = Arc::default();
+    let slot = meter.clone();
+    let scenario = stacks.scenario(&WebApp::default(), name, move |m| {
+        *slot.lock().unwrap() = Some((m.clone(), m.snapshot()));
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    Ok(rt.block_on(async {
+        let report = scenario.run_async().await;
+        let little = meter
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(m, start)| m.snapshot().since(start));
+        (report, little)
+    }))
 }
 
 fn main() -> Result<(), BoxError> {
     let wall = std::time::Instant::now();
     let story = WebApp::default();
     let naive = story.naive()?.run();
-    let (backstop, little) = Backstop::new(None).run("backstop")?;
-    let (bounded, _) = Backstop::new(Some(20)).run("+bounded queue (tower)")?;
+    let (timeouts, _) = run(&WebStacks::new(false)?, "timeouts only")?;
+    let full = WebStacks::new(true)?;
+    let (backstop, little) = run(&full, "backstop")?;
     let wall = wall.elapsed();
 
     println!(
@@ -136,28 +73,28 @@ fn main() -> Result<(), BoxError> {
         naive.summary.surge.map_or(0, |s| s.1.as_secs()),
         WebApp::PATIENCE,
     );
-    println!("{}", table(&[&naive, &backstop, &bounded]));
+    println!("{}", table(&[&naive, &timeouts, &backstop]));
     println!("answers in time, per 5 s:");
-    println!("{}", goodput_table(&[&naive, &backstop, &bounded], 5));
+    println!("{}", goodput_table(&[&naive, &timeouts, &backstop], 5));
     println!("per hop (work and wasted work, Little's law check):");
-    for r in [&naive, &backstop, &bounded] {
+    for r in [&naive, &timeouts, &backstop] {
         print!("[{}]\n{}", r.name, r.hop_table());
     }
     if let Some(l) = little {
         println!(
-            "\nbackstop's LittleLayer on the web server over the run: {} arrivals ({:.1}/s), {:.1} in flight on average, mean latency {:.0} ms, utilization {:.2} of {} workers",
+            "\nbackstop's LittleLayer on the web server over the run: {} arrivals ({:.1}/s), {:.1} in flight on average (waiters included), mean latency {:.0} ms; against {} workers that is a utilization of {:.2}",
             l.arrivals,
             l.arrival_rate,
             l.average_concurrency,
             l.mean_latency.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-            l.utilization.unwrap_or(0.0),
             WebApp::WORKERS,
+            l.utilization.unwrap_or(0.0),
         );
     }
 
     let dir = &Path::new(env!("CARGO_MANIFEST_DIR")).join("target/backstop-demo");
     std::fs::create_dir_all(dir)?;
-    let runs = [&naive, &backstop, &bounded];
+    let runs = [&naive, &timeouts, &backstop];
     plot_goodput(&dir.join("goodput.svg"), &runs)?;
     plot_latency(&dir.join("latency.svg"), &runs)?;
     println!("\nplots: target/backstop-demo/goodput.svg target/backstop-demo/latency.svg");
@@ -171,21 +108,20 @@ fn main() -> Result<(), BoxError> {
     let (n, b) = (&naive.summary, &backstop.summary);
     println!();
     verdict(&naive);
+    verdict(&timeouts);
     verdict(&backstop);
-    verdict(&bounded);
-    if b.surge_goodput_fraction < 0.3 {
+    let budget = full.budget.stats();
+    println!(
+        "backstop's retry budget: {} retries sent, {} denied over the run",
+        budget.granted - budget.refunded,
+        budget.denied
+    );
+    if timeouts.summary.surge_goodput_fraction < 0.3 {
         println!(
-            "note: backstop's timeouts alone do not keep goodput up during the surge: the server \
-             drops queued requests whose caller has left (no stuck state afterwards), but a FIFO \
-             queue still serves the oldest requests, whose deadline is nearly up."
+            "note: timeouts alone end the stuck state (the server drops queued requests whose \
+             caller has left) but keep goodput low during the surge: a FIFO queue still serves \
+             the oldest requests, whose deadline is nearly up. The LIFO queue serves the newest."
         );
-        if bounded.summary.surge_goodput_fraction > b.surge_goodput_fraction {
-            println!(
-                "note: bounding the queue (tower's layers, standing in for backstop's own \
-                 backpressure / LIFO queue) raised surge goodput from {:.2} to {:.2} of capacity.",
-                b.surge_goodput_fraction, bounded.summary.surge_goodput_fraction
-            );
-        }
     }
     println!(
         "summary: naive_goodput={:.2} backstop_goodput={:.2} naive_recovery_s={:.0} backstop_recovery_s={:.0}",

@@ -7,6 +7,7 @@ pub mod classify;
 pub mod error;
 pub mod lifo_queue;
 pub mod metrics;
+pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod timeout;

@@ -94,6 +94,14 @@ pub fn describe_queues() {
     );
 }
 
+/// Gauge: tokens a retry budget holds now (earned tokens only, not the time-based floor).
+pub const RETRY_BUDGET_TOKENS: &str = "backstop_retry_budget_tokens";
+/// Counter: retries a retry budget allowed (withdrawals granted, including any later refunded
+/// because the retry was cancelled before it was sent).
+pub const RETRIES_ALLOWED: &str = "backstop_retries_allowed_total";
+/// Counter: retries a retry budget denied.
+pub const RETRIES_DENIED: &str = "backstop_retries_denied_total";
+
 /// Gauge: tokens a client-wide token bucket holds, refreshed at each grant or refusal and at
 /// each change of its settings.
 pub const TOKEN_BUCKET_TOKENS: &str = "backstop_token_bucket_tokens";

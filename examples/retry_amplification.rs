@@ -1,0 +1,398 @@
+//! Retry amplification in a chain of four services, with three kinds of retrying client.
+//!
+//! Users call service 1, which calls 2, which calls 3, which calls 4 (the simulation harness,
+//! `backstop::sim`, on tokio's paused clock). Each service calls the next through its own
+//! retrying client, and service 4 fails. The same load, with the same seed, runs with:
+//!
+//! - **naive**: 3 retries per call, exponential backoff (10, 20, 40 ms), no budget: up to
+//!   4 × 4 × 4 = 64 requests at service 4 per user request;
+//! - **backstop**: `RetryLayer` (at most one retry) with its own `RetryBudget` per service,
+//!   at the defaults (ratio 0.01, floor 1 retry/s, cap 10, no initial tokens), and the
+//!   "already retried" marker passed up so upper services do not retry what a lower one retried;
+//! - **tower_tps_budget**: `tower::retry` with 3 retries (same backoff as naive), gated by
+//!   tower's default `TpsBudget` (10 s window, 10 retries/s floor, ratio 0.2), one per service,
+//!   depositing on success and withdrawing before each retry, as tower's docs show.
+//!
+//! Row 1 has service 4 failing every call. Row 2 has it failing 60% of calls at random; there
+//! both budgets are configured with ratio 0.6 and no floor (tower: `TpsBudget::new(10 s, 0,
+//! 0.6)`), so the ratio alone decides, and the table shows the retries the budget in front of
+//! service 4 granted per success it saw, against the 0.6 configured. tower truncates its
+//! withdraw amount (`(1 / 0.6) as isize` = 1 token per retry against 1 per success), so it
+//! grants one retry per success; backstop keeps tokens in millionths and grants 0.6.
+//!
+//! Ends with `summary: backstop=X naive=X tower_tps_budget=X`: requests at service 4 per
+//! request the users offered, in the 100%-failure row.
+//!
+//! Run it with `cargo run --release --example retry_amplification`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backstop::BoxError;
+use backstop::retry::{RetryBudget, RetryLayer};
+use backstop::sim::{
+    Arrivals, CallPolicy, ClientBehavior, Hop, LoadProfile, RetryPolicy, Scenario, ServiceTime,
+    SimReport, SimRequest, SimResponse, SimServer, SimService,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tower::ServiceExt;
+use tower::retry::budget::{Budget as _, TpsBudget};
+
+const SEED: u64 = 4;
+const OFFERED_RPS: f64 = 100.0;
+const RUN: Duration = Duration::from_secs(30);
+const WORKERS: usize = 2_000;
+const WORK: Duration = Duration::from_millis(1);
+const PATIENCE: Duration = Duration::from_secs(3);
+const NAIVE_RETRIES: u32 = 3;
+const NAIVE_BACKOFF: Duration = Duration::from_millis(10);
+/// From here on, every budget is in its steady state: backstop's start empty, and tower's 10 s
+/// window has turned over once.
+const STEADY_FROM: usize = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Client {
+    Naive,
+    Backstop,
+    TowerTps,
+}
+
+impl Client {
+    fn name(self) -> &'static str {
+        match self {
+            Client::Naive => "naive",
+            Client::Backstop => "backstop",
+            Client::TowerTps => "tower_tps_budget",
+        }
+    }
+}
+
+/// The budgets of a run, read after it.
+#[derive(Default)]
+struct Probes {
+    /// backstop: the budget of each service's client (services 1, 2, 3).
+    backstop: Vec<RetryBudget>,
+    /// tower: deposits and granted withdrawals of each service's client.
+    tower: Vec<Arc<TowerCounts>>,
+    /// Service 4's answers that were successes.
+    bottom_successes: Arc<AtomicU64>,
+    /// Calls reaching service 4, per second of the run.
+    bottom_per_second: Arc<Mutex<Vec<u64>>>,
+}
+
+#[derive(Default)]
+struct TowerCounts {
+    deposits: AtomicU64,
+    granted: AtomicU64,
+}
+
+/// tower's retry policy as its docs write it, with a retry limit, backoff, and counters.
+#[derive(Clone)]
+struct TowerPolicy {
+    budget: Arc<TpsBudget>,
+    counts: Arc<TowerCounts>,
+    retries_left: u32,
+    next_backoff: Duration,
+}
+
+impl tower::retry::Policy<SimRequest, SimResponse, BoxError> for TowerPolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _req: &mut SimRequest,
+        result: &mut Result<SimResponse, BoxError>,
+    ) -> Option<Self::Future> {
+        match result {
+            Ok(_) => {
+                self.budget.deposit();
+                self.counts.deposits.fetch_add(1, Relaxed);
+                None
+            }
+            Err(_) if self.retries_left > 0 && self.budget.withdraw() => {
+                self.counts.granted.fetch_add(1, Relaxed);
+                self.retries_left -= 1;
+                let backoff = self.next_backoff;
+                self.next_backoff *= 2;
+                Some(tokio::time::sleep(backoff))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &SimRequest) -> Option<SimRequest> {
+        Some(req.clone())
+    }
+}
+
+/// Service 4: does its work, then fails a `fail` share of calls, at random. Counts its calls
+/// per second and its successes.
+fn failing(
+    server: SimServer,
+    fail: f64,
+    successes: Arc<AtomicU64>,
+    per_second: Arc<Mutex<Vec<u64>>>,
+) -> SimService {
+    let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(SEED)));
+    // The stack is built when the run starts.
+    let start = tokio::time::Instant::now();
+    SimService::new(tower::service_fn(move |req: SimRequest| {
+        let second = start.elapsed().as_secs() as usize;
+        {
+            let mut counts = per_second.lock().unwrap();
+            if counts.len() <= second {
+                counts.resize(second + 1, 0);
+            }
+            counts[second] += 1;
+        }
+        let fails = rng.lock().unwrap().random_bool(fail);
+        let (server, successes) = (server.clone(), successes.clone());
+        async move {
+            let res = server.oneshot(req).await?;
+            if fails {
+                Err(BoxError::from("service 4 failed"))
+            } else {
+                successes.fetch_add(1, Relaxed);
+                Ok(res)
+            }
+        }
+    }))
+}
+
+/// The client a service uses to call the next one.
+fn caller(client: Client, n: usize, ratio_row: bool, probes: &mut Probes) -> (CallPolicy, Hop) {
+    let hop = Hop::new(format!("service{n}"), WORKERS, ServiceTime::Fixed(WORK));
+    match client {
+        Client::Naive => {
+            let policy = CallPolicy {
+                attempt_timeout: None,
+                retry: RetryPolicy::Naive {
+                    retries: NAIVE_RETRIES,
+                    backoff: NAIVE_BACKOFF,
+                    jitter: 0.0,
+                },
+            };
+            (policy, hop)
+        }
+        Client::Backstop => {
+            let mut budget = RetryBudget::builder(format!("service{}", n - 1));
+            if ratio_row {
+                budget = budget.ratio(0.6).min_per_second(0.0);
+            }
+            let budget = budget.build().expect("valid budget");
+            probes.backstop.push(budget.clone());
+            let layer = RetryLayer::builder(budget)
+                // Every simulated call is a read: safe to send twice.
+                .retry_non_idempotent()
+                .seed(SEED)
+                .build()
+                .expect("valid retry layer");
+            let policy = CallPolicy {
+                attempt_timeout: None,
+                retry: RetryPolicy::Stack,
+            };
+            let hop =
+                hop.caller_stack(move |next| SimService::new(tower::Layer::layer(&layer, next)));
+            (policy, hop)
+        }
+        Client::TowerTps => {
+            let budget = if ratio_row {
+                TpsBudget::new(Duration::from_secs(10), 0, 0.6)
+            } else {
+                TpsBudget::default()
+            };
+            let counts = Arc::new(TowerCounts::default());
+            probes.tower.push(counts.clone());
+            let policy = TowerPolicy {
+                budget: Arc::new(budget),
+                counts,
+                retries_left: NAIVE_RETRIES,
+                next_backoff: NAIVE_BACKOFF,
+            };
+            let call = CallPolicy {
+                attempt_timeout: None,
+                retry: RetryPolicy::Stack,
+            };
+            let hop = hop.caller_stack(move |next| {
+                SimService::new(tower::retry::Retry::new(policy.clone(), next))
+            });
+            (call, hop)
+        }
+    }
+}
+
+fn scenario(client: Client, fail: f64) -> Result<(Scenario, Probes), BoxError> {
+    let ratio_row = fail < 1.0;
+    let mut probes = Probes::default();
+    let users = ClientBehavior {
+        clients: 100,
+        patience: PATIENCE,
+        call: CallPolicy::default(),
+        reload: None,
+        ..ClientBehavior::default()
+    };
+    let mut builder = Scenario::builder(format!("{} fail={:.0}%", client.name(), fail * 100.0))
+        .seed(SEED)
+        .profile(LoadProfile::new().step(RUN, OFFERED_RPS))
+        .arrivals(Arrivals::Poisson)
+        .run_for(RUN + PATIENCE * 2)
+        .clients(users)
+        .hop(Hop::new("service1", WORKERS, ServiceTime::Fixed(WORK)));
+    for n in 2..=4 {
+        let (policy, hop) = caller(client, n, ratio_row, &mut probes);
+        let mut hop = hop.caller_policy(policy);
+        if n == 4 {
+            let successes = probes.bottom_successes.clone();
+            let per_second = probes.bottom_per_second.clone();
+            hop = hop
+                .stack(move |server| failing(server, fail, successes.clone(), per_second.clone()));
+        }
+        builder = builder.hop(hop);
+    }
+    Ok((builder.build()?, probes))
+}
+
+struct Row {
+    client: Client,
+    fail: f64,
+    offered: u64,
+    bottom_sent: u64,
+    /// Requests at service 4 per offered request from `STEADY_FROM` to the end of the load.
+    steady: f64,
+    retries_at_bottom: u64,
+    bottom_successes: u64,
+    /// Retries the budget in front of service 4 granted (net of refunds), and the successes it
+    /// was paid with.
+    budget_granted: Option<(u64, u64)>,
+    configured_ratio: Option<f64>,
+}
+
+impl Row {
+    fn amplification(&self) -> f64 {
+        self.bottom_sent as f64 / self.offered.max(1) as f64
+    }
+}
+
+fn run(client: Client, fail: f64) -> Result<(Row, SimReport), BoxError> {
+    let (scenario, probes) = scenario(client, fail)?;
+    let report = scenario.run();
+    let bottom = &report.hops[3];
+    let above = &report.hops[2];
+    let budget_granted = match client {
+        Client::Naive => None,
+        Client::Backstop => probes.backstop.last().map(|b| {
+            let s = b.stats();
+            (s.granted - s.refunded, s.deposits)
+        }),
+        Client::TowerTps => probes
+            .tower
+            .last()
+            .map(|c| (c.granted.load(Relaxed), c.deposits.load(Relaxed))),
+    };
+    let configured_ratio = match client {
+        Client::Naive => None,
+        _ if fail < 1.0 => Some(0.6),
+        Client::Backstop => Some(0.01),
+        Client::TowerTps => Some(0.2),
+    };
+    let steady_offered: u64 = report.series[STEADY_FROM..RUN.as_secs() as usize]
+        .iter()
+        .map(|b| b.offered)
+        .sum();
+    let steady_bottom: u64 = probes.bottom_per_second.lock().unwrap()
+        [STEADY_FROM..RUN.as_secs() as usize]
+        .iter()
+        .sum();
+    let row = Row {
+        client,
+        fail,
+        offered: report.summary.offered,
+        bottom_sent: bottom.sent,
+        steady: steady_bottom as f64 / steady_offered.max(1) as f64,
+        retries_at_bottom: bottom.sent.saturating_sub(above.arrivals),
+        bottom_successes: probes.bottom_successes.load(Relaxed),
+        budget_granted,
+        configured_ratio,
+    };
+    Ok((row, report))
+}
+
+fn main() -> Result<(), BoxError> {
+    println!(
+        "Four services in a chain; users offer {OFFERED_RPS} requests/s for {}s (Poisson, seed \
+         {SEED}); each service calls the next through its own retrying client.\n",
+        RUN.as_secs()
+    );
+    let mut rows = Vec::new();
+    for fail in [1.0, 0.6] {
+        for client in [Client::Backstop, Client::Naive, Client::TowerTps] {
+            let (row, report) = run(client, fail)?;
+            if client == Client::Naive && fail == 1.0 {
+                println!("{}", report.hop_table());
+            }
+            rows.push(row);
+        }
+    }
+
+    println!(
+        "{:<17} {:>6} {:>8} {:>10} {:>12} {:>13} {:>10} {:>13} {:>10}",
+        "client",
+        "fail",
+        "offered",
+        "at svc 4",
+        "svc4/offered",
+        "after 10 s",
+        "retries@4",
+        "granted/succ",
+        "configured"
+    );
+    for r in &rows {
+        let granted = match r.budget_granted {
+            Some((g, s)) if s > 0 => format!("{:.3}", g as f64 / s as f64),
+            Some((g, _)) => format!("{g}/0"),
+            None if r.bottom_successes == 0 => "n/a".to_string(),
+            None => format!(
+                "{:.3}*",
+                r.retries_at_bottom as f64 / r.bottom_successes as f64
+            ),
+        };
+        let configured = r
+            .configured_ratio
+            .map_or_else(|| "none".to_string(), |c| format!("{c}"));
+        println!(
+            "{:<17} {:>5.0}% {:>8} {:>10} {:>11.2}x {:>12.2}x {:>10} {:>13} {:>10}",
+            r.client.name(),
+            r.fail * 100.0,
+            r.offered,
+            r.bottom_sent,
+            r.amplification(),
+            r.steady,
+            r.retries_at_bottom,
+            granted,
+            configured
+        );
+    }
+    println!(
+        "\nsvc4/offered: requests service 4 received per request the users offered (after 10 s: \
+         the same from second 10 to the end of the load, once every budget is in its steady \
+         state). retries@4: \
+         requests to service 4 beyond the first call of each request service 3 served. \
+         granted/succ: retries the budget in front of service 4 granted per success it was \
+         paid with (* naive has no budget: retries at service 4 per success there)."
+    );
+
+    let full = |c: Client| {
+        rows.iter()
+            .find(|r| r.client == c && r.fail == 1.0)
+            .map_or(f64::NAN, Row::amplification)
+    };
+    println!(
+        "summary: backstop={:.3} naive={:.3} tower_tps_budget={:.3}",
+        full(Client::Backstop),
+        full(Client::Naive),
+        full(Client::TowerTps)
+    );
+    Ok(())
+}

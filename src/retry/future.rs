@@ -1,0 +1,277 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project::{pin_project, pinned_drop};
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_service::Service;
+
+use super::layer::{MarkRetried, Shared};
+use super::marker::{AlreadyRetried, RetriedMarker, RetryRequest};
+use super::{Budget, RetryKind};
+use crate::classify::{Classify, Outcome};
+use crate::error::{BoxError, is_timeout};
+
+/// The response future of [`Retry`](super::Retry).
+///
+/// Cancel-safe: dropping it during the delay before the retry cancels the retry and refunds the
+/// token it had withdrawn, so a retry that was never sent costs the budget nothing.
+#[pin_project(PinnedDrop)]
+pub struct ResponseFuture<S, Req, B, C>
+where
+    S: Service<Req>,
+    B: Budget,
+{
+    shared: Arc<Shared<B, C>>,
+    #[pin]
+    state: State<S::Future, S, Req, S::Response>,
+    /// The price of a retry withdrawn from the budget but not sent yet.
+    unsent: Option<RetryKind>,
+}
+
+#[pin_project(project = Projected)]
+enum State<F, S, Req, Res> {
+    /// The first attempt is running; `backup` is what a retry needs, when one is possible.
+    First {
+        #[pin]
+        attempt: F,
+        backup: Option<(S, Req)>,
+    },
+    /// The retry is paid for: waiting out the delay (`sleep`, none for a zero delay), then for
+    /// the inner service to be ready. `failed` is the first attempt's answer, passed up if the
+    /// deadline comes too close before the retry can be sent.
+    Waiting {
+        #[pin]
+        sleep: Option<Sleep>,
+        service: S,
+        request: Option<Req>,
+        failed: Option<Result<Res, BoxError>>,
+    },
+    /// The retry is running.
+    Second {
+        #[pin]
+        attempt: F,
+    },
+}
+
+impl<S, Req, B, C> ResponseFuture<S, Req, B, C>
+where
+    S: Service<Req>,
+    B: Budget,
+{
+    pub(super) fn new(
+        first: S::Future,
+        backup: Option<(S, Req)>,
+        shared: Arc<Shared<B, C>>,
+    ) -> Self {
+        ResponseFuture {
+            shared,
+            state: State::First {
+                attempt: first,
+                backup,
+            },
+            unsent: None,
+        }
+    }
+}
+
+impl<S, Req, B, C> Future for ResponseFuture<S, Req, B, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: RetryRequest,
+    B: Budget,
+    C: Classify<S::Response, BoxError> + RetriedMarker<S::Response>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let shared = &**this.shared;
+        loop {
+            match this.state.as_mut().project() {
+                Projected::First { attempt, backup } => {
+                    let result = ready!(attempt.poll(cx)).map_err(Into::into);
+                    let outcome = shared.classifier.classify(result.as_ref());
+                    match outcome {
+                        Outcome::Success => {
+                            shared.budget.deposit();
+                            return Poll::Ready(result);
+                        }
+                        Outcome::Retryable => {}
+                        Outcome::Overload(_) | Outcome::Final => return Poll::Ready(result),
+                    }
+                    let retry = backup
+                        .take()
+                        .filter(|_| !(shared.honour_marker && is_marked(shared, &result)))
+                        .and_then(|(service, request)| {
+                            let delay = plan_retry(shared, &request, &result)?;
+                            Some((service, request, delay))
+                        });
+                    let Some((service, request, (kind, delay))) = retry else {
+                        if shared.mark == MarkRetried::Always {
+                            return Poll::Ready(mark(shared, result));
+                        }
+                        return Poll::Ready(result);
+                    };
+                    *this.unsent = Some(kind);
+                    let sleep = (!delay.is_zero()).then(|| sleep_until(Instant::now() + delay));
+                    this.state.set(State::Waiting {
+                        sleep,
+                        service,
+                        request: Some(request),
+                        failed: Some(result),
+                    });
+                }
+                Projected::Waiting {
+                    mut sleep,
+                    service,
+                    request,
+                    failed,
+                } => {
+                    if let Some(delay) = sleep.as_mut().as_pin_mut() {
+                        ready!(delay.poll(cx));
+                        sleep.set(None);
+                    }
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        if let Some(kind) = this.unsent.take() {
+                            shared.budget.refund(kind);
+                        }
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let request_ref = request.as_ref().expect("the retry is sent once");
+                    if !enough_time_left(shared, request_ref) {
+                        // The wait for readiness ate the time: pass the first failure up, as if
+                        // there had been no retry, and give the token back.
+                        if let Some(kind) = this.unsent.take() {
+                            shared.budget.refund(kind);
+                        }
+                        let failed = failed.take().expect("the first answer is passed up once");
+                        if shared.mark == MarkRetried::Always {
+                            return Poll::Ready(mark(shared, failed));
+                        }
+                        return Poll::Ready(failed);
+                    }
+                    let mut request = request.take().expect("the retry is sent once");
+                    request.set_attempt(2);
+                    let attempt = service.call(request);
+                    // Sent: the token is spent.
+                    *this.unsent = None;
+                    this.state.set(State::Second { attempt });
+                }
+                Projected::Second { attempt } => {
+                    let result = ready!(attempt.poll(cx)).map_err(Into::into);
+                    return Poll::Ready(match shared.classifier.classify(result.as_ref()) {
+                        Outcome::Success => {
+                            shared.budget.deposit();
+                            result
+                        }
+                        Outcome::Retryable if shared.mark != MarkRetried::Never => {
+                            mark(shared, result)
+                        }
+                        _ => result,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Decides whether a retryable failure is retried, and pays for it: the kind of retry and the
+/// delay before it, or `None` when the deadline or the budget forbids it.
+fn plan_retry<Req: RetryRequest, Res, B: Budget, C>(
+    shared: &Shared<B, C>,
+    request: &Req,
+    result: &Result<Res, BoxError>,
+) -> Option<(RetryKind, Duration)> {
+    if !enough_time_left(shared, request) {
+        return None;
+    }
+    let limit = request.deadline().map_or(Duration::MAX, |d| {
+        d.remaining().saturating_sub(shared.min_time_left)
+    });
+    let kind = match result {
+        Err(e) if is_timeout(e.as_ref()) => RetryKind::AfterTimeout,
+        _ => RetryKind::AfterError,
+    };
+    // Withdrawn before the delay, so concurrent failures cannot all pass the check and then
+    // all retry; refunded if the retry is cancelled before it is sent.
+    if !shared.budget.try_withdraw(kind) {
+        return None;
+    }
+    Some((kind, shared.delay(limit)))
+}
+
+/// True when the request has no deadline, or at least `min_time_left` (and more than zero)
+/// before it.
+fn enough_time_left<Req: RetryRequest, B, C>(shared: &Shared<B, C>, request: &Req) -> bool {
+    request.deadline().is_none_or(|d| {
+        let left = d.remaining();
+        !left.is_zero() && left >= shared.min_time_left
+    })
+}
+
+fn is_marked<Res, B, C: RetriedMarker<Res>>(
+    shared: &Shared<B, C>,
+    result: &Result<Res, BoxError>,
+) -> bool {
+    match result {
+        Ok(res) => shared.classifier.is_retried(res),
+        Err(e) => AlreadyRetried::is_marked(e.as_ref()),
+    }
+}
+
+fn mark<Res, B, C: RetriedMarker<Res>>(
+    shared: &Shared<B, C>,
+    result: Result<Res, BoxError>,
+) -> Result<Res, BoxError> {
+    match result {
+        Ok(mut res) => {
+            shared.classifier.mark_retried(&mut res);
+            Ok(res)
+        }
+        Err(e) if AlreadyRetried::is_marked(e.as_ref()) => Err(e),
+        Err(e) => Err(Box::new(AlreadyRetried::new(e))),
+    }
+}
+
+#[pinned_drop]
+impl<S, Req, B, C> PinnedDrop for ResponseFuture<S, Req, B, C>
+where
+    S: Service<Req>,
+    B: Budget,
+{
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some(kind) = this.unsent.take() {
+            this.shared.budget.refund(kind);
+        }
+    }
+}
+
+impl<S, Req, B, C> fmt::Debug for ResponseFuture<S, Req, B, C>
+where
+    S: Service<Req>,
+    B: Budget,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::First { backup, .. } => {
+                if backup.is_some() {
+                    "first attempt (retry possible)"
+                } else {
+                    "first attempt"
+                }
+            }
+            State::Waiting { .. } => "waiting to retry",
+            State::Second { .. } => "retry",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("unsent", &self.unsent)
+            .finish()
+    }
+}
