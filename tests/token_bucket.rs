@@ -593,3 +593,61 @@ async fn adaptive_rate_settles_near_what_the_server_admits() {
         "mean over the last 30 s {mean}"
     );
 }
+
+// ---- retry quota ----
+
+#[derive(Clone)]
+struct Get;
+impl HasDeadline for Get {
+    fn deadline(&self) -> Option<Deadline> {
+        None
+    }
+    fn set_deadline(&mut self, _: Deadline) {}
+}
+impl backstop::retry::RetryRequest for Get {
+    fn is_idempotent(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_quota_charges_like_aws_standard_mode() {
+    use backstop::retry::{Budget, RetryKind, RetryLayer};
+    let quota = TokenBucket::retry_quota("quota");
+    assert_eq!((quota.capacity(), quota.tokens()), (500.0, 500.0));
+    // Withdraw and refund by kind.
+    assert!(quota.try_withdraw(RetryKind::AfterTimeout));
+    assert_eq!(quota.tokens(), 490.0);
+    quota.refund(RetryKind::AfterTimeout);
+    assert!(quota.try_withdraw(RetryKind::AfterError));
+    assert_eq!(quota.tokens(), 495.0);
+    quota.deposit();
+    quota.deposit();
+    assert_eq!(quota.tokens(), 497.0);
+    quota.deposit();
+    quota.deposit();
+    assert_eq!(quota.tokens(), 499.0);
+    quota.deposit();
+    quota.deposit();
+    assert_eq!(quota.tokens(), 500.0, "never above the capacity");
+    advance(Duration::from_secs(3600)).await;
+    assert_eq!(quota.tokens(), 500.0);
+
+    // Through the retry layer: a service that always fails gets 500 / 5 = 100 retries in all.
+    let attempts = Arc::new(AtomicU64::new(0));
+    let failing = {
+        let attempts = attempts.clone();
+        tower::service_fn(move |_: Get| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            async { Err::<(), BoxError>("reset".into()) }
+        })
+    };
+    let mut client = ServiceBuilder::new()
+        .layer(RetryLayer::new(quota.clone()))
+        .service(failing);
+    for _ in 0..300 {
+        let _ = client.ready().await.unwrap().call(Get).await;
+    }
+    assert_eq!(attempts.load(Ordering::Relaxed), 300 + 100);
+    assert_eq!(quota.tokens(), 0.0);
+}

@@ -243,7 +243,7 @@ impl TokenBucket {
     }
 
     /// The AWS SDKs' standard-mode retry quota: 500 tokens, full, never refilled by time, only
-    /// by successes. Use it as the retry layer's budget: a retry costs 5, a retry
+    /// by successes. Use it as a retry [`Budget`](crate::retry::Budget): a retry costs 5, a retry
     /// after a timeout 10, a success gives 1 back.
     pub fn retry_quota(name: impl Into<String>) -> TokenBucket {
         Self::builder(name)
@@ -443,9 +443,7 @@ impl TokenBucket {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
                 Some(self.view(word, now).after(0, add))
             });
-        if self.inner.waiting.load(Ordering::Acquire) > 0 {
-            self.wake_head();
-        }
+        self.wake_head();
     }
 
     /// True when the bucket has an adaptive rate.
@@ -505,6 +503,9 @@ impl TokenBucket {
 
     /// Wakes the waiter at the head of the line, to look at the bucket again.
     pub(crate) fn wake_head(&self) {
+        if self.inner.waiting.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let queue = self.queue();
         if let Some(head) = queue.entries.front()
             && let Some(waker) = &head.waker

@@ -31,8 +31,10 @@
 //! (`cargo run --example adaptive_bucket`).
 //!
 //! # Retry quota
-//! [`TokenBucket::retry_quota`] is the AWS standard-mode retry quota (500 tokens, no time
-//! refill) for the retry layer.
+//! [`TokenBucket`] implements the retry layer's [`Budget`](crate::retry::Budget) in AWS standard
+//! mode (a retry takes 5 tokens, 10 after a timeout, a success gives 1 back), and
+//! [`TokenBucket::retry_quota`] is the standard 500-token quota, which time does not refill:
+//! `RetryLayer::new(TokenBucket::retry_quota("client"))`.
 //!
 //! # Where it goes
 //! On a client, below the retry layer so retries take tokens too, and above the per-attempt
@@ -82,10 +84,12 @@ mod adaptive;
 mod bucket;
 mod future;
 mod layer;
+mod quota;
 mod service;
 
 pub use self::adaptive::{AdaptiveRate, AdaptiveRateBuilder, cubic_k};
 pub use self::bucket::{MAX_CAPACITY, MAX_RATE, TokenBucket, TokenBucketBuilder};
 pub use self::future::{Acquire, ResponseFuture};
 pub use self::layer::{TokenBucketLayer, TokenBucketLayerBuilder};
+pub use self::quota::{RETRY_COST, SUCCESS_REFUND, TIMEOUT_RETRY_COST};
 pub use self::service::TokenBucketService;
