@@ -91,8 +91,11 @@ impl View {
         let (stored, at) = unpack(word);
         let now = now & TIME_MASK;
         let elapsed = since(at, now);
-        let add = ((u128::from(elapsed) * u128::from(rate)) >> RATE_SHIFT)
-            .min(u128::from(u64::MAX >> 2)) as u64;
+        let add = match elapsed.checked_mul(rate) {
+            Some(product) => product >> RATE_SHIFT,
+            None => ((u128::from(elapsed) * u128::from(rate)) >> RATE_SHIFT)
+                .min(u128::from(u64::MAX >> 2)) as u64,
+        };
         let total = stored.saturating_add(add.min(i64::MAX as u64) as i64);
         let avail = total.clamp(0, cap as i64) as u64;
         View {
@@ -260,7 +263,10 @@ impl TokenBucket {
 
     /// Milliseconds since the bucket was built (full width; the state keeps the low 36 bits).
     fn now_ms(&self) -> u64 {
-        self.inner.epoch.elapsed().as_millis() as u64
+        let d = Instant::now().saturating_duration_since(self.inner.epoch);
+        d.as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(d.subsec_millis()))
     }
 
     fn cap_units(&self) -> u64 {
