@@ -33,8 +33,10 @@
 //! is measured in 0.5 s buckets smoothed with 0.8; the rate stays within `[min_rate, max_rate]`
 //! (at least 0.5/s by default) and never above twice the measured send rate. The bucket is
 //! unlimited until the first throttle, or starts at a configured rate. Against a server that
-//! throttles above 100 requests/s, a client offering 300/s settles on a sawtooth around 100/s
-//! (`cargo run --example adaptive_bucket`).
+//! throttles above 100 requests/s, a client offering 300/s sends within 10% of 100/s after 7
+//! simulated seconds, then between 83 and 107 per second (mean 97/s over the last 30 s), and
+//! gets 16 throttled answers in a minute where the same client without the bucket gets 11 991
+//! (`cargo run --release --example adaptive_bucket`).
 //!
 //! # Retry quota
 //! [`TokenBucket`] implements the retry layer's [`Budget`](crate::retry::Budget) in AWS standard
