@@ -206,3 +206,33 @@ pub fn describe_throttle() {
         "Idle clients dropped from the per-client quotas."
     );
 }
+
+/// Gauge: tokens a client-wide token bucket holds, refreshed at each grant or refusal and at
+/// each change of its settings.
+pub const TOKEN_BUCKET_TOKENS: &str = "backstop_token_bucket_tokens";
+/// Gauge: a token bucket's refill rate, tokens per second (+Inf while unlimited).
+pub const TOKEN_BUCKET_RATE: &str = "backstop_token_bucket_rate";
+/// Counter: grants of a token bucket (requests let through, including while unlimited).
+pub const TOKEN_BUCKET_ACQUIRED: &str = "backstop_token_bucket_acquired_total";
+/// Counter: refusals of a token bucket (empty bucket, or a wait that ran out).
+pub const TOKEN_BUCKET_DENIED: &str = "backstop_token_bucket_denied_total";
+
+/// Describes the token bucket series. Calling it again is harmless.
+pub fn describe_token_bucket() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(TOKEN_BUCKET_TOKENS, Unit::Count, "Tokens the bucket holds.");
+    describe_gauge!(
+        TOKEN_BUCKET_RATE,
+        "Refill rate of the bucket, tokens per second (+Inf while unlimited)."
+    );
+    describe_counter!(
+        TOKEN_BUCKET_ACQUIRED,
+        Unit::Count,
+        "Grants of the token bucket."
+    );
+    describe_counter!(
+        TOKEN_BUCKET_DENIED,
+        Unit::Count,
+        "Refusals of the token bucket."
+    );
+}
