@@ -499,6 +499,40 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_band_above_the_setpoint_is_a_hysteresis() {
+        let mut c = PidController::builder()
+            .setpoint(1.0)
+            .gains(2.0, 1.0, 0.0)
+            .action(Action::Direct)
+            .output_range(-10.0, 10.0)
+            .dead_band(0.0, 0.5)
+            .build()
+            .unwrap();
+        let dt = Duration::from_secs(1);
+        // Inside the band: no error, no output, and the integral holds still.
+        assert_eq!(c.update(1.4, dt), 0.0);
+        assert_eq!(c.terms().error, 0.0);
+        // Above it, the error counts from the band's edge: 2.0 − 1.5.
+        c.update(2.0, dt);
+        let t = c.terms();
+        assert!(
+            (t.error - 0.5).abs() < 1e-12 && (t.p - 1.0).abs() < 1e-12,
+            "{t:?}"
+        );
+        assert!((t.i - 0.5).abs() < 1e-12, "{t:?}");
+        // Back in the band: the integral keeps what it had, so the output holds.
+        c.update(1.2, dt);
+        assert!((c.terms().i - 0.5).abs() < 1e-12 && (c.output() - 0.5).abs() < 1e-12);
+        // Below the setpoint the error counts at once, from the setpoint: 0.8 − 1.0.
+        c.update(0.8, dt);
+        let t = c.terms();
+        assert!(
+            (t.error + 0.2).abs() < 1e-12 && (t.i - 0.3).abs() < 1e-12,
+            "{t:?}"
+        );
+    }
+
+    #[test]
     fn bad_configuration_names_the_field() {
         let b = PidController::builder;
         let field = |r: Result<PidController, ConfigError>| r.unwrap_err().field();
@@ -509,6 +543,11 @@ mod tests {
         assert_eq!(field(b().output_range(2.0, 1.0).build()), "max");
         assert_eq!(field(b().output_range(f64::NAN, 1.0).build()), "min");
         assert_eq!(field(b().setpoint(f64::NAN).build()), "setpoint");
+        assert_eq!(field(b().dead_band(-0.1, 0.0).build()), "dead_band.below");
+        assert_eq!(
+            field(b().dead_band(0.0, f64::NAN).build()),
+            "dead_band.above"
+        );
         let tracking = AntiWindup::BackCalculation {
             tracking: Duration::ZERO,
         };
