@@ -56,9 +56,10 @@
 //!
 //! What it is not: a replacement for a bound on the queue. On one server a fixed or adaptive
 //! concurrency limit holds the queue delay about as well (in the example their goodput is within
-//! 0.3 points of the PID's, less than the spread between seeds). The controller earns its place where the signal and
-//! the lever are apart: a delay measured on a server driving a throttle in its clients (the
-//! `pid_throttle` example), a latency percentile downstream, a utilization target. Nor can it
+//! 0.3 points of the PID's, less than the spread between seeds). The controller earns its place
+//! where the signal and the lever are apart: a delay measured on a server driving a throttle in
+//! its clients (the `pid_throttle` example), a latency percentile downstream, a utilization
+//! target. Nor can it
 //! admit everything at 90% load with a setpoint below the queue delay that load brings (about
 //! 48 ms on 2 workers of 18 ms, by the M/G/2 approximation): it keeps shedding a few percent
 //! there, as it should.
