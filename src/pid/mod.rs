@@ -59,10 +59,9 @@
 //! 0.3 points of the PID's, less than the spread between seeds). The controller earns its place
 //! where the signal and the lever are apart: a delay measured on a server driving a throttle in
 //! its clients (the `pid_throttle` example), a latency percentile downstream, a utilization
-//! target. Nor can it
-//! admit everything at 90% load with a setpoint below the queue delay that load brings (about
-//! 48 ms on 2 workers of 18 ms, by the M/G/2 approximation): it keeps shedding a few percent
-//! there, as it should.
+//! target. Nor can it admit everything at 90% load with a setpoint below the queue delay that
+//! load brings (about 48 ms on 2 workers of 18 ms, by the M/G/2 approximation): it keeps
+//! shedding a few percent there, as it should.
 //!
 //! # Example
 //! ```
