@@ -105,6 +105,8 @@ struct Server {
     calls: Arc<AtomicU64>,
     /// Calls for requests that arrived after the warm-up (ids from [`WARM_UP_IDS`]).
     steady_calls: Arc<AtomicU64>,
+    /// Requests with this id or more are the cool-down traffic: sent, not measured.
+    measured: u64,
 }
 
 /// Requests in about the first 12 s (1,000/s): tower's `Hedge` reads only the previous full
@@ -112,12 +114,13 @@ struct Server {
 const WARM_UP_IDS: u64 = 12_000;
 
 impl Server {
-    fn new(backend: Backend, seed: u64) -> Self {
+    fn new(backend: Backend, seed: u64, measured: u64) -> Self {
         Server {
             backend,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
             calls: Arc::new(AtomicU64::new(0)),
             steady_calls: Arc::new(AtomicU64::new(0)),
+            measured,
         }
     }
 }
@@ -135,8 +138,10 @@ impl Service<u64> for Server {
     }
 
     fn call(&mut self, id: u64) -> Self::Future {
-        self.calls.fetch_add(1, Relaxed);
-        if id >= WARM_UP_IDS {
+        if id < self.measured {
+            self.calls.fetch_add(1, Relaxed);
+        }
+        if (WARM_UP_IDS..self.measured).contains(&id) {
             self.steady_calls.fetch_add(1, Relaxed);
         }
         let latency = self.backend.sample(&mut self.rng.lock().unwrap());
@@ -207,7 +212,14 @@ impl Run {
     }
 }
 
-/// Sends `requests` Poisson arrivals (1,000/s) through `svc` and measures each one's latency.
+/// Requests sent after the measured ones (20 s at 1,000/s) and not measured: a hedge budget is
+/// earned per request, so without traffic after them the last measured requests (those still
+/// running when the arrivals stop, whose duplicates are due after the last arrival) would find it
+/// empty; a real client's traffic does not stop.
+const COOL_DOWN: u64 = 20_000;
+
+/// Sends `requests` Poisson arrivals (1,000/s) through `svc`, then [`COOL_DOWN`] more, and
+/// measures the latency of each of the first `requests`.
 async fn drive<S>(mut svc: S, requests: u64, seed: u64) -> Vec<(u64, u64)>
 where
     S: Service<u64, Response = u64> + Send + 'static,
@@ -218,7 +230,7 @@ where
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(requests as usize)));
     let mut next = Instant::now();
     let mut tasks = Vec::with_capacity(requests as usize);
-    for id in 0..requests {
+    for id in 0..requests + COOL_DOWN {
         let gap: f64 = -arrivals.random_range(f64::EPSILON..1.0f64).ln() * 1e-3;
         next += Duration::from_secs_f64(gap);
         sleep_until(next).await;
@@ -231,8 +243,10 @@ where
         tasks.push(tokio::spawn(async move {
             let ok = fut.await.is_ok();
             assert!(ok, "the example's backends never fail");
-            let us = start.elapsed().as_micros() as u64;
-            latencies.lock().unwrap().push((id, us));
+            if id < requests {
+                let us = start.elapsed().as_micros() as u64;
+                latencies.lock().unwrap().push((id, us));
+            }
         }));
     }
     for t in tasks {
@@ -250,13 +264,13 @@ fn paused_runtime() -> tokio::runtime::Runtime {
 }
 
 fn unhedged(backend: Backend, requests: u64, seed: u64) -> Run {
-    let server = Server::new(backend, seed);
+    let server = Server::new(backend, seed, requests);
     let lat = paused_runtime().block_on(drive(server.clone(), requests, seed));
     Run::new("unhedged", &server, lat, String::new())
 }
 
 fn tower_hedge(backend: Backend, requests: u64, seed: u64) -> Run {
-    let server = Server::new(backend, seed);
+    let server = Server::new(backend, seed, requests);
     let rt = paused_runtime();
     let lat = rt.block_on(async {
         let hedge =
@@ -277,7 +291,7 @@ fn backstop_hedge(
         backstop::hedge::AnyRequest,
     >,
 ) -> Run {
-    let server = Server::new(backend, seed);
+    let server = Server::new(backend, seed, requests);
     let rt = paused_runtime();
     let (lat, bucket, delay) = rt.block_on(async {
         let layer = configure();
