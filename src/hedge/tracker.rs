@@ -74,9 +74,9 @@ impl Window {
     /// back geometrically.
     fn quantile(&self, quantile: f64) -> u64 {
         if self.censored.is_empty() {
-            // hdrhistogram answers the highest value equivalent to the quantile's bucket (three
-            // significant figures): rounded up.
-            return self.done.value_at_quantile(quantile);
+            return self
+                .done
+                .lowest_equivalent(self.done.value_at_quantile(quantile));
         }
         let mut at_risk = self.len() as f64;
         let mut survival = 1.0;
@@ -103,7 +103,7 @@ impl Window {
                 }
                 at_risk -= events;
                 if survival <= target + 1e-12 {
-                    return value;
+                    return self.done.lowest_equivalent(value);
                 }
             }
             if next_cut == Some(value) {
@@ -143,9 +143,9 @@ impl Window {
 /// assert_eq!(tracker.watched(), None); // 99 samples: not enough to answer
 /// tracker.record(Duration::from_micros(12_345));
 /// // The 95th of 100 samples is 10,094 µs; kept to 3 significant figures (8 µs steps here),
-/// // rounded up.
+/// // rounded down.
 /// let p95 = tracker.watched().unwrap().as_micros();
-/// assert!((10_094..=10_102).contains(&p95), "{p95}");
+/// assert!((10_086..=10_094).contains(&p95), "{p95}");
 /// # Ok(())
 /// # }
 /// ```
@@ -339,8 +339,10 @@ impl Inner {
         if measured.len() < self.min_samples {
             return None;
         }
-        // Values are the highest equivalent to their bucket (three significant figures): the
-        // delay is the percentile rounded up.
+        // To three significant figures, rounded down to the lowest value of the percentile's
+        // histogram bucket: a latency recorded at exactly the percentile (as every latency is
+        // under a millisecond timer wheel like tokio's) gives exactly that delay back, where
+        // rounding up would cost a whole timer tick.
         Some(measured.quantile(quantile))
     }
 
