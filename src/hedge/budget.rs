@@ -48,9 +48,10 @@ impl<T: HedgeBudget + ?Sized> HedgeBudget for Arc<T> {
 /// burst absorbs the short-run excess, and the first tokens cover the start, while the
 /// [`LatencyTracker`](super::LatencyTracker) has only seen the fast answers (the slow ones are
 /// still running) and its delay is too short. The default burst is what 10,000 requests earn
-/// (500 tokens at 5%, at least 1): in the `hedge_tail` example's heavy-tailed backend, a burst
-/// of 10 refused a hedge to 1.2% of requests and kept the p99.9 at 2.4× the unhedged one
-/// instead of 12×. A bucket with `fraction` 0 starts empty: no hedge at all.
+/// (500 tokens at 5%, at least 1): in the `hedge_tail` example's heavy-tailed backend
+/// (lognormal, σ = 3.5), a burst of 10 refused 972 hedges in 120,000 requests and cut the
+/// p99.9 only 2.6×, against 11.7× with the default burst (5.6% extra requests over 100,000,
+/// the first 500 hedges included). A bucket with `fraction` 0 starts empty: no hedge at all.
 ///
 /// A cheap [`Clone`] handle: clones share one bucket.
 ///
