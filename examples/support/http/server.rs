@@ -1,0 +1,267 @@
+//! The example server: a pool of workers behind backstop's server stack, on axum and hyper.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use backstop::BoxError;
+use backstop::classify::HttpClassifier;
+use backstop::lifo_queue::{AdaptiveQueue, LifoQueueLayer};
+use backstop::metrics::{LittleLayer, LittleMeter};
+use backstop::timeout::TimeoutLayer;
+use backstop::timeout::headers::inherit_deadline;
+use http::{Request, Response, StatusCode};
+use hyper::body::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rand::RngExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use super::refusal::error_response;
+
+/// Every stage of the server stack has this type, so layers can be added one by one.
+pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// Applies `layer` to `svc` and brings the result back to [`HttpService`] (boxing the body,
+/// so a layer that wraps it, such as the LIFO queue holding its slot until the body ends, fits).
+pub fn wrap<L, RB>(svc: HttpService, layer: L) -> HttpService
+where
+    L: Layer<HttpService>,
+    L::Service: Service<Request<Body>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
+    <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+    RB: hyper::body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(
+        layer
+            .layer(svc)
+            .map_response(|res| res.map(Body::new))
+            .map_err(Into::into),
+    )
+}
+
+/// The handler's figures: how much work it started, finished, and abandoned half-way.
+#[derive(Debug, Default)]
+pub struct WorkStats {
+    /// Requests that got a worker and began their work.
+    pub started: AtomicU64,
+    /// Requests whose work ran to the end.
+    pub completed: AtomicU64,
+    /// Requests dropped while waiting for a worker or working (the caller's deadline ran out).
+    pub abandoned: AtomicU64,
+    /// Requests that reached the handler at all.
+    pub arrived: AtomicU64,
+}
+
+/// The work: `workers` at once, each request holding one for a service time drawn around
+/// `mean`. Requests past the workers wait in the semaphore's unbounded FIFO line: with no
+/// backstop layer in front, that is the baseline that collapses.
+#[derive(Clone)]
+pub struct Workers {
+    pool: Arc<Semaphore>,
+    pub workers: usize,
+    pub mean: Duration,
+    /// Exponential service times when true, else every request takes `mean`.
+    pub exponential: bool,
+    /// The share of requests answered 500 (to give retries something to do).
+    pub failure_rate: f64,
+    pub stats: Arc<WorkStats>,
+}
+
+impl Workers {
+    pub fn new(workers: usize, mean: Duration) -> Self {
+        Workers {
+            pool: Arc::new(Semaphore::new(workers)),
+            workers,
+            mean,
+            exponential: false,
+            failure_rate: 0.0,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Requests per second the workers can serve: workers / mean service time.
+    pub fn capacity(&self) -> f64 {
+        self.workers as f64 / self.mean.as_secs_f64()
+    }
+
+    fn draw(&self) -> (Duration, bool) {
+        let mut rng = rand::rng();
+        let time = if self.exponential {
+            let u: f64 = rng.random_range(f64::EPSILON..1.0);
+            self.mean.mul_f64(-u.ln()).min(self.mean * 20)
+        } else {
+            self.mean
+        };
+        (time, rng.random_bool(self.failure_rate))
+    }
+
+    /// The handler as the innermost [`HttpService`].
+    pub fn service(&self) -> HttpService {
+        let me = self.clone();
+        BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+            let me = me.clone();
+            async move {
+                me.stats.arrived.fetch_add(1, Relaxed);
+                let guard = Abandoned(&me.stats.abandoned, true);
+                let _worker = me.pool.acquire().await?;
+                me.stats.started.fetch_add(1, Relaxed);
+                let (time, fail) = me.draw();
+                tokio::time::sleep(time).await;
+                std::mem::forget(guard);
+                me.stats.completed.fetch_add(1, Relaxed);
+                let status = if fail {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                };
+                let mut res = Response::new(Body::from("done\n"));
+                *res.status_mut() = status;
+                Ok::<_, BoxError>(res)
+            }
+        }))
+    }
+}
+
+/// Counts a handler future dropped before it finished.
+struct Abandoned<'a>(&'a AtomicU64, bool);
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The layers of backstop's server stack that exist so far, each optional.
+pub struct ServerStack {
+    /// Capacity of the adaptive LIFO queue (usually the worker count); `None` for no queue.
+    pub lifo: Option<LifoQueueLayer<backstop::backpressure::UntilBodyEnd>>,
+    /// Any other admission layer to put where the queue goes (e.g. backpressure).
+    pub admission: Option<Box<dyn FnOnce(HttpService) -> HttpService + Send>>,
+    /// The deadline timeout just above the handler: the server's own limit, shrunk to the
+    /// caller's `grpc-timeout`.
+    pub deadline: Option<TimeoutLayer>,
+}
+
+impl ServerStack {
+    /// No backstop layer at all: the workers' unbounded FIFO line. The baseline.
+    pub fn none() -> Self {
+        ServerStack {
+            lifo: None,
+            admission: None,
+            deadline: None,
+        }
+    }
+
+    /// The recommended stack, as far as it has landed:
+    /// (throttle → PID admission →) adaptive LIFO queue → deadline timeout.
+    pub fn recommended(workers: usize) -> Result<Self, BoxError> {
+        Ok(ServerStack {
+            lifo: Some(
+                LifoQueueLayer::builder()
+                    .name("http_server")
+                    .max_in_flight(workers)
+                    .hold_until_body_end()
+                    .build()?,
+            ),
+            admission: None,
+            deadline: Some(TimeoutLayer::new(Duration::from_secs(2))?),
+        })
+    }
+}
+
+/// Every error becomes an HTTP answer, so the meter above sees the status a caller sees.
+fn answer(res: Result<Response<Body>, BoxError>) -> Result<Response<Body>, BoxError> {
+    Ok(res.unwrap_or_else(|e| error_response(&e)))
+}
+
+/// A running example server. Dropping it stops the server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub workers: Workers,
+    /// The Little's-law meter at the top of the stack (`name="http_server"`).
+    pub meter: LittleMeter,
+    pub queue: Option<AdaptiveQueue>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the server on 127.0.0.1, on a port the OS picks: `/work` behind `stack`, and
+/// `/metrics` in Prometheus's text format.
+pub async fn start(
+    workers: Workers,
+    stack: ServerStack,
+    prometheus: PrometheusHandle,
+) -> Result<RunningServer, BoxError> {
+    let meter = LittleMeter::builder("http_server")
+        .capacity(workers.workers as f64)
+        .window(Duration::from_secs(1))
+        .build()?;
+    // Innermost first: handler ← deadline ← queue ← (pid ← throttle) ← read grpc-timeout.
+    let mut svc = workers.service();
+    if let Some(deadline) = stack.deadline {
+        svc = wrap(svc, deadline);
+    }
+    let queue = stack.lifo.as_ref().map(|l| l.queue().clone());
+    if let Some(lifo) = stack.lifo {
+        svc = wrap(svc, lifo);
+    }
+    if let Some(admission) = stack.admission {
+        svc = admission(svc);
+    }
+    svc = BoxCloneSyncService::new(svc.map_request(inherit_deadline::<Body>));
+    // Refusals become 429/503 + Retry-After, then the meter counts them as overloads.
+    // (Boxed at each step: it keeps the futures' types simple enough for the `Send` checks.)
+    let answered: HttpService = BoxCloneSyncService::new(svc.map_result(answer));
+    let metered: HttpService = BoxCloneSyncService::new(
+        LittleLayer::new(meter.clone())
+            .with_classifier(HttpClassifier)
+            .layer(answered),
+    );
+    // axum wants a service that cannot fail.
+    let route = tower::service_fn(move |req: Request<Body>| {
+        let metered = metered.clone();
+        async move {
+            let res = metered.oneshot(req).await;
+            Ok::<_, Infallible>(res.unwrap_or_else(|e| error_response(&e)))
+        }
+    });
+
+    let app = Router::new().route_service("/work", route).route(
+        "/metrics",
+        get(move || std::future::ready(prometheus.render())),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(RunningServer {
+        addr,
+        workers,
+        meter,
+        queue,
+        task,
+    })
+}
