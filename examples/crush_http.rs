@@ -107,17 +107,33 @@ async fn serve(seconds: u64, backstop: bool) -> Result<(), BoxError> {
         server.url("/work"),
         server.workers.capacity()
     );
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    // The rate is measured from the first request to the last answer, not over the idle ends.
     let stats = &server.workers.stats;
-    let completed = stats.completed.load(Relaxed);
+    let end = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let (mut first, mut last, mut seen) = (None, None, 0);
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = tokio::time::Instant::now();
+        if first.is_none() && stats.arrived.load(Relaxed) > 0 {
+            first = Some(now);
+        }
+        let done = stats.completed.load(Relaxed);
+        if done != seen {
+            (seen, last) = (done, Some(now));
+        }
+    }
+    let window = match (first, last) {
+        (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
+        _ => 1.0,
+    };
     let refused = server
         .queue
         .as_ref()
         .map_or(0, |q| q.stats().shed + q.stats().rejected);
+    let rate = seen as f64 / window;
+    let fraction = rate / server.workers.capacity();
     println!(
-        "served {completed} ({:.0}/s, {:.2} of capacity), refused {refused}, abandoned {}",
-        completed as f64 / seconds as f64,
-        completed as f64 / seconds as f64 / server.workers.capacity(),
+        "served {seen} in {window:.1} s ({rate:.0}/s, {fraction:.2} of capacity), refused {refused}, dropped by the server {}",
         stats.abandoned.load(Relaxed)
     );
     let scrape = support::client::fetch_text(&server.url("/metrics")).await?;
@@ -127,11 +143,7 @@ async fn serve(seconds: u64, backstop: bool) -> Result<(), BoxError> {
     {
         println!("  {line}");
     }
-    println!(
-        "summary: served_per_s={:.0} capacity_fraction={:.2} refused={refused}",
-        completed as f64 / seconds as f64,
-        completed as f64 / seconds as f64 / server.workers.capacity()
-    );
+    println!("summary: served_per_s={rate:.0} capacity_fraction={fraction:.2} refused={refused}");
     Ok(())
 }
 
