@@ -15,8 +15,12 @@ use super::client::{HttpClient, get};
 pub enum Outcome {
     /// A 2xx, after this long.
     Ok(Duration),
-    /// 429 or 503; `retry_after` says whether the header was there.
-    Refused { status: u16, retry_after: bool },
+    /// 429 or 503 after this long; `retry_after` says whether the header was there.
+    Refused {
+        status: u16,
+        retry_after: bool,
+        after: Duration,
+    },
     /// Any other status (a 500 from the handler, a 504 when the deadline ran out on the server).
     Status(u16),
     /// The client stack refused it itself (`Overloaded`: budget, bucket, throttle).
@@ -45,6 +49,8 @@ pub struct Tally {
     pub hung: u64,
     /// Latencies of the 2xx answers, sorted.
     pub ok_latencies: Vec<Duration>,
+    /// Latencies of the 429/503 answers, sorted.
+    pub refused_latencies: Vec<Duration>,
     /// From the first request sent to the last outcome.
     pub elapsed: Duration,
     /// How long requests were being sent.
@@ -61,7 +67,9 @@ impl Tally {
             Outcome::Refused {
                 status,
                 retry_after,
+                after,
             } => {
+                self.refused_latencies.push(after);
                 if status == 429 {
                     self.refused_429 += 1
                 } else {
@@ -94,11 +102,12 @@ impl Tally {
 
     /// The `q` quantile of the 2xx latencies (0 when there were none).
     pub fn ok_quantile(&self, q: f64) -> Duration {
-        if self.ok_latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.ok_latencies.len() - 1) as f64 * q).round() as usize;
-        self.ok_latencies[i]
+        quantile(&self.ok_latencies, q)
+    }
+
+    /// The `q` quantile of the 429/503 latencies (0 when there were none).
+    pub fn refused_quantile(&self, q: f64) -> Duration {
+        quantile(&self.refused_latencies, q)
     }
 
     /// 2xx answers per second of sending.
@@ -119,6 +128,13 @@ impl Tally {
     }
 }
 
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
 /// One request through `client`, read to the end of its body, classified.
 pub async fn one(mut client: HttpClient, url: String, bound: Duration) -> Outcome {
     let start = Instant::now();
@@ -135,6 +151,7 @@ pub async fn one(mut client: HttpClient, url: String, bound: Duration) -> Outcom
         Ok(Ok((status, retry_after))) if status == 429 || status == 503 => Outcome::Refused {
             status: status.as_u16(),
             retry_after,
+            after: start.elapsed(),
         },
         Ok(Ok((status, _))) => Outcome::Status(status.as_u16()),
         Ok(Err(e)) if find_overload(e.as_ref()).is_some() => Outcome::ClientOverload,
@@ -174,5 +191,6 @@ pub async fn drive(
     }
     tally.elapsed = start.elapsed();
     tally.ok_latencies.sort();
+    tally.refused_latencies.sort();
     tally
 }
