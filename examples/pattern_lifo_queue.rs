@@ -37,6 +37,7 @@ async fn run(lifo: bool) -> Result<(Tally, Option<backstop::lifo_queue::QueueSta
         },
         admission: None,
         deadline: None,
+        worker_meter: None,
     };
     let server = start(Workers::new(WORKERS, SERVICE), stack, support::prometheus()).await?;
     let rate = 3.0 * server.workers.capacity();

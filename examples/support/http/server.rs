@@ -60,6 +60,8 @@ pub struct WorkStats {
     pub abandoned: AtomicU64,
     /// Requests that reached the handler at all.
     pub arrived: AtomicU64,
+    /// Worker time spent, in microseconds (work finished or cut off).
+    pub busy_us: AtomicU64,
 }
 
 /// The work: `workers` at once, each request holding one for a service time drawn around
@@ -112,12 +114,17 @@ impl Workers {
             let me = me.clone();
             async move {
                 me.stats.arrived.fetch_add(1, Relaxed);
-                let guard = Abandoned(&me.stats.abandoned, true);
+                let mut guard = Guard {
+                    stats: &me.stats,
+                    working_since: None,
+                    done: false,
+                };
                 let _worker = me.pool.acquire().await?;
                 me.stats.started.fetch_add(1, Relaxed);
+                guard.working_since = Some(tokio::time::Instant::now());
                 let (time, fail) = me.draw();
                 tokio::time::sleep(time).await;
-                std::mem::forget(guard);
+                guard.done = true;
                 me.stats.completed.fetch_add(1, Relaxed);
                 let status = if fail {
                     StatusCode::INTERNAL_SERVER_ERROR
@@ -132,12 +139,22 @@ impl Workers {
     }
 }
 
-/// Counts a handler future dropped before it finished.
-struct Abandoned<'a>(&'a AtomicU64, bool);
-impl Drop for Abandoned<'_> {
+/// Counts a handler future dropped before it finished, and the worker time spent.
+struct Guard<'a> {
+    stats: &'a WorkStats,
+    working_since: Option<tokio::time::Instant>,
+    done: bool,
+}
+
+impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        if self.1 {
-            self.0.fetch_add(1, Relaxed);
+        if !self.done {
+            self.stats.abandoned.fetch_add(1, Relaxed);
+        }
+        if let Some(since) = self.working_since {
+            self.stats
+                .busy_us
+                .fetch_add(since.elapsed().as_micros() as u64, Relaxed);
         }
     }
 }
@@ -151,6 +168,9 @@ pub struct ServerStack {
     /// The deadline timeout just above the handler: the server's own limit, shrunk to the
     /// caller's `grpc-timeout`.
     pub deadline: Option<TimeoutLayer>,
+    /// A Little's-law meter around the handler alone, whose capacity is the worker count: its
+    /// utilization is the share of worker time in use.
+    pub worker_meter: Option<LittleMeter>,
 }
 
 impl ServerStack {
@@ -160,6 +180,7 @@ impl ServerStack {
             lifo: None,
             admission: None,
             deadline: None,
+            worker_meter: None,
         }
     }
 
@@ -176,6 +197,7 @@ impl ServerStack {
             ),
             admission: None,
             deadline: Some(TimeoutLayer::new(Duration::from_secs(2))?),
+            worker_meter: None,
         })
     }
 }
@@ -220,6 +242,9 @@ pub async fn start(
         .build()?;
     // Innermost first: handler ← deadline ← queue ← (pid ← throttle) ← read grpc-timeout.
     let mut svc = workers.service();
+    if let Some(meter) = stack.worker_meter {
+        svc = wrap(svc, LittleLayer::new(meter).with_classifier(HttpClassifier));
+    }
     if let Some(deadline) = stack.deadline {
         svc = wrap(svc, deadline);
     }
