@@ -34,3 +34,85 @@ pub fn backstop_lines(scrape: &str) -> Vec<&str> {
         .filter(|l| l.starts_with("backstop_"))
         .collect()
 }
+
+/// The `backstop_` series the example server exports, as (metric, labels): the Little's-law
+/// meters of the server and the client, the server's LIFO queue, and the client's retry budget.
+/// Every one is registered when its layer is built, so each is present even while it reads 0.
+/// (The README lists these; `tests/http_services.rs` checks a scrape has every one.)
+pub const EXPORTED_SERIES: &[(&str, &[(&str, &str)])] = &[
+    ("backstop_in_flight", &[("name", "http_server")]),
+    (
+        "backstop_requests_total",
+        &[("name", "http_server"), ("outcome", "success")],
+    ),
+    (
+        "backstop_requests_total",
+        &[("name", "http_server"), ("outcome", "error")],
+    ),
+    (
+        "backstop_requests_total",
+        &[("name", "http_server"), ("outcome", "overload")],
+    ),
+    (
+        "backstop_requests_total",
+        &[("name", "http_server"), ("outcome", "cancelled")],
+    ),
+    ("backstop_latency_seconds_sum", &[("name", "http_server")]),
+    ("backstop_concurrency_seconds", &[("name", "http_server")]),
+    ("backstop_average_concurrency", &[("name", "http_server")]),
+    ("backstop_utilization", &[("name", "http_server")]),
+    ("backstop_queue_length", &[("name", "http_server")]),
+    (
+        "backstop_queue_oldest_wait_seconds",
+        &[("name", "http_server")],
+    ),
+    ("backstop_queue_behind", &[("name", "http_server")]),
+    (
+        "backstop_refused_total",
+        &[("name", "http_server"), ("reason", "queue_full")],
+    ),
+    (
+        "backstop_refused_total",
+        &[("name", "http_server"), ("reason", "shed")],
+    ),
+    ("backstop_in_flight", &[("name", "http_client")]),
+    (
+        "backstop_requests_total",
+        &[("name", "http_client"), ("outcome", "success")],
+    ),
+    (
+        "backstop_requests_total",
+        &[("name", "http_client"), ("outcome", "error")],
+    ),
+    (
+        "backstop_requests_total",
+        &[("name", "http_client"), ("outcome", "overload")],
+    ),
+    (
+        "backstop_requests_total",
+        &[("name", "http_client"), ("outcome", "cancelled")],
+    ),
+    ("backstop_latency_seconds_sum", &[("name", "http_client")]),
+    ("backstop_concurrency_seconds", &[("name", "http_client")]),
+    ("backstop_average_concurrency", &[("name", "http_client")]),
+    ("backstop_retry_budget_tokens", &[("name", "http_client")]),
+    ("backstop_retries_allowed_total", &[("name", "http_client")]),
+    ("backstop_retries_denied_total", &[("name", "http_client")]),
+];
+
+/// The value of the series `metric` with all of `labels` in a Prometheus text scrape, if present.
+pub fn series_value(scrape: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let rest = line.strip_prefix(metric)?;
+        let (labels_part, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let wanted = labels.iter().all(|(k, v)| {
+            labels_part
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        });
+        wanted.then(|| value.trim().parse().ok()).flatten()
+    })
+}
