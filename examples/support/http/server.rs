@@ -62,6 +62,8 @@ pub struct WorkStats {
     pub arrived: AtomicU64,
     /// Worker time spent, in microseconds (work finished or cut off).
     pub busy_us: AtomicU64,
+    /// Requests marked as a retry by the client (`backstop-attempt: 2` or more).
+    pub retries: AtomicU64,
 }
 
 /// The work: `workers` at once, each request holding one for a service time drawn around
@@ -110,10 +112,17 @@ impl Workers {
     /// The handler as the innermost [`HttpService`].
     pub fn service(&self) -> HttpService {
         let me = self.clone();
-        BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+        BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
             let me = me.clone();
+            let attempt = req
+                .headers()
+                .get(backstop::retry::ATTEMPT_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
             async move {
                 me.stats.arrived.fetch_add(1, Relaxed);
+                if attempt.is_some_and(|a| a >= 2) {
+                    me.stats.retries.fetch_add(1, Relaxed);
+                }
                 let mut guard = Guard {
                     stats: &me.stats,
                     working_since: None,
