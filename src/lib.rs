@@ -7,9 +7,11 @@ pub mod classify;
 pub mod error;
 pub mod lifo_queue;
 pub mod metrics;
+pub mod pid;
 pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod throttle;
 pub mod timeout;
 
 pub use crate::error::{

@@ -93,6 +93,41 @@ pub fn describe_queues() {
         "Requests refused by a queue, by reason."
     );
 }
+
+/// Gauge: the PID admission controller's admission probability, in [0, 1] (1 = admit all).
+pub const ADMISSION_PROBABILITY: &str = "backstop_admission_probability";
+/// Gauge: the admission controller's last error (measurement − setpoint, in the signal's unit).
+pub const ADMISSION_ERROR: &str = "backstop_admission_error";
+/// Gauge: the admission controller's proportional term (a share of requests to shed).
+pub const ADMISSION_P_TERM: &str = "backstop_admission_p_term";
+/// Gauge: the admission controller's integral term (a share of requests to shed).
+pub const ADMISSION_I_TERM: &str = "backstop_admission_i_term";
+/// Gauge: the admission controller's derivative term (a share of requests to shed).
+pub const ADMISSION_D_TERM: &str = "backstop_admission_d_term";
+/// Counter: requests the admission controller refused with `AdmissionDenied`.
+pub const ADMISSION_DENIED: &str = "backstop_admission_denied_total";
+
+/// Describes the admission controller's series. Calling it again is harmless.
+pub fn describe_admission() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        ADMISSION_PROBABILITY,
+        "Probability that a request is admitted (1 = all)."
+    );
+    describe_gauge!(
+        ADMISSION_ERROR,
+        "Controller error: measurement minus setpoint, in the signal's unit."
+    );
+    describe_gauge!(ADMISSION_P_TERM, "Proportional term (share to shed).");
+    describe_gauge!(ADMISSION_I_TERM, "Integral term (share to shed).");
+    describe_gauge!(ADMISSION_D_TERM, "Derivative term (share to shed).");
+    describe_counter!(
+        ADMISSION_DENIED,
+        Unit::Count,
+        "Requests refused by the admission controller."
+    );
+}
+
 /// Gauge: tokens a retry budget holds now (earned tokens only, not the time-based floor).
 pub const RETRY_BUDGET_TOKENS: &str = "backstop_retry_budget_tokens";
 /// Counter: retries a retry budget allowed (withdrawals granted, including any later refunded
@@ -100,3 +135,43 @@ pub const RETRY_BUDGET_TOKENS: &str = "backstop_retry_budget_tokens";
 pub const RETRIES_ALLOWED: &str = "backstop_retries_allowed_total";
 /// Counter: retries a retry budget denied.
 pub const RETRIES_DENIED: &str = "backstop_retries_denied_total";
+
+/// The label carrying a throttle's decision: `admitted`, `shed` (whole-client shedding),
+/// `quota` (over the client's quota) or `missing_key` (refused for having no client key).
+pub const DECISION_LABEL: &str = "decision";
+/// Counter: requests a throttle layer decided on, by [`DECISION_LABEL`].
+pub const THROTTLE_REQUESTS: &str = "backstop_throttle_requests_total";
+/// Gauge: the fraction of clients a [`ShedFraction`](crate::throttle::ShedFraction) asks to shed.
+pub const THROTTLE_SHED_FRACTION: &str = "backstop_throttle_shed_fraction";
+/// Gauge: clients tracked by [`ClientQuotas`](crate::throttle::ClientQuotas), refreshed at each
+/// sweep.
+pub const THROTTLE_TRACKED_KEYS: &str = "backstop_throttle_tracked_keys";
+/// Counter: idle clients dropped from [`ClientQuotas`](crate::throttle::ClientQuotas) by sweeps.
+pub const THROTTLE_EVICTED_KEYS: &str = "backstop_throttle_evicted_keys_total";
+
+/// Throttle decision label values, in the order the layer registers them.
+pub const THROTTLE_DECISIONS: [&str; 4] = ["admitted", "shed", "quota", "missing_key"];
+
+/// Describes the throttle series. Calling it again is harmless.
+pub fn describe_throttle() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_counter!(
+        THROTTLE_REQUESTS,
+        Unit::Count,
+        "Requests a throttle decided on, by decision."
+    );
+    describe_gauge!(
+        THROTTLE_SHED_FRACTION,
+        "Fraction of clients asked to be shed (0 to 1)."
+    );
+    describe_gauge!(
+        THROTTLE_TRACKED_KEYS,
+        Unit::Count,
+        "Clients tracked by the per-client quotas."
+    );
+    describe_counter!(
+        THROTTLE_EVICTED_KEYS,
+        Unit::Count,
+        "Idle clients dropped from the per-client quotas."
+    );
+}

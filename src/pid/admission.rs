@@ -1,0 +1,437 @@
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, counter, gauge};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::controller::{Action, AntiWindup, PidController, PidTerms};
+use super::signal::Signal;
+use crate::error::{ConfigError, check};
+use crate::metrics::names;
+
+/// The shared state of an [`AdmissionLayer`](super::AdmissionLayer): a [`Signal`], a
+/// [`PidController`] steering it to a setpoint, and the admission probability that results.
+///
+/// The controller's output is the share of requests to shed, `u` in `[0, 1 − min_admission]`;
+/// the admission probability is `1 − u`. The controller acts directly: when the measurement is
+/// above the setpoint it sheds more.
+///
+/// Ticks are lazy: the first request after a tick has passed takes the controller's lock with
+/// `try_lock` (a request that finds it taken does not wait), samples the signal and updates the
+/// output. Nothing runs in the background, so an idle service costs nothing. When no request
+/// passes through an [`AdmissionLayer`](super::AdmissionLayer), because the output drives
+/// something else (a whole-client throttle's shed fraction, through
+/// [`subscribe`](Self::subscribe)), spawn [`run_ticker`](Self::run_ticker) instead.
+///
+/// A cheap [`Clone`] handle: clones share one controller.
+#[derive(Clone)]
+pub struct AdmissionController {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    tick: Duration,
+    epoch: Instant,
+    signal: Box<dyn Signal>,
+    state: Mutex<TickState>,
+    /// Microseconds after `epoch` when the next tick is due.
+    next_tick_us: AtomicU64,
+    /// The admission probability, as f64 bits, read lock-free on the request path.
+    probability: AtomicU64,
+    /// A splitmix64 counter: one lock-free, seedable random draw per request; with
+    /// [`Draw::Even`], the admission credit (f64 bits) instead.
+    rng: AtomicU64,
+    draw: Draw,
+    admitted: AtomicU64,
+    denied: AtomicU64,
+    shed_tx: watch::Sender<f64>,
+    on_shed: Option<ShedCallback>,
+    series: Series,
+}
+
+type ShedCallback = Box<dyn Fn(f64) + Send + Sync>;
+
+struct TickState {
+    pid: PidController,
+    last_tick: Option<Instant>,
+}
+
+struct Series {
+    probability: Gauge,
+    error: Gauge,
+    p: Gauge,
+    i: Gauge,
+    d: Gauge,
+    denied: Counter,
+}
+
+impl Series {
+    fn register(name: &str) -> Self {
+        names::describe_admission();
+        let label = names::NAME_LABEL;
+        let series = Series {
+            probability: gauge!(names::ADMISSION_PROBABILITY, label => name.to_owned()),
+            error: gauge!(names::ADMISSION_ERROR, label => name.to_owned()),
+            p: gauge!(names::ADMISSION_P_TERM, label => name.to_owned()),
+            i: gauge!(names::ADMISSION_I_TERM, label => name.to_owned()),
+            d: gauge!(names::ADMISSION_D_TERM, label => name.to_owned()),
+            denied: counter!(names::ADMISSION_DENIED, label => name.to_owned()),
+        };
+        series.probability.set(1.0);
+        series.error.set(0.0);
+        series.p.set(0.0);
+        series.i.set(0.0);
+        series.d.set(0.0);
+        series.denied.increment(0);
+        series
+    }
+}
+
+impl fmt::Debug for AdmissionController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionController")
+            .field("name", &self.inner.name)
+            .field("tick", &self.inner.tick)
+            .field("admission_probability", &self.admission_probability())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a request is chosen for admission, given the probability `p`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Draw {
+    /// An independent random draw per request (seeded with
+    /// [`seed`](AdmissionControllerBuilder::seed)): the admitted stream is as bursty as the
+    /// offered one.
+    #[default]
+    Random,
+    /// Error diffusion: exactly a share `p` of requests is admitted, evenly spread (with `p` =
+    /// 1/3, every third). The admitted stream is smoother than the offered one, so the same
+    /// utilization costs less queueing. Deterministic, no seed.
+    Even,
+}
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn splitmix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl AdmissionController {
+    /// Starts a builder for a controller that samples `signal`.
+    pub fn builder(signal: impl Signal) -> AdmissionControllerBuilder {
+        AdmissionControllerBuilder {
+            signal: Box::new(signal),
+            name: "admission".to_owned(),
+            tick: Duration::from_millis(100),
+            setpoint: 0.05,
+            gains: (2.0, 20.0, 0.2),
+            min_admission: 0.05,
+            anti_windup: AntiWindup::Clamp,
+            derivative_filter: Duration::from_millis(200),
+            seed: None,
+            draw: Draw::Random,
+            on_shed: None,
+        }
+    }
+
+    /// The name the controller's series carry.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// How often the controller samples its signal.
+    pub fn tick(&self) -> Duration {
+        self.inner.tick
+    }
+
+    /// The probability that a request is admitted now, in `[min_admission, 1]`.
+    pub fn admission_probability(&self) -> f64 {
+        f64::from_bits(self.inner.probability.load(Relaxed))
+    }
+
+    /// The share of requests to shed now: `1 − admission_probability`. The figure to hand to a
+    /// whole-client throttle.
+    pub fn shed_fraction(&self) -> f64 {
+        1.0 - self.admission_probability()
+    }
+
+    /// A [`watch`] of the shed fraction, updated at every tick that changes it. The preferred
+    /// way to drive a whole-client throttle: it sheds that share of the client's work at the
+    /// source, instead of this layer refusing random requests after they were made.
+    pub fn subscribe(&self) -> watch::Receiver<f64> {
+        self.inner.shed_tx.subscribe()
+    }
+
+    /// The controller's terms at the last tick.
+    pub fn terms(&self) -> PidTerms {
+        self.lock().pid.terms()
+    }
+
+    /// Requests admitted so far.
+    pub fn admitted(&self) -> u64 {
+        self.inner.admitted.load(Relaxed)
+    }
+
+    /// Requests refused so far.
+    pub fn denied(&self) -> u64 {
+        self.inner.denied.load(Relaxed)
+    }
+
+    /// Decides one request: runs a tick first if one is due, then admits with the current
+    /// probability. Lock-free unless a tick is due.
+    pub fn try_admit(&self) -> bool {
+        self.poll_tick(Instant::now());
+        let p = self.admission_probability();
+        let admit = p >= 1.0
+            || match self.inner.draw {
+                Draw::Random => {
+                    let draw = splitmix(
+                        self.inner
+                            .rng
+                            .fetch_add(GOLDEN, Relaxed)
+                            .wrapping_add(GOLDEN),
+                    );
+                    ((draw >> 11) as f64 / (1u64 << 53) as f64) < p
+                }
+                Draw::Even => {
+                    // Error diffusion: each request adds p to a credit, and one whole credit
+                    // admits one request. Exactly p of them pass, evenly spread.
+                    let mut admit = false;
+                    let _ = self.inner.rng.fetch_update(Relaxed, Relaxed, |bits| {
+                        let credit = f64::from_bits(bits) + p;
+                        admit = credit >= 1.0;
+                        Some(if admit { credit - 1.0 } else { credit }.to_bits())
+                    });
+                    admit
+                }
+            };
+        if admit {
+            self.inner.admitted.fetch_add(1, Relaxed);
+        } else {
+            self.inner.denied.fetch_add(1, Relaxed);
+            self.inner.series.denied.increment(1);
+        }
+        admit
+    }
+
+    /// Runs a tick if one is due at `now` and nobody else is running it; returns whether this
+    /// call ran it.
+    pub fn poll_tick(&self, now: Instant) -> bool {
+        let inner = &self.inner;
+        let now_us = now.saturating_duration_since(inner.epoch).as_micros() as u64;
+        if now_us < inner.next_tick_us.load(Relaxed) {
+            return false;
+        }
+        let mut state = match inner.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        // Another request may have run the tick between the check and the lock.
+        if now_us < inner.next_tick_us.load(Relaxed) {
+            return false;
+        }
+        inner
+            .next_tick_us
+            .store(now_us + inner.tick.as_micros() as u64, Relaxed);
+        self.tick_locked(&mut state, now);
+        true
+    }
+
+    /// Ticks every `tick` for as long as the returned future runs. Spawn it when the output
+    /// drives something that no request through an [`AdmissionLayer`](super::AdmissionLayer)
+    /// would tick (see [`subscribe`](Self::subscribe)).
+    pub async fn run_ticker(self) {
+        let mut interval = tokio::time::interval(self.inner.tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = interval.tick().await;
+            self.poll_tick(now);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TickState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tick_locked(&self, state: &mut TickState, now: Instant) {
+        let inner = &self.inner;
+        let sample = inner.signal.sample(now);
+        // A quiet spell with no requests (lazy ticks) counts as at most two ticks, so that one
+        // sample after a long gap does not weigh like all the time it missed.
+        let dt = state
+            .last_tick
+            .map(|t| now.saturating_duration_since(t).min(inner.tick * 2));
+        state.last_tick = Some(now);
+        let (Some(measurement), Some(dt)) = (sample, dt) else {
+            return;
+        };
+        let shed = state.pid.update(measurement, dt);
+        let terms = state.pid.terms();
+        let probability = (1.0 - shed).clamp(0.0, 1.0);
+        inner.probability.store(probability.to_bits(), Relaxed);
+        inner.series.probability.set(probability);
+        inner.series.error.set(terms.error);
+        inner.series.p.set(terms.p);
+        inner.series.i.set(terms.i);
+        inner.series.d.set(terms.d);
+        if let Some(callback) = &inner.on_shed {
+            callback(shed);
+        }
+        inner.shed_tx.send_if_modified(|old| {
+            let changed = *old != shed;
+            *old = shed;
+            changed
+        });
+    }
+}
+
+/// Builds an [`AdmissionController`]; [`build`](Self::build) checks every value.
+#[must_use]
+pub struct AdmissionControllerBuilder {
+    signal: Box<dyn Signal>,
+    name: String,
+    tick: Duration,
+    setpoint: f64,
+    gains: (f64, f64, f64),
+    min_admission: f64,
+    anti_windup: AntiWindup,
+    derivative_filter: Duration,
+    seed: Option<u64>,
+    draw: Draw,
+    on_shed: Option<ShedCallback>,
+}
+
+impl fmt::Debug for AdmissionControllerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionControllerBuilder")
+            .field("name", &self.name)
+            .field("tick", &self.tick)
+            .field("setpoint", &self.setpoint)
+            .field("gains", &self.gains)
+            .field("min_admission", &self.min_admission)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdmissionControllerBuilder {
+    /// The name the controller's metric series carry. Default `admission`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// How often the signal is sampled. Greater than zero. Default 100 ms.
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// The value of the signal to steer to, in its unit (seconds for [`QueueDelay`](super::QueueDelay)).
+    /// Finite. Default 0.05 (50 ms of queue delay).
+    pub fn setpoint(mut self, setpoint: f64) -> Self {
+        self.setpoint = setpoint;
+        self
+    }
+
+    /// The gains: kp in shed share per unit of error, ki per unit of error per second, kd per
+    /// unit of error per second of rate. All finite and at least 0. Default (2, 20, 0.2), tuned
+    /// for queue delay in seconds around a 50 ms setpoint (see the `pid_step` example).
+    pub fn gains(mut self, kp: f64, ki: f64, kd: f64) -> Self {
+        self.gains = (kp, ki, kd);
+        self
+    }
+
+    /// The lowest admission probability, in `[0, 1)`: keeps a trickle of requests flowing so
+    /// that a signal measured on admitted requests stays fresh. Default 0.05.
+    pub fn min_admission(mut self, min_admission: f64) -> Self {
+        self.min_admission = min_admission;
+        self
+    }
+
+    /// The integral's anti-windup. Default [`AntiWindup::Clamp`].
+    pub fn anti_windup(mut self, anti_windup: AntiWindup) -> Self {
+        self.anti_windup = anti_windup;
+        self
+    }
+
+    /// The time constant of the derivative's low-pass filter. Default 200 ms.
+    pub fn derivative_filter(mut self, tau: Duration) -> Self {
+        self.derivative_filter = tau;
+        self
+    }
+
+    /// Seeds the admission draws, so that a simulation is repeatable. Default: a random seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// How requests are chosen for admission. Default [`Draw::Random`].
+    pub fn draw(mut self, draw: Draw) -> Self {
+        self.draw = draw;
+        self
+    }
+
+    /// Calls `callback` with the shed fraction (`1 − probability`) at every tick that updates
+    /// it, under the controller's lock: keep it short (store a number). The synchronous
+    /// alternative to [`subscribe`](AdmissionController::subscribe), e.g. to set a whole-client
+    /// throttle's shed fraction.
+    pub fn on_shed_fraction(mut self, callback: impl Fn(f64) + Send + Sync + 'static) -> Self {
+        self.on_shed = Some(Box::new(callback));
+        self
+    }
+
+    /// Checks the values, registers the metric series (probability 1, terms 0), and builds the
+    /// controller.
+    pub fn build(self) -> Result<AdmissionController, ConfigError> {
+        let tick = check("tick", self.tick, |t| !t.is_zero(), "greater than zero")?;
+        let min_admission = check(
+            "min_admission",
+            self.min_admission,
+            |m| (0.0..1.0).contains(m),
+            "in [0, 1)",
+        )?;
+        let (kp, ki, kd) = self.gains;
+        let pid = PidController::builder()
+            .setpoint(self.setpoint)
+            .gains(kp, ki, kd)
+            .output_range(0.0, 1.0 - min_admission)
+            .action(Action::Direct)
+            .anti_windup(self.anti_windup)
+            .derivative_filter(self.derivative_filter)
+            .build()?;
+        let (shed_tx, _) = watch::channel(0.0);
+        Ok(AdmissionController {
+            inner: Arc::new(Inner {
+                series: Series::register(&self.name),
+                name: self.name,
+                tick,
+                epoch: Instant::now(),
+                signal: self.signal,
+                state: Mutex::new(TickState {
+                    pid,
+                    last_tick: None,
+                }),
+                next_tick_us: AtomicU64::new(0),
+                probability: AtomicU64::new(1.0f64.to_bits()),
+                rng: AtomicU64::new(match self.draw {
+                    Draw::Random => self.seed.unwrap_or_else(rand::random),
+                    Draw::Even => 0.0f64.to_bits(),
+                }),
+                draw: self.draw,
+                admitted: AtomicU64::new(0),
+                denied: AtomicU64::new(0),
+                shed_tx,
+                on_shed: self.on_shed,
+            }),
+        })
+    }
+}

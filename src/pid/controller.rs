@@ -1,0 +1,499 @@
+use std::time::Duration;
+
+use crate::error::{ConfigError, check};
+
+/// Which way the output moves when the measurement rises above the setpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    /// The textbook convention: error = setpoint − measurement, so the output falls as the
+    /// measurement rises (a heater: too hot, less heat).
+    #[default]
+    Reverse,
+    /// error = measurement − setpoint, so the output rises with the measurement (a shedder: too
+    /// much queue delay, shed more). Lets all gains stay positive.
+    Direct,
+}
+
+/// How the integral term is kept from winding up while the output is saturated.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum AntiWindup {
+    /// Conditional integration: the integral does not grow further into a saturated side, and
+    /// is itself kept within the output range.
+    #[default]
+    Clamp,
+    /// Back-calculation: the integral is pulled back by (saturated − unsaturated output) /
+    /// `tracking`, every update. A shorter tracking time unwinds faster.
+    BackCalculation {
+        /// The tracking time constant.
+        tracking: Duration,
+    },
+}
+
+/// What one update computed: the terms that make the output, for gauges and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PidTerms {
+    /// The error the update saw (sign per [`Action`]).
+    pub error: f64,
+    /// The proportional term: `kp × error`.
+    pub p: f64,
+    /// The integral term: the running sum of `ki × error × dt`, after anti-windup.
+    pub i: f64,
+    /// The derivative term: `kd ×` the filtered rate of change of the measurement (never of the
+    /// setpoint), signed so that it opposes the movement.
+    pub d: f64,
+    /// `bias + p + i + d`, clamped to `[min, max]`.
+    pub output: f64,
+}
+
+/// A discrete PID controller: pure arithmetic, no clock, no async. Each
+/// [`update`](Self::update) is given the measurement and the time since the last one.
+///
+/// - **Derivative on measurement**, through a first-order low-pass filter: a change of setpoint
+///   does not kick the output, and one noisy sample is smoothed.
+/// - **Anti-windup** ([`AntiWindup`]): the integral does not grow without bound while the
+///   output is pinned at a limit, so the controller lets go promptly when the error reverses.
+/// - **dt-aware**: the integral and the derivative scale with the real time between updates,
+///   so a late tick does not change the tuning.
+///
+/// ```
+/// use backstop::pid::PidController;
+/// use std::time::Duration;
+///
+/// // A proportional-integral controller driving a plant that follows its input.
+/// let mut pid = PidController::builder()
+///     .setpoint(1.0)
+///     .gains(0.5, 2.0, 0.0)
+///     .output_range(-10.0, 10.0)
+///     .build()?;
+/// let mut y = 0.0;
+/// for _ in 0..200 {
+///     let u = pid.update(y, Duration::from_millis(50));
+///     y += (u - y) * 0.5; // first-order plant
+/// }
+/// assert!((y - 1.0).abs() < 1e-3, "PI removes the steady-state error: {y}");
+/// # Ok::<(), backstop::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PidController {
+    config: PidConfig,
+    integral: f64,
+    last_measurement: Option<f64>,
+    filtered_rate: f64,
+    last: PidTerms,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PidConfig {
+    setpoint: f64,
+    kp: f64,
+    ki: f64,
+    kd: f64,
+    min: f64,
+    max: f64,
+    bias: f64,
+    action: Action,
+    anti_windup: AntiWindup,
+    derivative_filter: Duration,
+}
+
+impl PidController {
+    /// Starts a builder. Defaults: setpoint 0, kp 1, ki 0, kd 0, output in [0, 1], bias 0,
+    /// [`Action::Reverse`], [`AntiWindup::Clamp`], derivative filter 0.2 s.
+    pub fn builder() -> PidControllerBuilder {
+        PidControllerBuilder {
+            config: PidConfig {
+                setpoint: 0.0,
+                kp: 1.0,
+                ki: 0.0,
+                kd: 0.0,
+                min: 0.0,
+                max: 1.0,
+                bias: 0.0,
+                action: Action::Reverse,
+                anti_windup: AntiWindup::Clamp,
+                derivative_filter: Duration::from_millis(200),
+            },
+        }
+    }
+
+    /// Feeds one measurement taken `dt` after the previous one and returns the new output. With
+    /// `dt` zero, or a measurement that is not finite, the state is left alone and the last
+    /// output returned.
+    pub fn update(&mut self, measurement: f64, dt: Duration) -> f64 {
+        let c = self.config;
+        let secs = dt.as_secs_f64();
+        if secs <= 0.0 || !measurement.is_finite() {
+            return self.last.output;
+        }
+        let sign = match c.action {
+            Action::Reverse => 1.0,
+            Action::Direct => -1.0,
+        };
+        let error = sign * (c.setpoint - measurement);
+        let p = c.kp * error;
+
+        // The derivative of the measurement, not of the error: a setpoint step moves the error
+        // but not the measurement, so it does not kick. Filtered: alpha = dt / (tau + dt).
+        let rate = self
+            .last_measurement
+            .map_or(0.0, |prev| (measurement - prev) / secs);
+        let tau = c.derivative_filter.as_secs_f64();
+        let alpha = secs / (tau + secs);
+        if self.last_measurement.is_some() {
+            self.filtered_rate += alpha * (rate - self.filtered_rate);
+        }
+        self.last_measurement = Some(measurement);
+        let d = -sign * c.kd * self.filtered_rate;
+
+        let mut integral = self.integral + c.ki * error * secs;
+        let unsaturated = c.bias + p + integral + d;
+        let output = unsaturated.clamp(c.min, c.max);
+        match c.anti_windup {
+            AntiWindup::Clamp => {
+                // Do not integrate further into a limit the output is already pinned at.
+                let pushing_up = unsaturated > c.max && error > 0.0;
+                let pushing_down = unsaturated < c.min && error < 0.0;
+                if pushing_up || pushing_down {
+                    integral = self.integral;
+                }
+                // And never hold more integral than the whole output range could use.
+                let span = c.max - c.min;
+                integral = integral.clamp(-span - c.bias.abs(), span + c.bias.abs());
+            }
+            AntiWindup::BackCalculation { tracking } => {
+                let tt = tracking.as_secs_f64().max(1e-9);
+                integral += (output - unsaturated) / tt * secs;
+            }
+        }
+        self.integral = integral;
+        self.last = PidTerms {
+            error,
+            p,
+            i: integral,
+            d,
+            output,
+        };
+        output
+    }
+
+    /// The terms and the output of the last update (all zero but the output, which starts at
+    /// the bias clamped to the range, before the first).
+    pub fn terms(&self) -> PidTerms {
+        self.last
+    }
+
+    /// The last output.
+    pub fn output(&self) -> f64 {
+        self.last.output
+    }
+
+    /// The setpoint.
+    pub fn setpoint(&self) -> f64 {
+        self.config.setpoint
+    }
+
+    /// Moves the setpoint. The derivative acts on the measurement, so this does not kick.
+    pub fn set_setpoint(&mut self, setpoint: f64) {
+        if setpoint.is_finite() {
+            self.config.setpoint = setpoint;
+        }
+    }
+
+    /// The output range `(min, max)`.
+    pub fn output_range(&self) -> (f64, f64) {
+        (self.config.min, self.config.max)
+    }
+
+    /// Forgets the integral, the derivative filter and the last measurement.
+    pub fn reset(&mut self) {
+        self.integral = 0.0;
+        self.last_measurement = None;
+        self.filtered_rate = 0.0;
+        self.last = PidTerms {
+            output: self.config.bias.clamp(self.config.min, self.config.max),
+            ..PidTerms::default()
+        };
+    }
+}
+
+/// Builds a [`PidController`]; [`build`](Self::build) checks every value.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PidControllerBuilder {
+    config: PidConfig,
+}
+
+impl PidControllerBuilder {
+    /// The value the controller steers the measurement to. Finite.
+    pub fn setpoint(mut self, setpoint: f64) -> Self {
+        self.config.setpoint = setpoint;
+        self
+    }
+
+    /// The proportional, integral (per second) and derivative (seconds) gains, all finite and
+    /// at least 0. Pick the direction with [`action`](Self::action), not with signs.
+    pub fn gains(mut self, kp: f64, ki: f64, kd: f64) -> Self {
+        self.config.kp = kp;
+        self.config.ki = ki;
+        self.config.kd = kd;
+        self
+    }
+
+    /// The output is clamped to `[min, max]`; `min < max`, both finite.
+    pub fn output_range(mut self, min: f64, max: f64) -> Self {
+        self.config.min = min;
+        self.config.max = max;
+        self
+    }
+
+    /// A constant added to the output (the output with zero error and no integral). Finite.
+    pub fn bias(mut self, bias: f64) -> Self {
+        self.config.bias = bias;
+        self
+    }
+
+    /// Which way the output moves when the measurement rises. Default [`Action::Reverse`].
+    pub fn action(mut self, action: Action) -> Self {
+        self.config.action = action;
+        self
+    }
+
+    /// How the integral is kept from winding up. Default [`AntiWindup::Clamp`].
+    pub fn anti_windup(mut self, anti_windup: AntiWindup) -> Self {
+        self.config.anti_windup = anti_windup;
+        self
+    }
+
+    /// The time constant of the low-pass filter on the derivative; zero means no filter.
+    /// Default 0.2 s.
+    pub fn derivative_filter(mut self, tau: Duration) -> Self {
+        self.config.derivative_filter = tau;
+        self
+    }
+
+    /// Checks the values and builds the controller.
+    pub fn build(self) -> Result<PidController, ConfigError> {
+        let c = self.config;
+        let gain = |field, v: f64| check(field, v, |v| v.is_finite() && *v >= 0.0, "finite, >= 0");
+        gain("kp", c.kp)?;
+        gain("ki", c.ki)?;
+        gain("kd", c.kd)?;
+        check("setpoint", c.setpoint, |v| v.is_finite(), "finite")?;
+        check("bias", c.bias, |v| v.is_finite(), "finite")?;
+        check("min", c.min, |v| v.is_finite(), "finite")?;
+        check("max", c.max, |v| v.is_finite(), "finite")?;
+        if c.min >= c.max {
+            return Err(ConfigError::new(
+                "max",
+                (c.min, c.max),
+                "greater than min (min < max)",
+            ));
+        }
+        if let AntiWindup::BackCalculation { tracking } = c.anti_windup {
+            check(
+                "anti_windup.tracking",
+                tracking,
+                |t| !t.is_zero(),
+                "greater than zero",
+            )?;
+        }
+        let mut pid = PidController {
+            config: c,
+            integral: 0.0,
+            last_measurement: None,
+            filtered_rate: 0.0,
+            last: PidTerms::default(),
+        };
+        pid.reset();
+        Ok(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DT: Duration = Duration::from_millis(10);
+
+    /// A first-order plant y' = (K·u − y) / T, simulated in steps of DT.
+    fn run(pid: &mut PidController, steps: usize, gain: f64, tau: f64, y0: f64) -> Vec<f64> {
+        let mut y = y0;
+        let mut ys = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let u = pid.update(y, DT);
+            y += (gain * u - y) / tau * DT.as_secs_f64();
+            ys.push(y);
+        }
+        ys
+    }
+
+    fn pid(kp: f64, ki: f64, kd: f64) -> PidController {
+        PidController::builder()
+            .setpoint(1.0)
+            .gains(kp, ki, kd)
+            .output_range(-100.0, 100.0)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn p_only_leaves_the_textbook_steady_state_error() {
+        // Unit plant, kp = 4: y settles at kp/(1+kp) = 0.8 of the setpoint.
+        let mut c = pid(4.0, 0.0, 0.0);
+        let ys = run(&mut c, 2000, 1.0, 0.5, 0.0);
+        let y = *ys.last().unwrap();
+        assert!((y - 0.8).abs() < 1e-6, "y = {y}");
+    }
+
+    #[test]
+    fn pi_removes_the_steady_state_error() {
+        let mut c = pid(4.0, 8.0, 0.0);
+        let ys = run(&mut c, 2000, 1.0, 0.5, 0.0);
+        let y = *ys.last().unwrap();
+        assert!((y - 1.0).abs() < 1e-4, "y = {y}");
+        // And the integral holds exactly what the plant needs: u = y/K = 1 with error 0.
+        assert!((c.terms().i - 1.0).abs() < 1e-3, "{:?}", c.terms());
+    }
+
+    #[test]
+    fn derivative_does_not_kick_on_a_setpoint_step() {
+        let mut c = pid(1.0, 0.0, 5.0);
+        for _ in 0..10 {
+            c.update(0.0, DT);
+        }
+        c.set_setpoint(10.0);
+        c.update(0.0, DT);
+        let t = c.terms();
+        assert_eq!(t.d, 0.0, "measurement did not move, so no D: {t:?}");
+        assert_eq!(t.p, 10.0);
+        // A moving measurement does give a D term, opposing the movement.
+        c.update(1.0, DT);
+        assert!(c.terms().d < 0.0, "{:?}", c.terms());
+    }
+
+    #[test]
+    fn derivative_filter_smooths_a_single_spike() {
+        let unfiltered = {
+            let mut c = PidController::builder()
+                .gains(0.0, 0.0, 1.0)
+                .output_range(-1e9, 1e9)
+                .derivative_filter(Duration::ZERO)
+                .build()
+                .unwrap();
+            c.update(0.0, DT);
+            c.update(1.0, DT);
+            c.terms().d.abs()
+        };
+        let filtered = {
+            let mut c = PidController::builder()
+                .gains(0.0, 0.0, 1.0)
+                .output_range(-1e9, 1e9)
+                .derivative_filter(Duration::from_millis(90))
+                .build()
+                .unwrap();
+            c.update(0.0, DT);
+            c.update(1.0, DT);
+            c.terms().d.abs()
+        };
+        assert!((unfiltered - 100.0).abs() < 1e-9, "{unfiltered}");
+        assert!((filtered - 10.0).abs() < 1e-9, "alpha = 0.1: {filtered}");
+    }
+
+    #[test]
+    fn clamp_anti_windup_lets_go_at_once_when_the_error_reverses() {
+        // Output range [0, 1]; an unreachable setpoint pins the output at 1 for a long time.
+        let mut c = PidController::builder()
+            .setpoint(5.0)
+            .gains(0.1, 1.0, 0.0)
+            .build()
+            .unwrap();
+        for _ in 0..10_000 {
+            c.update(0.0, DT);
+        }
+        assert_eq!(c.output(), 1.0);
+        assert!(
+            c.terms().i <= 1.0 + 1e-9,
+            "integral bounded: {:?}",
+            c.terms()
+        );
+        // Now the measurement overshoots: the output must leave the limit within a second.
+        let mut steps = 0;
+        while c.update(6.0, DT) >= 1.0 {
+            steps += 1;
+            assert!(steps < 100, "wound up: {:?}", c.terms());
+        }
+    }
+
+    #[test]
+    fn back_calculation_tracks_the_limit() {
+        let mut c = PidController::builder()
+            .setpoint(5.0)
+            .gains(0.1, 1.0, 0.0)
+            .anti_windup(AntiWindup::BackCalculation {
+                tracking: Duration::from_millis(100),
+            })
+            .build()
+            .unwrap();
+        for _ in 0..10_000 {
+            c.update(0.0, DT);
+        }
+        // At equilibrium the integral's step ki·e·dt = 0.05 is taken back by
+        // (1 − (p + i + 0.05))/Tt·dt: i = 0.95, instead of growing without bound.
+        let i = c.terms().i;
+        assert!((i - 0.95).abs() < 1e-6, "i = {i}");
+        let unbounded = 0.5 + 10_000.0 * 0.01 * 5.0;
+        assert!(i < unbounded / 100.0);
+    }
+
+    #[test]
+    fn updates_scale_with_dt() {
+        // The same constant error over the same total time gives the same integral, whatever
+        // the tick.
+        let mut fine = pid(0.0, 1.0, 0.0);
+        let mut coarse = pid(0.0, 1.0, 0.0);
+        for _ in 0..100 {
+            fine.update(0.5, Duration::from_millis(10));
+        }
+        for _ in 0..10 {
+            coarse.update(0.5, Duration::from_millis(100));
+        }
+        assert!((fine.terms().i - coarse.terms().i).abs() < 1e-9);
+        assert!((fine.terms().i - 0.5).abs() < 1e-9);
+        // dt = 0 changes nothing.
+        let before = fine.terms();
+        fine.update(100.0, Duration::ZERO);
+        assert_eq!(fine.terms(), before);
+    }
+
+    #[test]
+    fn direct_action_raises_the_output_with_the_measurement() {
+        let mut c = PidController::builder()
+            .setpoint(0.05)
+            .gains(2.0, 0.0, 0.0)
+            .action(Action::Direct)
+            .build()
+            .unwrap();
+        assert!((c.update(0.30, DT) - 0.5).abs() < 1e-9);
+        assert_eq!(c.update(0.0, DT), 0.0);
+    }
+
+    #[test]
+    fn bad_configuration_names_the_field() {
+        let b = PidController::builder;
+        let field = |r: Result<PidController, ConfigError>| r.unwrap_err().field();
+        assert_eq!(field(b().gains(-1.0, 0.0, 0.0).build()), "kp");
+        assert_eq!(field(b().gains(1.0, f64::NAN, 0.0).build()), "ki");
+        assert_eq!(field(b().gains(1.0, 0.0, f64::INFINITY).build()), "kd");
+        assert_eq!(field(b().output_range(1.0, 1.0).build()), "max");
+        assert_eq!(field(b().output_range(2.0, 1.0).build()), "max");
+        assert_eq!(field(b().output_range(f64::NAN, 1.0).build()), "min");
+        assert_eq!(field(b().setpoint(f64::NAN).build()), "setpoint");
+        let tracking = AntiWindup::BackCalculation {
+            tracking: Duration::ZERO,
+        };
+        assert_eq!(
+            field(b().anti_windup(tracking).build()),
+            "anti_windup.tracking"
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! PID admission control: steer a measured signal (queue delay, concurrency, a latency
+//! percentile) to a setpoint by admitting a share of requests.
+//!
+//! A controller that reacts only to the error of the moment overshoots or oscillates: it brakes
+//! hard when the queue is long, the queue empties, it lets everyone in, the queue fills again.
+//! The proportional term reacts to the error now, the integral term to its history (it removes
+//! the error a proportional term alone leaves at equilibrium), and the derivative term to its
+//! trend (it damps the swing). [`PidController`] is that arithmetic alone, with the care a real
+//! loop needs: output clamped, integral anti-windup, derivative on the measurement through a
+//! low-pass filter (no kick on a setpoint change or one noisy sample), and updates that scale
+//! with the real time between them.
+//!
+//! [`AdmissionController`] samples a [`Signal`] every tick (default 100 ms, lazily, on the first
+//! request after the tick), feeds the PID, and turns its output into an admission probability;
+//! [`AdmissionLayer`] admits each request with that probability and refuses the rest at once
+//! with [`Overloaded`](crate::Overloaded)`{ reason: AdmissionDenied }`. Requests are picked by
+//! a seeded random draw, or by [`Draw::Even`] (exactly that share, evenly spread: a smoother
+//! admitted stream, which queues less for the same goodput). Signals provided:
+//! [`QueueDelay`] (the expected wait in a [`backpressure`](crate::backpressure) or
+//! [`lifo_queue`](crate::lifo_queue) queue by Little's law, waiting / grant rate; or the oldest
+//! waiter's age, which lags), [`AverageConcurrency`] (Little's `L` from a
+//! [`LittleMeter`](crate::metrics::LittleMeter)) and any closure ([`signal_fn`]), such as a
+//! latency percentile from your own tracker.
+//!
+//! The gauges `backstop_admission_probability`, `backstop_admission_error` and the P, I and D
+//! terms (`backstop_admission_{p,i,d}_term`) are registered when the controller is built, and
+//! refusals are counted in `backstop_admission_denied_total` (names in
+//! [`crate::metrics::names`]).
+//!
+//! # When to use it
+//! On a server whose overload shows in a signal you can measure before the callers time out:
+//! queue delay is the best one. Put the layer in front of the queue it watches. Prefer, where
+//! you can, to shed at the source: [`AdmissionController::subscribe`] gives the shed fraction
+//! (`1 − probability`) as a `watch`, and
+//! [`on_shed_fraction`](AdmissionControllerBuilder::on_shed_fraction) hands it to a callback at
+//! every tick, ready to drive a whole-client throttle; spawn
+//! [`AdmissionController::run_ticker`] to tick when no request passes through the layer.
+//!
+//! What it is not: a replacement for a bound on the queue. On one server a fixed or adaptive
+//! concurrency limit holds the queue delay as well (the `pid_step` example measures both), and
+//! a random admission share lets the bursts of random arrivals through: under a 2-worker server,
+//! the PID alone trades goodput against tail latency, while the PID over a short bounded line
+//! gets both. The controller earns its place where the signal and the lever are apart: a
+//! delay measured on a server driving a throttle in its clients, a latency percentile
+//! downstream, a utilization target.
+//!
+//! Tuning: the `pid_step` example measures the step response of P, PI and PID against no
+//! control, a fixed concurrency limit and a gradient-style adaptive limit on the simulation
+//! harness; the default gains (2, 20, 0.2) come from it (queue delay in seconds, 50 ms
+//! setpoint, 100 ms tick). For another setpoint, scale kp, ki and kd roughly by 0.05 / setpoint.
+//!
+//! # Example
+//! ```
+//! use backstop::backpressure::BackpressureLayer;
+//! use backstop::pid::{AdmissionController, AdmissionLayer, QueueDelay};
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), backstop::BoxError> {
+//! let queue = BackpressureLayer::builder().max_in_flight(4).max_waiting(1000).build()?;
+//! let controller = AdmissionController::builder(QueueDelay::of_limiter(queue.limiter()))
+//!     .setpoint(0.050) // 50 ms of queue delay
+//!     .tick(Duration::from_millis(100))
+//!     .seed(7)
+//!     .build()?;
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(AdmissionLayer::new(controller.clone()))
+//!     .layer(queue)
+//!     .service_fn(|_req: ()| async { Ok::<_, backstop::BoxError>("ok") });
+//!
+//! assert_eq!(svc.ready().await?.call(()).await?, "ok");
+//! assert_eq!(controller.admission_probability(), 1.0); // no queue, admit all
+//! let mut shed = controller.subscribe(); // the handle a whole-client throttle would watch
+//! assert_eq!(*shed.borrow_and_update(), 0.0);
+//! # Ok(())
+//! # }
+//! ```
+
+mod admission;
+mod controller;
+mod future;
+mod layer;
+mod service;
+mod signal;
+
+pub use self::admission::{AdmissionController, AdmissionControllerBuilder, Draw};
+pub use self::controller::{Action, AntiWindup, PidController, PidControllerBuilder, PidTerms};
+pub use self::future::ResponseFuture;
+pub use self::layer::AdmissionLayer;
+pub use self::service::Admission;
+pub use self::signal::{AverageConcurrency, QueueDelay, Signal, SignalFn, signal_fn};

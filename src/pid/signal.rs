@@ -1,0 +1,224 @@
+use std::fmt;
+use std::sync::Mutex;
+
+use tokio::time::Instant;
+
+use crate::backpressure::{Limiter, QueueStats};
+use crate::lifo_queue::AdaptiveQueue;
+use crate::metrics::{LittleMeter, LittleSnapshot};
+
+/// What an admission controller measures, once per tick.
+///
+/// Return the measurement in the unit of the controller's setpoint (seconds for a delay), or
+/// `None` when there is nothing to measure this tick (the controller then keeps its output).
+/// A signal is sampled under the controller's lock, at most once per tick, so it may keep state
+/// (a previous snapshot) behind a lock of its own.
+pub trait Signal: Send + Sync + 'static {
+    /// The measurement now.
+    fn sample(&self, now: Instant) -> Option<f64>;
+}
+
+impl<S: Signal + ?Sized> Signal for Box<S> {
+    fn sample(&self, now: Instant) -> Option<f64> {
+        (**self).sample(now)
+    }
+}
+
+impl<S: Signal + ?Sized> Signal for std::sync::Arc<S> {
+    fn sample(&self, now: Instant) -> Option<f64> {
+        (**self).sample(now)
+    }
+}
+
+/// Queue delay, in seconds, of a [`backpressure`](crate::backpressure) or
+/// [`lifo_queue`](crate::lifo_queue) queue, measured one of two ways:
+///
+/// - [`of_limiter`](Self::of_limiter) / [`of_queue`](Self::of_queue): the wait a request
+///   arriving now can expect, by Little's law applied to the queue: requests waiting divided by
+///   the rate at which the queue hands out slots (averaged over about a second). It moves as soon
+///   as the queue grows or shrinks, so a controller sees the effect of its last decision at the
+///   next tick. **The one to control with.**
+/// - [`oldest_waiter`](Self::oldest_waiter): the age of the oldest waiter (0 when nobody waits),
+///   the queue's health figure. It lags: after admission is cut, the head of the queue keeps
+///   ageing until everyone admitted before the cut has been served, so the lag is the delay
+///   itself, and a controller on it overshoots (the `pid_step` example measured it).
+pub struct QueueDelay {
+    source: QueueSource,
+    estimate: Option<Mutex<RateState>>,
+}
+
+#[derive(Clone)]
+enum QueueSource {
+    Backpressure(Limiter),
+    Lifo(AdaptiveQueue),
+}
+
+#[derive(Debug, Default)]
+struct RateState {
+    last: Option<(Instant, u64)>,
+    /// Grants per second, averaged; the first interval's rate as it is.
+    rate: Option<f64>,
+}
+
+/// The time constant of the grant-rate average.
+const RATE_TAU: f64 = 1.0;
+
+impl QueueDelay {
+    /// The expected wait in a [`BackpressureLayer`](crate::backpressure::BackpressureLayer)'s
+    /// queue: waiting / grant rate.
+    pub fn of_limiter(limiter: &Limiter) -> Self {
+        QueueDelay {
+            source: QueueSource::Backpressure(limiter.clone()),
+            estimate: Some(Mutex::default()),
+        }
+    }
+
+    /// The expected wait in a [`LifoQueueLayer`](crate::lifo_queue::LifoQueueLayer)'s queue:
+    /// waiting / grant rate.
+    pub fn of_queue(queue: &AdaptiveQueue) -> Self {
+        QueueDelay {
+            source: QueueSource::Lifo(queue.clone()),
+            estimate: Some(Mutex::default()),
+        }
+    }
+
+    /// Measures the oldest waiter's age instead of the expected wait (see the type's doc for
+    /// why that lags).
+    pub fn oldest_waiter(mut self) -> Self {
+        self.estimate = None;
+        self
+    }
+
+    fn stats(&self) -> QueueStats {
+        match &self.source {
+            QueueSource::Backpressure(l) => l.stats(),
+            QueueSource::Lifo(q) => q.stats(),
+        }
+    }
+}
+
+impl fmt::Debug for QueueDelay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.source {
+            QueueSource::Backpressure(_) => "backpressure",
+            QueueSource::Lifo(_) => "lifo_queue",
+        };
+        let how = if self.estimate.is_some() {
+            "expected wait"
+        } else {
+            "oldest waiter"
+        };
+        f.debug_struct("QueueDelay")
+            .field("of", &kind)
+            .field("measures", &how)
+            .finish()
+    }
+}
+
+impl Signal for QueueDelay {
+    fn sample(&self, now: Instant) -> Option<f64> {
+        let stats = self.stats();
+        let oldest = stats.oldest_wait.map_or(0.0, |d| d.as_secs_f64());
+        let Some(estimate) = &self.estimate else {
+            return Some(oldest);
+        };
+        let mut state = estimate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, granted)) = state.last {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            if dt > 0.0 {
+                let rate = stats.admitted.saturating_sub(granted) as f64 / dt;
+                let alpha = dt / (RATE_TAU + dt);
+                state.rate = Some(state.rate.map_or(rate, |r| r + alpha * (rate - r)));
+            }
+        }
+        state.last = Some((now, stats.admitted));
+        if stats.waiting == 0 {
+            return Some(0.0);
+        }
+        // Nothing granted lately (a stuck server, or the first sample): the head's age is the
+        // best figure there is.
+        match state.rate {
+            Some(rate) if rate > f64::EPSILON => Some(stats.waiting as f64 / rate),
+            _ => Some(oldest),
+        }
+    }
+}
+
+/// Average concurrency since the last sample, from a [`LittleMeter`] (requests in flight,
+/// averaged over the tick: Little's `L`). Divide by a capacity with
+/// [`utilization`](Self::utilization) to steer to a target utilization instead.
+#[derive(Debug)]
+pub struct AverageConcurrency {
+    meter: LittleMeter,
+    capacity: Option<f64>,
+    last: Mutex<Option<LittleSnapshot>>,
+}
+
+impl AverageConcurrency {
+    /// Average requests in flight through `meter` since the previous sample.
+    pub fn new(meter: &LittleMeter) -> Self {
+        AverageConcurrency {
+            meter: meter.clone(),
+            capacity: None,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Reports the average concurrency divided by `capacity` (ignored unless finite and > 0).
+    pub fn utilization(mut self, capacity: f64) -> Self {
+        self.capacity = (capacity.is_finite() && capacity > 0.0).then_some(capacity);
+        self
+    }
+}
+
+impl Signal for AverageConcurrency {
+    fn sample(&self, _now: Instant) -> Option<f64> {
+        let now = self.meter.snapshot();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = last.replace(now)?;
+        let report = now.since(&previous);
+        if report.interval.is_zero() {
+            return None;
+        }
+        Some(match self.capacity {
+            Some(c) => report.average_concurrency / c,
+            None => report.average_concurrency,
+        })
+    }
+}
+
+/// A [`Signal`] from a closure; see [`signal_fn`].
+#[derive(Clone)]
+pub struct SignalFn<F> {
+    f: F,
+}
+
+/// Any closure `Fn(Instant) -> Option<f64>` as a [`Signal`]: a latency percentile from your
+/// own tracker, a CPU figure, a queue length.
+///
+/// ```
+/// use backstop::pid::{Signal, signal_fn};
+/// let s = signal_fn(|_now| Some(0.25));
+/// assert_eq!(s.sample(tokio::time::Instant::now()), Some(0.25));
+/// ```
+pub fn signal_fn<F>(f: F) -> SignalFn<F>
+where
+    F: Fn(Instant) -> Option<f64> + Send + Sync + 'static,
+{
+    SignalFn { f }
+}
+
+impl<F> fmt::Debug for SignalFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SignalFn")
+    }
+}
+
+impl<F> Signal for SignalFn<F>
+where
+    F: Fn(Instant) -> Option<f64> + Send + Sync + 'static,
+{
+    fn sample(&self, now: Instant) -> Option<f64> {
+        (self.f)(now)
+    }
+}

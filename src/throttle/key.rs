@@ -1,0 +1,300 @@
+//! Who is asking: [`ClientId`] and the [`ClientKey`] extractors that find it in a request.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Bytes kept inline: enough for an IPv6 address, a UUID in hex, or a short API key id, so the
+/// common keys cost no allocation on the request path.
+const INLINE: usize = 32;
+
+/// The identity of one client: a short byte string compared and hashed by its bytes.
+///
+/// Keys up to 32 bytes are stored inline. Numbers become their decimal text (so client `7` and
+/// header value `"7"` are the same client), IP addresses their octets. The empty key is the
+/// shared [anonymous](ClientId::anonymous) client.
+#[derive(Clone)]
+pub struct ClientId(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Arc<[u8]>),
+}
+
+impl ClientId {
+    /// A key made of these bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        if bytes.len() <= INLINE {
+            let mut inline = [0u8; INLINE];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            ClientId(Repr::Inline {
+                len: bytes.len() as u8,
+                bytes: inline,
+            })
+        } else {
+            ClientId(Repr::Shared(Arc::from(bytes)))
+        }
+    }
+
+    /// The key all requests without an identity share (when [`MissingKey::Anonymous`]): the
+    /// empty byte string.
+    pub fn anonymous() -> Self {
+        ClientId::from_bytes(&[])
+    }
+
+    /// The key's bytes: what is hashed for whole-client selection.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..*len as usize],
+            Repr::Shared(bytes) => bytes,
+        }
+    }
+
+    /// True for the [anonymous](ClientId::anonymous) key.
+    pub fn is_anonymous(&self) -> bool {
+        self.as_bytes().is_empty()
+    }
+}
+
+impl PartialEq for ClientId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for ClientId {}
+
+impl Hash for ClientId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ClientId({:?})",
+            String::from_utf8_lossy(self.as_bytes())
+        )
+    }
+}
+
+impl From<&str> for ClientId {
+    fn from(s: &str) -> Self {
+        ClientId::from_bytes(s.as_bytes())
+    }
+}
+
+impl From<String> for ClientId {
+    fn from(s: String) -> Self {
+        ClientId::from_bytes(s.as_bytes())
+    }
+}
+
+impl From<&[u8]> for ClientId {
+    fn from(bytes: &[u8]) -> Self {
+        ClientId::from_bytes(bytes)
+    }
+}
+
+impl From<u64> for ClientId {
+    fn from(n: u64) -> Self {
+        // Decimal text without allocating: at most 20 digits.
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        ClientId::from_bytes(&buf[i..])
+    }
+}
+
+impl From<u32> for ClientId {
+    fn from(n: u32) -> Self {
+        ClientId::from(u64::from(n))
+    }
+}
+
+impl From<IpAddr> for ClientId {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => ClientId::from_bytes(&v4.octets()),
+            IpAddr::V6(v6) => ClientId::from_bytes(&v6.octets()),
+        }
+    }
+}
+
+/// Finds the client a request comes from.
+///
+/// Any `Fn(&Req) -> Option<ClientId>` is an extractor, so a key can come from anything the
+/// request carries:
+///
+/// ```
+/// use backstop::throttle::{ClientId, ClientKey};
+///
+/// struct Call { tenant: u32 }
+/// let by_tenant = |call: &Call| Some(ClientId::from(call.tenant));
+/// assert_eq!(by_tenant.client_key(&Call { tenant: 7 }), Some(ClientId::from("7")));
+/// ```
+pub trait ClientKey<Req> {
+    /// The request's client, or `None` when it carries no identity.
+    fn client_key(&self, req: &Req) -> Option<ClientId>;
+}
+
+impl<F, Req> ClientKey<Req> for F
+where
+    F: Fn(&Req) -> Option<ClientId>,
+{
+    fn client_key(&self, req: &Req) -> Option<ClientId> {
+        self(req)
+    }
+}
+
+/// What to do with a request whose [`ClientKey`] finds no identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingKey {
+    /// All such requests are one client, [`ClientId::anonymous`]: they share its quota and
+    /// are shed together.
+    #[default]
+    Anonymous,
+    /// Refuse them with [`MissingClientKey`](super::MissingClientKey).
+    Refuse,
+}
+
+#[cfg(feature = "http")]
+pub use self::http_keys::{HeaderKey, Principal, PrincipalKey, RemoteAddrKey};
+
+#[cfg(feature = "http")]
+mod http_keys {
+    use super::ClientId;
+    use super::ClientKey;
+    use std::net::{IpAddr, SocketAddr};
+
+    /// The client named by a request header, `x-client-id` by default. An empty header counts
+    /// as missing.
+    #[derive(Debug, Clone)]
+    pub struct HeaderKey {
+        name: http::HeaderName,
+    }
+
+    impl HeaderKey {
+        /// The header read by [`HeaderKey::default`].
+        pub const DEFAULT: &'static str = "x-client-id";
+
+        /// Reads the client from header `name`.
+        pub fn new(name: http::HeaderName) -> Self {
+            HeaderKey { name }
+        }
+    }
+
+    impl Default for HeaderKey {
+        fn default() -> Self {
+            HeaderKey::new(http::HeaderName::from_static(Self::DEFAULT))
+        }
+    }
+
+    impl<B> ClientKey<http::Request<B>> for HeaderKey {
+        fn client_key(&self, req: &http::Request<B>) -> Option<ClientId> {
+            let value = req.headers().get(&self.name)?.as_bytes();
+            (!value.is_empty()).then(|| ClientId::from_bytes(value))
+        }
+    }
+
+    /// An authenticated principal, put in the request's extensions by your authentication
+    /// layer (which must run before the throttle).
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    pub struct Principal(pub ClientId);
+
+    /// The client is the [`Principal`] in the request's extensions.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct PrincipalKey;
+
+    impl<B> ClientKey<http::Request<B>> for PrincipalKey {
+        fn client_key(&self, req: &http::Request<B>) -> Option<ClientId> {
+            req.extensions().get::<Principal>().map(|p| p.0.clone())
+        }
+    }
+
+    /// The client is the remote IP address (the port is ignored: one host, one client).
+    ///
+    /// By default it reads a [`SocketAddr`] or an [`IpAddr`] from the request's extensions,
+    /// where a hyper server loop can put the peer address. With axum's connect info, say where
+    /// to look:
+    ///
+    /// ```
+    /// use axum::extract::ConnectInfo;
+    /// use backstop::throttle::RemoteAddrKey;
+    /// use std::net::SocketAddr;
+    ///
+    /// let key = RemoteAddrKey::with(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()));
+    /// # let _ = key;
+    /// ```
+    #[derive(Debug, Clone, Copy)]
+    pub struct RemoteAddrKey {
+        find: fn(&http::Extensions) -> Option<IpAddr>,
+    }
+
+    impl RemoteAddrKey {
+        /// Reads a [`SocketAddr`], else an [`IpAddr`], from the extensions.
+        pub fn new() -> Self {
+            RemoteAddrKey {
+                find: |ext| {
+                    ext.get::<SocketAddr>()
+                        .map(SocketAddr::ip)
+                        .or_else(|| ext.get::<IpAddr>().copied())
+                },
+            }
+        }
+
+        /// Reads the address with `find` (for a connect-info type of your server framework).
+        pub fn with(find: fn(&http::Extensions) -> Option<IpAddr>) -> Self {
+            RemoteAddrKey { find }
+        }
+    }
+
+    impl Default for RemoteAddrKey {
+        fn default() -> Self {
+            RemoteAddrKey::new()
+        }
+    }
+
+    impl<B> ClientKey<http::Request<B>> for RemoteAddrKey {
+        fn client_key(&self, req: &http::Request<B>) -> Option<ClientId> {
+            (self.find)(req.extensions()).map(ClientId::from)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_their_decimal_text() {
+        assert_eq!(ClientId::from(0u64).as_bytes(), b"0");
+        assert_eq!(ClientId::from(7u32), ClientId::from("7"));
+        assert_eq!(
+            ClientId::from(u64::MAX).as_bytes(),
+            u64::MAX.to_string().as_bytes()
+        );
+    }
+
+    #[test]
+    fn long_keys_are_shared_and_compare_by_bytes() {
+        let long = "k".repeat(100);
+        let a = ClientId::from(long.as_str());
+        assert_eq!(a, ClientId::from(long.clone()));
+        assert_eq!(a.as_bytes().len(), 100);
+        assert_ne!(a, ClientId::from("k"));
+        assert!(ClientId::anonymous().is_anonymous());
+    }
+}

@@ -1,0 +1,216 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, counter};
+use tower_layer::Layer;
+
+use super::error::MissingClientKey;
+use super::key::{ClientId, ClientKey, MissingKey};
+use super::quota::ClientQuotas;
+use super::service::Throttle;
+use super::shed::ShedFraction;
+use crate::error::{BoxError, ConfigError, OverloadReason, Overloaded, check};
+use crate::metrics::names;
+
+/// Throttles whole clients: sheds the fraction of clients a [`ShedFraction`] asks for and
+/// holds each client to its [`ClientQuotas`]; see the [module docs](super).
+///
+/// Every service this layer makes shares its handles.
+pub struct ThrottleLayer<K> {
+    policy: Arc<Policy<K>>,
+}
+
+impl<K> Clone for ThrottleLayer<K> {
+    fn clone(&self) -> Self {
+        ThrottleLayer {
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for ThrottleLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.policy.fmt(f)
+    }
+}
+
+impl<K> ThrottleLayer<K> {
+    /// Starts a builder that finds each request's client with `key`.
+    pub fn builder(key: K) -> ThrottleLayerBuilder<K> {
+        ThrottleLayerBuilder {
+            key,
+            name: "throttle".to_owned(),
+            missing: MissingKey::default(),
+            shed: None,
+            quotas: None,
+            shed_retry_after: Duration::from_secs(1),
+        }
+    }
+
+    /// The shed fraction handle, if any.
+    pub fn shed(&self) -> Option<&ShedFraction> {
+        self.policy.shed.as_ref()
+    }
+
+    /// The quotas handle, if any.
+    pub fn quotas(&self) -> Option<&ClientQuotas> {
+        self.policy.quotas.as_ref()
+    }
+}
+
+impl<S, K> Layer<S> for ThrottleLayer<K> {
+    type Service = Throttle<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Throttle::new(inner, self.policy.clone())
+    }
+}
+
+/// Builds a [`ThrottleLayer`]; [`build`](Self::build) checks every value.
+#[derive(Debug, Clone)]
+pub struct ThrottleLayerBuilder<K> {
+    key: K,
+    name: String,
+    missing: MissingKey,
+    shed: Option<ShedFraction>,
+    quotas: Option<ClientQuotas>,
+    shed_retry_after: Duration,
+}
+
+impl<K> ThrottleLayerBuilder<K> {
+    /// The name the layer's series carry. Default `throttle`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// What to do with requests that carry no client key. Default: they are one anonymous
+    /// client.
+    pub fn missing_key(mut self, missing: MissingKey) -> Self {
+        self.missing = missing;
+        self
+    }
+
+    /// Sheds the fraction of clients this handle asks for.
+    pub fn shed(mut self, shed: ShedFraction) -> Self {
+        self.shed = Some(shed);
+        self
+    }
+
+    /// Holds each client to its quota.
+    pub fn quotas(mut self, quotas: ClientQuotas) -> Self {
+        self.quotas = Some(quotas);
+        self
+    }
+
+    /// The `retry_after` hint given to shed clients (default 1 s, greater than zero). The
+    /// choice changes only when the fraction falls or the epoch turns, so a longer hint is
+    /// honest when the signal moves slowly.
+    pub fn shed_retry_after(mut self, after: Duration) -> Self {
+        self.shed_retry_after = after;
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    pub fn build(self) -> Result<ThrottleLayer<K>, ConfigError> {
+        if self.shed.is_none() && self.quotas.is_none() {
+            return Err(ConfigError::new(
+                "shed",
+                "none",
+                "set, or quotas set (a throttle needs a ShedFraction, ClientQuotas, or both)",
+            ));
+        }
+        let shed_retry_after = check(
+            "shed_retry_after",
+            self.shed_retry_after,
+            |d| !d.is_zero(),
+            "greater than zero",
+        )?;
+        names::describe_throttle();
+        let decision = |d: &'static str| counter!(names::THROTTLE_REQUESTS, names::NAME_LABEL => self.name.clone(), names::DECISION_LABEL => d);
+        let [admitted, shed, quota, missing_key] = names::THROTTLE_DECISIONS.map(|d| {
+            let c = decision(d);
+            c.absolute(0);
+            c
+        });
+        Ok(ThrottleLayer {
+            policy: Arc::new(Policy {
+                key: self.key,
+                name: self.name,
+                missing: self.missing,
+                shed: self.shed,
+                quotas: self.quotas,
+                shed_retry_after,
+                admitted,
+                shed_count: shed,
+                quota_count: quota,
+                missing_count: missing_key,
+            }),
+        })
+    }
+}
+
+/// What every service of one layer shares.
+pub(super) struct Policy<K> {
+    key: K,
+    name: String,
+    missing: MissingKey,
+    shed: Option<ShedFraction>,
+    quotas: Option<ClientQuotas>,
+    shed_retry_after: Duration,
+    admitted: Counter,
+    shed_count: Counter,
+    quota_count: Counter,
+    missing_count: Counter,
+}
+
+impl<K> Policy<K> {
+    /// Admits the request, or says why not.
+    pub(super) fn decide<Req>(&self, req: &Req) -> Result<(), BoxError>
+    where
+        K: ClientKey<Req>,
+    {
+        let key = match self.key.client_key(req) {
+            Some(key) => key,
+            None => match self.missing {
+                MissingKey::Anonymous => ClientId::anonymous(),
+                MissingKey::Refuse => {
+                    self.missing_count.increment(1);
+                    return Err(MissingClientKey.into());
+                }
+            },
+        };
+        // Shedding first: a shed request must not spend its client's quota.
+        if let Some(shed) = &self.shed
+            && shed.is_shed(&key)
+        {
+            self.shed_count.increment(1);
+            return Err(Overloaded::new(OverloadReason::Throttled)
+                .with_retry_after(self.shed_retry_after)
+                .into());
+        }
+        if let Some(quotas) = &self.quotas
+            && let Err(wait) = quotas.check(&key)
+        {
+            self.quota_count.increment(1);
+            return Err(Overloaded::new(OverloadReason::Throttled)
+                .with_retry_after(wait)
+                .into());
+        }
+        self.admitted.increment(1);
+        Ok(())
+    }
+}
+
+impl<K> fmt::Debug for Policy<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThrottleLayer")
+            .field("name", &self.name)
+            .field("missing", &self.missing)
+            .field("shed", &self.shed)
+            .field("quotas", &self.quotas)
+            .field("shed_retry_after", &self.shed_retry_after)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,326 @@
+//! [`ShedFraction`]: a shared "shed this fraction of clients" setting and the stable, seeded
+//! choice of which clients.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{Gauge, gauge};
+use tokio::time::Instant;
+
+use super::key::ClientId;
+use crate::error::{ConfigError, check};
+use crate::metrics::names;
+
+/// The fraction of clients to shed, shared by every layer (and every clone) that holds it.
+///
+/// A signal sets it ([`set`](Self::set)): the PID admission controller's output, a load gauge,
+/// an operator. A client is shed iff `hash(seed, epoch, key) / 2^64 < p`, so
+/// - the choice is **stable**: within an epoch, raising `p` only adds clients, lowering it only
+///   lets clients back, and a client is either fully in or fully out;
+/// - it is **fleet-consistent**: servers with the same seed and the same epoch choose the same
+///   clients with no coordination, so a shed client is refused everywhere instead of retrying
+///   until it finds a server that lets it through;
+/// - it **rotates**: the epoch changes every [`rotate_every`](ShedFractionBuilder::rotate_every)
+///   (10 minutes by default), and with it the hash, so the same clients are not always the
+///   victims.
+///
+/// # Epochs across a fleet
+/// The epoch is `base + (offset + elapsed) / rotate_every`, with `elapsed` read from tokio's
+/// clock. By default ([`align_to_unix_time`](ShedFractionBuilder::align_to_unix_time)) the
+/// builder reads the wall clock once, at build time, to find where in the current epoch the
+/// process is (`base = unix_time / rotate_every`, `offset = unix_time % rotate_every`); from
+/// then on only tokio's monotonic clock is read. Servers whose wall clocks agree to within a
+/// second therefore change epochs within a second of each other. Tests (and fleets with their
+/// own agreed origin) set [`epoch_origin`](ShedFractionBuilder::epoch_origin) instead: two
+/// handles with one seed and one origin agree exactly, and paused time drives the rotation.
+///
+/// # The hash
+/// A SplitMix64 mixer over the seed, the epoch and the key's bytes in 8-byte little-endian
+/// words, then the length ([`stable_hash`]). It is written out here (not `std`'s
+/// `DefaultHasher`, whose algorithm may change between Rust releases) because every server of a
+/// fleet, built by any compiler, must compute the same value; a unit test pins its outputs. It
+/// is not a cryptographic hash: keep the seed private if clients choose their own keys.
+///
+/// ```
+/// use backstop::throttle::{ClientId, ShedFraction};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::ConfigError> {
+/// let origin = tokio::time::Instant::now();
+/// let a = ShedFraction::builder("api").seed(42).epoch_origin(origin).build()?;
+/// let b = ShedFraction::builder("api").seed(42).epoch_origin(origin).build()?;
+/// a.set(0.3);
+/// b.set(0.3);
+/// let shed_by_a = (0..1000u32).filter(|c| a.is_shed(&ClientId::from(*c))).count();
+/// let same = (0..1000u32).all(|c| a.is_shed(&ClientId::from(c)) == b.is_shed(&ClientId::from(c)));
+/// assert!(same);
+/// assert!((250..350).contains(&shed_by_a));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ShedFraction {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    /// The fraction as `f64` bits.
+    fraction: AtomicU64,
+    seed: u64,
+    rotate_every_nanos: u64,
+    origin: Instant,
+    offset: Duration,
+    base_epoch: u64,
+    gauge: Gauge,
+}
+
+impl ShedFraction {
+    /// Starts a builder; `name` labels the `backstop_throttle_shed_fraction` gauge.
+    pub fn builder(name: impl Into<String>) -> ShedFractionBuilder {
+        ShedFractionBuilder {
+            name: name.into(),
+            seed: 0,
+            rotate_every: Duration::from_secs(600),
+            origin: None,
+            initial: 0.0,
+        }
+    }
+
+    /// Asks to shed fraction `p` of clients. Values are clamped to `[0, 1]`; NaN counts as 0.
+    pub fn set(&self, p: f64) {
+        let p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
+        self.inner.fraction.store(p.to_bits(), Relaxed);
+        self.inner.gauge.set(p);
+    }
+
+    /// The fraction asked for now.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.inner.fraction.load(Relaxed))
+    }
+
+    /// Sets every fraction `signal` publishes, until its sender is dropped: the wiring for a
+    /// controller that publishes its shed fraction on a `watch` channel (the PID admission
+    /// controller's `subscribe()`). Spawn it: `tokio::spawn(shed.clone().follow(rx))`.
+    pub async fn follow(self, mut signal: tokio::sync::watch::Receiver<f64>) {
+        self.set(*signal.borrow_and_update());
+        while signal.changed().await.is_ok() {
+            self.set(*signal.borrow_and_update());
+        }
+    }
+
+    /// The handle's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The seed every server of the fleet must share.
+    pub fn seed(&self) -> u64 {
+        self.inner.seed
+    }
+
+    /// The epoch at `now`.
+    pub fn epoch_at(&self, now: Instant) -> u64 {
+        let i = &self.inner;
+        let into = i.offset + now.saturating_duration_since(i.origin);
+        // u64 nanoseconds last 584 years, and a 64-bit division is far cheaper than a 128-bit one.
+        let into = u64::try_from(into.as_nanos()).unwrap_or(u64::MAX);
+        i.base_epoch.wrapping_add(into / i.rotate_every_nanos)
+    }
+
+    /// Whether `key` is shed now.
+    pub fn is_shed(&self, key: &ClientId) -> bool {
+        // Most of the time nobody is shed: one atomic load, no clock, no hash.
+        match self.get() {
+            p if p <= 0.0 => false,
+            p if p >= 1.0 => true,
+            _ => self.is_shed_in(key, self.epoch_at(Instant::now())),
+        }
+    }
+
+    /// Whether `key` is shed in `epoch` at the current fraction.
+    pub fn is_shed_in(&self, key: &ClientId, epoch: u64) -> bool {
+        let p = self.get();
+        if p <= 0.0 {
+            return false;
+        }
+        if p >= 1.0 {
+            return true;
+        }
+        // p < 1, so p × 2^64 < 2^64 and the cast does not saturate.
+        let threshold = (p * 18_446_744_073_709_551_616.0) as u64;
+        stable_hash(self.inner.seed, epoch, key.as_bytes()) < threshold
+    }
+}
+
+impl fmt::Debug for ShedFraction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShedFraction")
+            .field("name", &self.inner.name)
+            .field("fraction", &self.get())
+            .field("rotate_every_nanos", &self.inner.rotate_every_nanos)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ShedFraction`].
+#[derive(Debug, Clone)]
+pub struct ShedFractionBuilder {
+    name: String,
+    seed: u64,
+    rotate_every: Duration,
+    origin: Option<Instant>,
+    initial: f64,
+}
+
+impl ShedFractionBuilder {
+    /// The seed of the hash (default 0). Servers that must agree share it.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// How long one choice of clients lasts (default 10 minutes, at least 1 ms).
+    pub fn rotate_every(mut self, every: Duration) -> Self {
+        self.rotate_every = every;
+        self
+    }
+
+    /// Epoch 0 starts at `origin` (tokio's clock). Handles with one seed and one origin choose
+    /// exactly the same clients.
+    pub fn epoch_origin(mut self, origin: Instant) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// Epochs follow Unix time (the default): the wall clock is read once, at build time; see
+    /// [`ShedFraction`].
+    pub fn align_to_unix_time(mut self) -> Self {
+        self.origin = None;
+        self
+    }
+
+    /// The fraction at start (default 0), in `[0, 1]`.
+    pub fn initial(mut self, p: f64) -> Self {
+        self.initial = p;
+        self
+    }
+
+    /// Checks the settings and builds the handle.
+    pub fn build(self) -> Result<ShedFraction, ConfigError> {
+        let rotate_every = check(
+            "rotate_every",
+            self.rotate_every,
+            |d| *d >= Duration::from_millis(1),
+            "at least 1 ms",
+        )?;
+        let initial = check(
+            "initial",
+            self.initial,
+            |p| (0.0..=1.0).contains(p),
+            "in [0, 1]",
+        )?;
+        let (origin, offset, base_epoch) = match self.origin {
+            Some(origin) => (origin, Duration::ZERO, 0),
+            None => {
+                let unix = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                let len = rotate_every.as_nanos();
+                let base = u64::try_from(unix.as_nanos() / len).unwrap_or(u64::MAX);
+                let into = Duration::from_nanos(u64::try_from(unix.as_nanos() % len).unwrap_or(0));
+                (Instant::now(), into, base)
+            }
+        };
+        names::describe_throttle();
+        let gauge = gauge!(names::THROTTLE_SHED_FRACTION, names::NAME_LABEL => self.name.clone());
+        gauge.set(initial);
+        Ok(ShedFraction {
+            inner: Arc::new(Inner {
+                name: self.name,
+                fraction: AtomicU64::new(initial.to_bits()),
+                seed: self.seed,
+                rotate_every_nanos: u64::try_from(rotate_every.as_nanos()).unwrap_or(u64::MAX),
+                origin,
+                offset,
+                base_epoch,
+                gauge,
+            }),
+        })
+    }
+}
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function: a bijection of `u64` with full avalanche.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The stable hash behind whole-client selection, specified so that any implementation agrees:
+///
+/// ```text
+/// h = mix(seed ^ mix(epoch + φ))
+/// for each 8-byte word w of key (little-endian, the last one zero-padded): h = mix((h + φ) ^ w)
+/// result = mix(h ^ len(key))
+/// ```
+///
+/// where `mix` is SplitMix64's finalizer and `φ = 0x9E3779B97F4A7C15` (all arithmetic wraps).
+pub fn stable_hash(seed: u64, epoch: u64, key: &[u8]) -> u64 {
+    let mut h = mix(seed ^ mix(epoch.wrapping_add(GOLDEN)));
+    for chunk in key.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = mix(h.wrapping_add(GOLDEN) ^ u64::from_le_bytes(word));
+    }
+    mix(h ^ key.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_outputs_are_pinned() {
+        // If these change, fleets running two versions of backstop disagree: do not change them.
+        let got = [
+            stable_hash(0, 0, b""),
+            stable_hash(0, 0, b"client-1"),
+            stable_hash(42, 7, b"client-1"),
+            stable_hash(42, 7, b"a longer key of 26 bytes!!"),
+        ];
+        assert_eq!(got, PINNED, "{got:#x?}");
+    }
+
+    // Computed from the specification above by an independent implementation (Python).
+    const PINNED: [u64; 4] = [
+        0x33fe_8bd4_f9c5_7863,
+        0xc262_b55a_107e_11ce,
+        0xc141_60a4_8590_a4bc,
+        0x2de0_208a_3f0c_67f4,
+    ];
+
+    #[test]
+    fn padding_does_not_collide() {
+        assert_ne!(stable_hash(1, 1, b"a"), stable_hash(1, 1, b"a\0"));
+        assert_ne!(stable_hash(1, 1, b""), stable_hash(1, 1, b"\0"));
+    }
+
+    #[test]
+    fn selection_is_close_to_p() {
+        for p in [0.01, 0.25, 0.5, 0.9] {
+            let threshold = (p * 18_446_744_073_709_551_616.0) as u64;
+            let n = 100_000u64;
+            let below = (0..n)
+                .filter(|c| stable_hash(9, 3, ClientId::from(*c).as_bytes()) < threshold)
+                .count() as f64;
+            let share = below / n as f64;
+            assert!((share - p).abs() < 0.01, "p={p} share={share}");
+        }
+    }
+}
