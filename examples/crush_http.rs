@@ -1,14 +1,16 @@
 //! Crush test over real HTTP: the example server (4 workers × 20 ms = 200 requests/s) driven at
-//! 3× its capacity for 5 s by an open-loop client whose callers give up after 1 s.
+//! 3× its capacity for 4 s by an open-loop client whose callers give up after 1 s, from 32
+//! clients (`x-client-id`).
 //!
-//! Two runs in one process: the baseline (no backstop layer: the workers' unbounded FIFO line,
-//! callers with a plain 1 s timeout) and backstop's stacks (server: adaptive LIFO queue →
-//! deadline timeout, fed by the caller's `grpc-timeout`; client: metrics → 1 s overall timeout →
-//! retry with a shared budget → 400 ms per-attempt timeout).
+//! Three runs in one process: the baseline (no backstop layer: the workers' unbounded FIFO line,
+//! callers with a plain 1 s timeout); the queue alone (server: adaptive LIFO queue → deadline
+//! timeout, fed by the caller's `grpc-timeout`; client: metrics → 1 s overall timeout → retry
+//! with a shared budget → 400 ms per-attempt timeout); and the full server stack (whole-client
+//! throttle → PID admission → LIFO queue → deadline timeout) with the same client.
 //!
 //!     cargo run --release --example crush_http
 //!
-//! With `--serve SECONDS [baseline|backstop]` it only serves, for an external load generator;
+//! With `--serve SECONDS [baseline|queue|full]` it only serves, for an external load generator;
 //! `scripts/crush_http.sh` installs wrk and drives it that way.
 
 #[path = "support/http/mod.rs"]
@@ -25,7 +27,7 @@ use support::server::{RunningServer, ServerStack, Workers, start};
 const WORKERS: usize = 4;
 const SERVICE_TIME: Duration = Duration::from_millis(20);
 const SURGE: f64 = 3.0;
-const RUN: Duration = Duration::from_secs(5);
+const RUN: Duration = Duration::from_secs(4);
 const PATIENCE: Duration = Duration::from_secs(1);
 
 struct Run {
@@ -35,20 +37,34 @@ struct Run {
     abandoned: u64,
 }
 
-async fn server(backstop: bool) -> Result<RunningServer, BoxError> {
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    /// No backstop layer: the workers' unbounded FIFO line; callers with a plain timeout.
+    Baseline,
+    /// Server: adaptive LIFO queue → deadline timeout only; backstop's client stack.
+    QueueOnly,
+    /// Server: throttle → PID admission → LIFO queue → deadline timeout; backstop's client stack.
+    Full,
+}
+
+async fn server(setup: Setup) -> Result<RunningServer, BoxError> {
     let workers = Workers::new(WORKERS, SERVICE_TIME);
-    let stack = if backstop {
-        ServerStack::recommended(WORKERS)?
-    } else {
-        ServerStack::none()
+    let stack = match setup {
+        Setup::Baseline => ServerStack::none(),
+        Setup::QueueOnly => ServerStack {
+            throttle: None,
+            pid: None,
+            ..ServerStack::recommended(WORKERS)?
+        },
+        Setup::Full => ServerStack::recommended(WORKERS)?,
     };
     start(workers, stack, support::prometheus()).await
 }
 
-async fn crush(backstop: bool) -> Result<Run, BoxError> {
-    let server = server(backstop).await?;
+async fn crush(setup: Setup) -> Result<Run, BoxError> {
+    let server = server(setup).await?;
     let capacity = server.workers.capacity();
-    let stack = if backstop {
+    let stack = if setup != Setup::Baseline {
         ClientStack::recommended()?
     } else {
         ClientStack {
@@ -72,6 +88,19 @@ async fn crush(backstop: bool) -> Result<Run, BoxError> {
     // Let abandoned handler work finish or be dropped before reading the server's figures.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stats = &server.workers.stats;
+    if let (Some(pid), Some(q)) = (&server.pid, &server.queue) {
+        let q = q.stats();
+        println!(
+            "  (server: PID admitted {} denied {}, shed fraction now {:.2}; queue served fifo {} lifo {}, shed {}, full {})",
+            pid.admitted(),
+            pid.denied(),
+            server.shed.as_ref().map_or(0.0, |s| s.get()),
+            q.served_fifo,
+            q.served_lifo,
+            q.shed,
+            q.rejected
+        );
+    }
     Ok(Run {
         tally,
         started: stats.started.load(Relaxed),
@@ -84,13 +113,14 @@ fn print(name: &str, run: &Run, capacity: f64) {
     let t = &run.tally;
     println!(
         "{name:<9} offered {:>5.0}/s  goodput {:>5.0}/s ({:.2} of capacity)  p50 {:>4} ms  p99 {:>4} ms  \
-         refused 503 {:>5}  client timeouts {:>5}  other {:>4}  work started {:>5}, cut off mid-way {:>4}, requests dropped by the server {:>5}  hung {}",
+         refused 429 {:>5} 503 {:>5}  client timeouts {:>5}  other {:>4}  work started {:>5}, cut off mid-way {:>4}, requests dropped by the server {:>5}  hung {}",
         t.offered(),
         t.goodput(),
         t.goodput() / capacity,
         t.ok_quantile(0.5).as_millis(),
         t.ok_quantile(0.99).as_millis(),
-        t.refused_503 + t.refused_429,
+        t.refused_429,
+        t.refused_503,
         t.client_timeout,
         t.client_error + t.client_overload + t.statuses.iter().map(|(_, n)| n).sum::<u64>(),
         run.started,
@@ -100,8 +130,8 @@ fn print(name: &str, run: &Run, capacity: f64) {
     );
 }
 
-async fn serve(seconds: u64, backstop: bool) -> Result<(), BoxError> {
-    let server = server(backstop).await?;
+async fn serve(seconds: u64, setup: Setup) -> Result<(), BoxError> {
+    let server = server(setup).await?;
     println!(
         "listening on {} (capacity {:.0}/s) for {seconds} s",
         server.url("/work"),
@@ -156,7 +186,12 @@ async fn main() -> Result<(), BoxError> {
             .and_then(|s| s.parse().ok())
             .unwrap_or(15)
             .min(600);
-        return serve(seconds, args.get(3).map(String::as_str) != Some("baseline")).await;
+        let setup = match args.get(3).map(String::as_str) {
+            Some("baseline") => Setup::Baseline,
+            Some("queue") => Setup::QueueOnly,
+            _ => Setup::Full,
+        };
+        return serve(seconds, setup).await;
     }
     let capacity = WORKERS as f64 / SERVICE_TIME.as_secs_f64();
     println!(
@@ -166,11 +201,14 @@ async fn main() -> Result<(), BoxError> {
         RUN.as_secs(),
         PATIENCE.as_secs()
     );
-    let fifo = crush(false).await?;
-    print("baseline", &fifo, capacity);
-    let lifo = crush(true).await?;
-    print("backstop", &lifo, capacity);
-    for (name, run) in [("baseline", &fifo), ("backstop", &lifo)] {
+    let baseline = crush(Setup::Baseline).await?;
+    print("baseline", &baseline, capacity);
+    let queue = crush(Setup::QueueOnly).await?;
+    print("queue", &queue, capacity);
+    let full = crush(Setup::Full).await?;
+    print("full", &full, capacity);
+    let runs = [("baseline", &baseline), ("queue", &queue), ("full", &full)];
+    for (name, run) in runs {
         assert_eq!(
             run.tally.outcomes(),
             run.tally.sent,
@@ -178,13 +216,21 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     println!(
-        "summary: capacity={capacity:.0} offered={:.0} baseline_goodput={:.2} backstop_goodput={:.2} baseline_p99_ms={} backstop_p99_ms={} hung={}",
-        lifo.tally.offered(),
-        fifo.tally.goodput() / capacity,
-        lifo.tally.goodput() / capacity,
-        fifo.tally.ok_quantile(0.99).as_millis(),
-        lifo.tally.ok_quantile(0.99).as_millis(),
-        fifo.tally.hung + lifo.tally.hung,
+        "\nbaseline: no backstop layer (an unbounded FIFO line; callers with a plain 1 s timeout).\n\
+         queue:    server LIFO queue -> deadline timeout; client metrics -> 1 s -> retry budget -> 400 ms.\n\
+         full:     server throttle (per client; share of clients shed set by the PID) -> PID admission\n          \
+         on the queue's expected wait -> LIFO queue -> deadline timeout; the same client stack."
+    );
+    println!(
+        "summary: capacity={capacity:.0} offered={:.0} baseline_goodput={:.2} queue_goodput={:.2} full_goodput={:.2} baseline_p99_ms={} queue_p99_ms={} full_p99_ms={} hung={}",
+        full.tally.offered(),
+        baseline.tally.goodput() / capacity,
+        queue.tally.goodput() / capacity,
+        full.tally.goodput() / capacity,
+        baseline.tally.ok_quantile(0.99).as_millis(),
+        queue.tally.ok_quantile(0.99).as_millis(),
+        full.tally.ok_quantile(0.99).as_millis(),
+        runs.iter().map(|(_, r)| r.tally.hung).sum::<u64>(),
     );
     Ok(())
 }

@@ -23,22 +23,15 @@ const PATIENCE: Duration = Duration::from_millis(500);
 const RUN: Duration = Duration::from_secs(3);
 
 async fn run(lifo: bool) -> Result<(Tally, Option<backstop::lifo_queue::QueueStats>), BoxError> {
-    let stack = ServerStack {
-        lifo: if lifo {
-            Some(
-                LifoQueueLayer::builder()
-                    .name("http_server")
-                    .max_in_flight(WORKERS)
-                    .hold_until_body_end()
-                    .build()?,
-            )
-        } else {
-            None
-        },
-        admission: None,
-        deadline: None,
-        worker_meter: None,
-    };
+    let mut stack = ServerStack::none();
+    if lifo {
+        let layer = LifoQueueLayer::builder()
+            .name("http_server")
+            .max_in_flight(WORKERS)
+            .hold_until_body_end()
+            .build()?;
+        stack.lifo = Some(layer);
+    }
     let server = start(Workers::new(WORKERS, SERVICE), stack, support::prometheus()).await?;
     let rate = 3.0 * server.workers.capacity();
     // The callers: a plain timeout, no retries, so only the server's queue differs.

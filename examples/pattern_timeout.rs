@@ -99,6 +99,7 @@ async fn main() -> Result<(), BoxError> {
     let outcome = one(
         stack.build(transport())?,
         server.url("/work"),
+        0,
         Duration::from_secs(5),
     )
     .await;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Crush test over real HTTP with a real load generator, on loopback only.
 #
-#   scripts/crush_http.sh [backstop|baseline] [seconds]
+#   scripts/crush_http.sh [full|queue|baseline] [seconds]
 #
 # Installs wrk from Debian's packages when it is missing (needs root and apt-get), starts the
 # example server (examples/crush_http.rs --serve: 4 workers x 20 ms = 200 requests/s) on a port
@@ -15,10 +15,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODE=${1:-backstop}
+MODE=${1:-full}
 SECONDS_RUN=${2:-10}
 CONNECTIONS=${WRK_CONNECTIONS:-96}
-[[ "$MODE" == backstop || "$MODE" == baseline ]] || { echo "usage: $0 [backstop|baseline] [seconds]" >&2; exit 2; }
+[[ "$MODE" == full || "$MODE" == queue || "$MODE" == baseline ]] || { echo "usage: $0 [full|queue|baseline] [seconds]" >&2; exit 2; }
 (( SECONDS_RUN >= 1 && SECONDS_RUN <= 60 )) || { echo "seconds must be in 1..60" >&2; exit 2; }
 
 if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then

@@ -85,6 +85,17 @@ async fn crush() -> Result<(), BoxError> {
     // Accepted throughput held up under 3x overload.
     let served = server.workers.stats.completed.load(Relaxed) as f64;
     let served_rate = served / tally.sending.as_secs_f64();
+    eprintln!(
+        "sent {} at {:.0}/s: served {served_rate:.0}/s of {capacity:.0}/s; 2xx {}, 429 {}, 503 {}, other {:?}, client timeouts {}, client errors {}",
+        tally.sent,
+        tally.offered(),
+        tally.ok,
+        tally.refused_429,
+        tally.refused_503,
+        tally.statuses,
+        tally.client_timeout,
+        tally.client_error + tally.client_overload
+    );
     assert!(
         served_rate >= 0.8 * capacity,
         "served {served_rate:.0}/s of a capacity of {capacity:.0}/s"

@@ -135,11 +135,22 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// One request through `client`, read to the end of its body, classified.
-pub async fn one(mut client: HttpClient, url: String, bound: Duration) -> Outcome {
+/// How many clients the generator's requests come from (`x-client-id: client-0` ...), so a
+/// whole-client throttle has clients to choose among.
+pub const CLIENTS: u64 = 32;
+
+/// One request through `client`, from client `id % CLIENTS`, read to the end of its body,
+/// classified.
+pub async fn one(mut client: HttpClient, url: String, id: u64, bound: Duration) -> Outcome {
     let start = Instant::now();
+    let mut req = get(&url);
+    let client_id = format!("client-{}", id % CLIENTS);
+    req.headers_mut().insert(
+        "x-client-id",
+        client_id.parse().expect("a valid header value"),
+    );
     let call = async {
-        let res = client.ready().await?.call(get(&url)).await?;
+        let res = client.ready().await?.call(req).await?;
         let status = res.status();
         let retry_after = res.headers().contains_key(http::header::RETRY_AFTER);
         res.into_body().collect().await?;
@@ -178,7 +189,7 @@ pub async fn drive(
     let start = Instant::now();
     while start.elapsed() < duration && tally.sent < max_requests {
         tick.tick().await;
-        tasks.spawn(one(client.clone(), url.to_owned(), hang_bound));
+        tasks.spawn(one(client.clone(), url.to_owned(), tally.sent, hang_bound));
         tally.sent += 1;
         // Collect finished ones as we go, so the set does not grow without bound.
         while let Some(done) = tasks.try_join_next() {

@@ -36,7 +36,8 @@ pub fn backstop_lines(scrape: &str) -> Vec<&str> {
 }
 
 /// The `backstop_` series the example server exports, as (metric, labels): the Little's-law
-/// meters of the server and the client, the server's LIFO queue, and the client's retry budget.
+/// meters of the server and the client, the server's throttle, PID admission controller and LIFO
+/// queue, and the client's retry budget.
 /// Every one is registered when its layer is built, so each is present even while it reads 0.
 /// (The README lists these; `tests/http_services.rs` checks a scrape has every one.)
 pub const EXPORTED_SERIES: &[(&str, &[(&str, &str)])] = &[
@@ -74,6 +75,40 @@ pub const EXPORTED_SERIES: &[(&str, &[(&str, &str)])] = &[
     (
         "backstop_refused_total",
         &[("name", "http_server"), ("reason", "shed")],
+    ),
+    (
+        "backstop_throttle_requests_total",
+        &[("name", "http_server"), ("decision", "admitted")],
+    ),
+    (
+        "backstop_throttle_requests_total",
+        &[("name", "http_server"), ("decision", "shed")],
+    ),
+    (
+        "backstop_throttle_requests_total",
+        &[("name", "http_server"), ("decision", "quota")],
+    ),
+    (
+        "backstop_throttle_requests_total",
+        &[("name", "http_server"), ("decision", "missing_key")],
+    ),
+    (
+        "backstop_throttle_shed_fraction",
+        &[("name", "http_server")],
+    ),
+    ("backstop_throttle_tracked_keys", &[("name", "http_server")]),
+    (
+        "backstop_throttle_evicted_keys_total",
+        &[("name", "http_server")],
+    ),
+    ("backstop_admission_probability", &[("name", "http_server")]),
+    ("backstop_admission_error", &[("name", "http_server")]),
+    ("backstop_admission_p_term", &[("name", "http_server")]),
+    ("backstop_admission_i_term", &[("name", "http_server")]),
+    ("backstop_admission_d_term", &[("name", "http_server")]),
+    (
+        "backstop_admission_denied_total",
+        &[("name", "http_server")],
     ),
     ("backstop_in_flight", &[("name", "http_client")]),
     (

@@ -13,6 +13,8 @@ use backstop::BoxError;
 use backstop::classify::HttpClassifier;
 use backstop::lifo_queue::{AdaptiveQueue, LifoQueueLayer};
 use backstop::metrics::{LittleLayer, LittleMeter};
+use backstop::pid::{AdmissionController, AdmissionLayer, QueueDelay};
+use backstop::throttle::{ClientQuotas, HeaderKey, Quota, ShedFraction, ThrottleLayer};
 use backstop::timeout::TimeoutLayer;
 use backstop::timeout::headers::inherit_deadline;
 use http::{Request, Response, StatusCode};
@@ -168,12 +170,17 @@ impl Drop for Guard<'_> {
     }
 }
 
-/// The layers of backstop's server stack that exist so far, each optional.
+/// The layers of backstop's server stack, each optional, outermost first:
+/// whole-client throttle → PID admission → adaptive LIFO queue → deadline timeout → handler.
 pub struct ServerStack {
-    /// Capacity of the adaptive LIFO queue (usually the worker count); `None` for no queue.
-    pub lifo: Option<LifoQueueLayer<backstop::backpressure::UntilBodyEnd>>,
+    /// Whole-client throttling, keyed by the `x-client-id` header.
+    pub throttle: Option<ThrottleLayer<HeaderKey>>,
+    /// The PID admission controller, watching the queue's expected wait.
+    pub pid: Option<AdmissionController>,
     /// Any other admission layer to put where the queue goes (e.g. backpressure).
     pub admission: Option<Box<dyn FnOnce(HttpService) -> HttpService + Send>>,
+    /// The adaptive LIFO queue (usually as many slots as workers).
+    pub lifo: Option<LifoQueueLayer<backstop::backpressure::UntilBodyEnd>>,
     /// The deadline timeout just above the handler: the server's own limit, shrunk to the
     /// caller's `grpc-timeout`.
     pub deadline: Option<TimeoutLayer>,
@@ -182,29 +189,51 @@ pub struct ServerStack {
     pub worker_meter: Option<LittleMeter>,
 }
 
+/// Requests per second each client (`x-client-id`) may send before its quota refuses it.
+pub const CLIENT_QUOTA_PER_SECOND: u32 = 100;
+/// The PID controller's setpoint: the LIFO queue's expected wait, in seconds.
+pub const QUEUE_DELAY_SETPOINT: f64 = 0.010;
+
 impl ServerStack {
     /// No backstop layer at all: the workers' unbounded FIFO line. The baseline.
     pub fn none() -> Self {
         ServerStack {
-            lifo: None,
+            throttle: None,
+            pid: None,
             admission: None,
+            lifo: None,
             deadline: None,
             worker_meter: None,
         }
     }
 
-    /// The recommended stack, as far as it has landed:
-    /// (throttle → PID admission →) adaptive LIFO queue → deadline timeout.
+    /// The recommended stack: a whole-client throttle (a quota per client, and the share of
+    /// clients the PID controller asks to shed) → PID admission on the queue's expected wait →
+    /// adaptive LIFO queue with a slot per worker → a 2 s timeout shrunk to the caller's deadline.
     pub fn recommended(workers: usize) -> Result<Self, BoxError> {
+        let lifo = LifoQueueLayer::builder()
+            .name("http_server")
+            .max_in_flight(workers)
+            .hold_until_body_end()
+            .build()?;
+        let shed = ShedFraction::builder("http_server").build()?;
+        let quota = Quota::per_second(CLIENT_QUOTA_PER_SECOND.try_into()?);
+        let throttle = ThrottleLayer::builder(HeaderKey::default())
+            .name("http_server")
+            .shed(shed.clone())
+            .quotas(ClientQuotas::builder("http_server", quota).build()?)
+            .build()?;
+        let pid = AdmissionController::builder(QueueDelay::of_queue(lifo.queue()))
+            .name("http_server")
+            .setpoint(QUEUE_DELAY_SETPOINT)
+            .draw(backstop::pid::Draw::Even)
+            .on_shed_fraction(move |p| shed.set(p))
+            .build()?;
         Ok(ServerStack {
-            lifo: Some(
-                LifoQueueLayer::builder()
-                    .name("http_server")
-                    .max_in_flight(workers)
-                    .hold_until_body_end()
-                    .build()?,
-            ),
+            throttle: Some(throttle),
+            pid: Some(pid),
             admission: None,
+            lifo: Some(lifo),
             deadline: Some(TimeoutLayer::new(Duration::from_secs(2))?),
             worker_meter: None,
         })
@@ -223,6 +252,8 @@ pub struct RunningServer {
     /// The Little's-law meter at the top of the stack (`name="http_server"`).
     pub meter: LittleMeter,
     pub queue: Option<AdaptiveQueue>,
+    pub pid: Option<AdmissionController>,
+    pub shed: Option<ShedFraction>,
     task: JoinHandle<()>,
 }
 
@@ -249,7 +280,7 @@ pub async fn start(
         .capacity(workers.workers as f64)
         .window(Duration::from_secs(1))
         .build()?;
-    // Innermost first: handler ← deadline ← queue ← (pid ← throttle) ← read grpc-timeout.
+    // Innermost first: handler ← deadline ← queue ← pid ← throttle ← read grpc-timeout.
     let mut svc = workers.service();
     if let Some(meter) = stack.worker_meter {
         svc = wrap(svc, LittleLayer::new(meter).with_classifier(HttpClassifier));
@@ -263,6 +294,14 @@ pub async fn start(
     }
     if let Some(admission) = stack.admission {
         svc = admission(svc);
+    }
+    let pid = stack.pid.clone();
+    if let Some(controller) = stack.pid {
+        svc = wrap(svc, AdmissionLayer::new(controller));
+    }
+    let shed = stack.throttle.as_ref().and_then(|t| t.shed().cloned());
+    if let Some(throttle) = stack.throttle {
+        svc = wrap(svc, throttle);
     }
     svc = BoxCloneSyncService::new(svc.map_request(inherit_deadline::<Body>));
     // Refusals become 429/503 + Retry-After, then the meter counts them as overloads.
@@ -296,6 +335,8 @@ pub async fn start(
         workers,
         meter,
         queue,
+        pid,
+        shed,
         task,
     })
 }
