@@ -10,6 +10,9 @@
 //!
 //!     cargo run --release --example crush_http
 //!
+//! In the full stack the PID's output sets the share of whole clients the throttle sheds; set
+//! `BACKSTOP_PID_MODE=admission` to have its admission layer refuse requests instead, or `both`.
+//!
 //! With `--serve SECONDS [baseline|queue|full]` it only serves, for an external load generator;
 //! `scripts/crush_http.sh` installs wrk and drives it that way.
 
@@ -56,7 +59,14 @@ async fn server(setup: Setup) -> Result<RunningServer, BoxError> {
             pid: None,
             ..ServerStack::recommended(WORKERS)?
         },
-        Setup::Full => ServerStack::recommended(WORKERS)?,
+        Setup::Full => ServerStack::with_pid(
+            WORKERS,
+            match std::env::var("BACKSTOP_PID_MODE").as_deref() {
+                Ok("admission") => support::server::PidMode::Admission,
+                Ok("both") => support::server::PidMode::Both,
+                _ => support::server::PidMode::Throttle,
+            },
+        )?,
     };
     start(workers, stack, support::prometheus()).await
 }
@@ -218,8 +228,8 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "\nbaseline: no backstop layer (an unbounded FIFO line; callers with a plain 1 s timeout).\n\
          queue:    server LIFO queue -> deadline timeout; client metrics -> 1 s -> retry budget -> 400 ms.\n\
-         full:     server throttle (per client; share of clients shed set by the PID) -> PID admission\n          \
-         on the queue's expected wait -> LIFO queue -> deadline timeout; the same client stack."
+         full:     server throttle (a quota per client, and the share of clients to shed set by the PID\n          \
+         admission controller from the queue's expected wait) -> LIFO queue -> deadline timeout; same client."
     );
     println!(
         "summary: capacity={capacity:.0} offered={:.0} baseline_goodput={:.2} queue_goodput={:.2} full_goodput={:.2} baseline_p99_ms={} queue_p99_ms={} full_p99_ms={} hung={}",

@@ -2,7 +2,8 @@
 //!
 //! Invariants only, no speed figures beyond the one the issue asks for (the server keeps at least
 //! 80% of its capacity: its workers sleep for their service time, so that holds on a slow machine
-//! too). Everything is bounded: about 3 s of load, 10 s per request, 40 s for the whole test.
+//! too; it is read as the median of 1 s windows). Everything is bounded: about 3 s of load, 10 s
+//! per request, 40 s for the whole test.
 
 #[path = "../examples/support/http/mod.rs"]
 mod support;
@@ -18,7 +19,7 @@ use support::server::{ServerStack, Workers, start};
 use tokio::time::Instant;
 
 const WORKERS: usize = 4;
-const SERVICE: Duration = Duration::from_millis(25); // 160 requests/s
+const SERVICE: Duration = Duration::from_millis(40); // 100 requests/s
 const RUN: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,6 +44,19 @@ async fn crush() -> Result<(), BoxError> {
     let client_before = client_meter.snapshot();
     let rate = 3.0 * capacity;
     let max = (rate * RUN.as_secs_f64()) as u64;
+    // Samples the handler's completions while the load runs, for the served rate second by second.
+    let sampler = {
+        let stats = server.workers.stats.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let end = Instant::now() + RUN;
+            while Instant::now() < end {
+                samples.push((Instant::now(), stats.completed.load(Relaxed)));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            samples
+        })
+    };
     let tally = drive(
         &client,
         &server.url("/work"),
@@ -82,13 +96,28 @@ async fn crush() -> Result<(), BoxError> {
     assert_eq!((q.waiting, q.in_flight), (0, 0), "{q:?}");
     assert_eq!(q.offered(), q.admitted + q.shed + q.rejected + q.cancelled);
     assert_eq!(server.meter.in_flight(), 0);
-    // Accepted throughput held up under 3x overload.
-    let served = server.workers.stats.completed.load(Relaxed) as f64;
-    let served_rate = served / tally.sending.as_secs_f64();
+    // Accepted throughput held up under 3x overload: the served rate over each 1 s window of the
+    // run (after the first 0.5 s, when the line first fills), read as the median window, so one
+    // stall of a loaded test machine does not decide the test.
+    let samples = sampler.await?;
+    let mut rates: Vec<f64> = samples
+        .iter()
+        .filter(|(t, _)| t.duration_since(samples[0].0) >= Duration::from_millis(500))
+        .filter_map(|&(t0, n0)| {
+            let &(t1, n1) = samples
+                .iter()
+                .find(|(t, _)| t.duration_since(t0) >= Duration::from_secs(1))?;
+            Some((n1 - n0) as f64 / (t1 - t0).as_secs_f64())
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    assert!(!rates.is_empty(), "no full second sampled");
+    let served_rate = rates[rates.len() / 2];
     eprintln!(
-        "sent {} at {:.0}/s: served {served_rate:.0}/s of {capacity:.0}/s; 2xx {}, 429 {}, 503 {}, other {:?}, client timeouts {}, client errors {}",
+        "sent {} at {:.0}/s: served {served_rate:.0}/s (median 1 s window; overall {:.0}/s) of {capacity:.0}/s; 2xx {}, 429 {}, 503 {}, other {:?}, client timeouts {}, client errors {}",
         tally.sent,
         tally.offered(),
+        server.workers.stats.completed.load(Relaxed) as f64 / tally.sending.as_secs_f64(),
         tally.ok,
         tally.refused_429,
         tally.refused_503,

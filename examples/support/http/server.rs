@@ -177,6 +177,8 @@ pub struct ServerStack {
     pub throttle: Option<ThrottleLayer<HeaderKey>>,
     /// The PID admission controller, watching the queue's expected wait.
     pub pid: Option<AdmissionController>,
+    /// What the PID's output does (see [`PidMode`]).
+    pub pid_mode: PidMode,
     /// Any other admission layer to put where the queue goes (e.g. backpressure).
     pub admission: Option<Box<dyn FnOnce(HttpService) -> HttpService + Send>>,
     /// The adaptive LIFO queue (usually as many slots as workers).
@@ -192,7 +194,19 @@ pub struct ServerStack {
 /// Requests per second each client (`x-client-id`) may send before its quota refuses it.
 pub const CLIENT_QUOTA_PER_SECOND: u32 = 100;
 /// The PID controller's setpoint: the LIFO queue's expected wait, in seconds.
-pub const QUEUE_DELAY_SETPOINT: f64 = 0.010;
+pub const QUEUE_DELAY_SETPOINT: f64 = 0.020;
+
+/// Where the PID controller's output acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidMode {
+    /// It sets the share of whole clients the throttle sheds (429 at the door); the controller
+    /// is ticked by a task of its own. The PID doc's advice: shed at the source.
+    Throttle,
+    /// Its admission layer refuses that share of requests (503), client by client at random.
+    Admission,
+    /// Both at once: each sees the other's cut as a smaller load, so the loop gain doubles.
+    Both,
+}
 
 impl ServerStack {
     /// No backstop layer at all: the workers' unbounded FIFO line. The baseline.
@@ -200,6 +214,7 @@ impl ServerStack {
         ServerStack {
             throttle: None,
             pid: None,
+            pid_mode: PidMode::Throttle,
             admission: None,
             lifo: None,
             deadline: None,
@@ -211,6 +226,11 @@ impl ServerStack {
     /// clients the PID controller asks to shed) → PID admission on the queue's expected wait →
     /// adaptive LIFO queue with a slot per worker → a 2 s timeout shrunk to the caller's deadline.
     pub fn recommended(workers: usize) -> Result<Self, BoxError> {
+        Self::with_pid(workers, PidMode::Throttle)
+    }
+
+    /// The recommended stack with the PID's output acting as `mode` says.
+    pub fn with_pid(workers: usize, mode: PidMode) -> Result<Self, BoxError> {
         let lifo = LifoQueueLayer::builder()
             .name("http_server")
             .max_in_flight(workers)
@@ -223,15 +243,17 @@ impl ServerStack {
             .shed(shed.clone())
             .quotas(ClientQuotas::builder("http_server", quota).build()?)
             .build()?;
-        let pid = AdmissionController::builder(QueueDelay::of_queue(lifo.queue()))
+        let mut pid = AdmissionController::builder(QueueDelay::of_queue(lifo.queue()))
             .name("http_server")
             .setpoint(QUEUE_DELAY_SETPOINT)
-            .draw(backstop::pid::Draw::Even)
-            .on_shed_fraction(move |p| shed.set(p))
-            .build()?;
+            .draw(backstop::pid::Draw::Even);
+        if mode != PidMode::Admission {
+            pid = pid.on_shed_fraction(move |p| shed.set(p));
+        }
         Ok(ServerStack {
             throttle: Some(throttle),
-            pid: Some(pid),
+            pid: Some(pid.build()?),
+            pid_mode: mode,
             admission: None,
             lifo: Some(lifo),
             deadline: Some(TimeoutLayer::new(Duration::from_secs(2))?),
@@ -255,6 +277,7 @@ pub struct RunningServer {
     pub pid: Option<AdmissionController>,
     pub shed: Option<ShedFraction>,
     task: JoinHandle<()>,
+    ticker: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -266,6 +289,9 @@ impl RunningServer {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(ticker) = &self.ticker {
+            ticker.abort();
+        }
     }
 }
 
@@ -296,8 +322,14 @@ pub async fn start(
         svc = admission(svc);
     }
     let pid = stack.pid.clone();
+    let mut ticker = None;
     if let Some(controller) = stack.pid {
-        svc = wrap(svc, AdmissionLayer::new(controller));
+        if stack.pid_mode == PidMode::Throttle {
+            // No request passes an admission layer to tick it: it ticks on its own.
+            ticker = Some(tokio::spawn(controller.run_ticker()));
+        } else {
+            svc = wrap(svc, AdmissionLayer::new(controller));
+        }
     }
     let shed = stack.throttle.as_ref().and_then(|t| t.shed().cloned());
     if let Some(throttle) = stack.throttle {
@@ -338,5 +370,6 @@ pub async fn start(
         pid,
         shed,
         task,
+        ticker,
     })
 }
