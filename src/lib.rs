@@ -5,6 +5,7 @@
 pub mod backpressure;
 pub mod classify;
 pub mod error;
+pub mod hedge;
 pub mod lifo_queue;
 pub mod metrics;
 pub mod pid;
@@ -13,6 +14,7 @@ pub mod retry;
 pub mod sim;
 pub mod throttle;
 pub mod timeout;
+pub mod token_bucket;
 
 pub use crate::error::{
     BoxError, ConfigError, OverloadReason, Overloaded, find_overload, is_overload, is_timeout,

@@ -85,6 +85,17 @@ mod body {
         }
     }
 
+    /// An empty body that holds no slot: what a layer above answers with when it refuses the
+    /// request itself (for example `overload_to_response` turning a refusal into a 503).
+    impl<B: Default> Default for PermitBody<B> {
+        fn default() -> Self {
+            PermitBody {
+                inner: B::default(),
+                permit: None,
+            }
+        }
+    }
+
     impl<B: Body> Body for PermitBody<B> {
         type Data = B::Data;
         type Error = B::Error;

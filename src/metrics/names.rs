@@ -128,6 +128,37 @@ pub fn describe_admission() {
     );
 }
 
+/// Counter: duplicates a hedge layer sent (one per hedged request; both copies count once in
+/// constant-work mode).
+pub const HEDGES_SENT: &str = "backstop_hedges_total";
+/// Counter: hedged requests the duplicate answered first (with a success).
+pub const HEDGE_WINS: &str = "backstop_hedge_wins_total";
+/// Counter: late requests not hedged because the hedge budget was empty.
+pub const HEDGES_DENIED: &str = "backstop_hedges_denied_total";
+/// Gauge: the hedge delay in use when the last duplicate went out, in seconds.
+pub const HEDGE_DELAY_SECONDS: &str = "backstop_hedge_delay_seconds";
+
+/// Describes the hedge series. Calling it again is harmless.
+pub fn describe_hedge() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_counter!(HEDGES_SENT, Unit::Count, "Duplicates a hedge layer sent.");
+    describe_counter!(
+        HEDGE_WINS,
+        Unit::Count,
+        "Hedged requests the duplicate answered first."
+    );
+    describe_counter!(
+        HEDGES_DENIED,
+        Unit::Count,
+        "Late requests not hedged because the hedge budget was empty."
+    );
+    describe_gauge!(
+        HEDGE_DELAY_SECONDS,
+        Unit::Seconds,
+        "Hedge delay in use when the last duplicate went out."
+    );
+}
+
 /// Gauge: tokens a retry budget holds now (earned tokens only, not the time-based floor).
 pub const RETRY_BUDGET_TOKENS: &str = "backstop_retry_budget_tokens";
 /// Counter: retries a retry budget allowed (withdrawals granted, including any later refunded
@@ -173,5 +204,35 @@ pub fn describe_throttle() {
         THROTTLE_EVICTED_KEYS,
         Unit::Count,
         "Idle clients dropped from the per-client quotas."
+    );
+}
+
+/// Gauge: tokens a client-wide token bucket holds, refreshed at each grant or refusal and at
+/// each change of its settings.
+pub const TOKEN_BUCKET_TOKENS: &str = "backstop_token_bucket_tokens";
+/// Gauge: a token bucket's refill rate, tokens per second (+Inf while unlimited).
+pub const TOKEN_BUCKET_RATE: &str = "backstop_token_bucket_rate";
+/// Counter: grants of a token bucket (requests let through, including while unlimited).
+pub const TOKEN_BUCKET_ACQUIRED: &str = "backstop_token_bucket_acquired_total";
+/// Counter: refusals of a token bucket (empty bucket, or a wait that ran out).
+pub const TOKEN_BUCKET_DENIED: &str = "backstop_token_bucket_denied_total";
+
+/// Describes the token bucket series. Calling it again is harmless.
+pub fn describe_token_bucket() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(TOKEN_BUCKET_TOKENS, Unit::Count, "Tokens the bucket holds.");
+    describe_gauge!(
+        TOKEN_BUCKET_RATE,
+        "Refill rate of the bucket, tokens per second (+Inf while unlimited)."
+    );
+    describe_counter!(
+        TOKEN_BUCKET_ACQUIRED,
+        Unit::Count,
+        "Grants of the token bucket."
+    );
+    describe_counter!(
+        TOKEN_BUCKET_DENIED,
+        Unit::Count,
+        "Refusals of the token bucket."
     );
 }

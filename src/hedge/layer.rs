@@ -1,0 +1,376 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, counter, gauge};
+use tower_layer::Layer;
+
+use super::{
+    AnyRequest, HedgeBucket, HedgeBudget, HedgeFn, HedgeService, LatencyTracker, MarkedIdempotent,
+};
+use crate::classify::ErrorClassifier;
+use crate::error::{ConfigError, check};
+use crate::metrics::names;
+
+/// When a duplicate goes out.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum DelayRule {
+    /// The tracker's watched percentile, never below the floor; no hedge until the tracker
+    /// answers.
+    Tracker { floor: Duration },
+    /// Always this delay, from the first request.
+    Fixed(Duration),
+    /// Both copies at once (constant work).
+    Now,
+}
+
+/// What every service and future of one layer shares.
+pub(super) struct Shared<C, B, P> {
+    pub(super) classifier: C,
+    pub(super) budget: B,
+    pub(super) hedgeable: P,
+    pub(super) tracker: LatencyTracker,
+    pub(super) rule: DelayRule,
+    pub(super) series: Series,
+}
+
+impl<C, B, P> Shared<C, B, P> {
+    /// The delay before a duplicate, or `None` for no duplicate.
+    pub(super) fn delay(&self) -> Option<Duration> {
+        match self.rule {
+            DelayRule::Tracker { floor } => self.tracker.watched().map(|d| d.max(floor)),
+            DelayRule::Fixed(d) => Some(d),
+            DelayRule::Now => Some(Duration::ZERO),
+        }
+    }
+}
+
+pub(super) struct Series {
+    pub(super) sent: Counter,
+    pub(super) won: Counter,
+    pub(super) denied: Counter,
+    pub(super) delay: Gauge,
+}
+
+impl Series {
+    fn register(name: &str) -> Self {
+        names::describe_hedge();
+        let label = [(names::NAME_LABEL, name.to_owned())];
+        let series = Series {
+            sent: counter!(names::HEDGES_SENT, &label),
+            won: counter!(names::HEDGE_WINS, &label),
+            denied: counter!(names::HEDGES_DENIED, &label),
+            delay: gauge!(names::HEDGE_DELAY_SECONDS, &label),
+        };
+        series.sent.increment(0);
+        series.won.increment(0);
+        series.denied.increment(0);
+        series.delay.set(0.0);
+        series
+    }
+}
+
+/// Sends a duplicate of a request that is late, and answers with the first success; see the
+/// [module docs](super).
+///
+/// Every service this layer makes shares one [`LatencyTracker`] and one budget.
+pub struct HedgeLayer<C = ErrorClassifier, B = HedgeBucket, P = MarkedIdempotent> {
+    shared: Arc<Shared<C, B, P>>,
+}
+
+impl<C, B, P> Clone for HedgeLayer<C, B, P> {
+    fn clone(&self) -> Self {
+        HedgeLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C, B, P> std::fmt::Debug for HedgeLayer<C, B, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HedgeLayer")
+            .field("rule", &self.shared.rule)
+            .field("tracker", &self.shared.tracker)
+            .finish()
+    }
+}
+
+impl HedgeLayer {
+    /// A layer with every default: hedge idempotent requests at the tracker's p95 (floor 1 ms,
+    /// after 100 samples), at most 5% extra requests.
+    pub fn new() -> Self {
+        Self::builder().build().expect("defaults are valid")
+    }
+
+    /// Starts a builder with the defaults: name `hedge`, delay = p95 of the last 10–20 s of
+    /// first-copy latencies but at least 1 ms, no hedge before 100 samples, a [`HedgeBucket`]
+    /// earning 0.05 hedge per request (burst 10), hedge only requests marked idempotent, outcomes
+    /// read by [`ErrorClassifier`].
+    pub fn builder() -> HedgeLayerBuilder {
+        HedgeLayerBuilder {
+            name: "hedge".to_owned(),
+            classifier: ErrorClassifier,
+            budget: None,
+            hedgeable: MarkedIdempotent,
+            tracker: None,
+            percentile: 0.95,
+            window: Duration::from_secs(10),
+            min_samples: 100,
+            floor: Duration::from_millis(1),
+            fixed: None,
+            constant_work: false,
+            max_extra_load: 0.05,
+            burst: 10.0,
+        }
+    }
+}
+
+impl Default for HedgeLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C, B, P> HedgeLayer<C, B, P> {
+    /// The latency tracker the layer reads and feeds.
+    pub fn tracker(&self) -> &LatencyTracker {
+        &self.shared.tracker
+    }
+
+    /// The delay a request sent now would get before its duplicate: `None` while the tracker
+    /// has too few samples. (Zero in constant-work mode.)
+    pub fn current_delay(&self) -> Option<Duration> {
+        self.shared.delay()
+    }
+
+    /// The budget hedges draw on.
+    pub fn budget(&self) -> &B {
+        &self.shared.budget
+    }
+}
+
+impl<S, C, B, P> Layer<S> for HedgeLayer<C, B, P> {
+    type Service = HedgeService<S, C, B, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HedgeService::new(inner, self.shared.clone())
+    }
+}
+
+/// Builds a [`HedgeLayer`]; [`build`](Self::build) checks every value.
+#[derive(Debug, Clone)]
+pub struct HedgeLayerBuilder<C = ErrorClassifier, B = HedgeBucket, P = MarkedIdempotent> {
+    name: String,
+    classifier: C,
+    budget: Option<B>,
+    hedgeable: P,
+    tracker: Option<LatencyTracker>,
+    percentile: f64,
+    window: Duration,
+    min_samples: u64,
+    floor: Duration,
+    fixed: Option<Duration>,
+    constant_work: bool,
+    max_extra_load: f64,
+    burst: f64,
+}
+
+impl<C, B, P> HedgeLayerBuilder<C, B, P> {
+    /// The name the layer's metric series carry. Default `hedge`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The percentile of first-copy latencies after which a duplicate goes out, as a quantile
+    /// in `0.5..=1.0`. Default 0.95. (Ignored with [`tracker`](Self::tracker): the shared
+    /// tracker's own watched percentile is used.)
+    pub fn percentile(mut self, quantile: f64) -> Self {
+        self.percentile = quantile;
+        self
+    }
+
+    /// The tracker's window: the delay follows the last one to two windows. Default 10 s.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Latencies needed before the first hedge. At least 1. Default 100.
+    pub fn min_samples(mut self, min_samples: u64) -> Self {
+        self.min_samples = min_samples;
+        self
+    }
+
+    /// The shortest delay the percentile may give, so a very fast service is not hedged on
+    /// noise. Default 1 ms.
+    pub fn min_delay(mut self, floor: Duration) -> Self {
+        self.floor = floor;
+        self
+    }
+
+    /// A fixed delay instead of the percentile (the duplicate goes out after `delay` from the
+    /// first request on). Must be more than zero.
+    pub fn fixed_delay(mut self, delay: Duration) -> Self {
+        self.fixed = Some(delay);
+        self
+    }
+
+    /// Use (and feed) this shared tracker instead of a new one.
+    pub fn tracker(mut self, tracker: LatencyTracker) -> Self {
+        self.tracker = Some(tracker);
+        self
+    }
+
+    /// Constant-work mode: every allowed request goes out twice at once (copies marked 0 and 1,
+    /// see [`HedgeCopy`](super::HedgeCopy)), so the load does not change when one endpoint
+    /// fails. No budget is asked: the extra load is a constant 100%.
+    pub fn constant_work(mut self) -> Self {
+        self.constant_work = true;
+        self
+    }
+
+    /// The largest share of requests that may be hedged, earned per request by the default
+    /// [`HedgeBucket`]: in `0.0..=1.0`. Default 0.05. (Ignored with [`budget`](Self::budget).)
+    pub fn max_extra_load(mut self, fraction: f64) -> Self {
+        self.max_extra_load = fraction;
+        self
+    }
+
+    /// The most hedges the default bucket can save up: 1 to 10⁶. Default 10.
+    pub fn burst(mut self, burst: f64) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// How outcomes count: a success ends the request, an overload is never hedged after.
+    pub fn classifier<C2>(self, classifier: C2) -> HedgeLayerBuilder<C2, B, P> {
+        HedgeLayerBuilder {
+            name: self.name,
+            classifier,
+            budget: self.budget,
+            hedgeable: self.hedgeable,
+            tracker: self.tracker,
+            percentile: self.percentile,
+            window: self.window,
+            min_samples: self.min_samples,
+            floor: self.floor,
+            fixed: self.fixed,
+            constant_work: self.constant_work,
+            max_extra_load: self.max_extra_load,
+            burst: self.burst,
+        }
+    }
+
+    /// Draw hedges from this budget instead of a new [`HedgeBucket`] (for example one shared
+    /// by several layers, or [`Both`](super::Both) a local and a client-wide one).
+    pub fn budget<B2: HedgeBudget>(self, budget: B2) -> HedgeLayerBuilder<C, B2, P> {
+        HedgeLayerBuilder {
+            name: self.name,
+            classifier: self.classifier,
+            budget: Some(budget),
+            hedgeable: self.hedgeable,
+            tracker: self.tracker,
+            percentile: self.percentile,
+            window: self.window,
+            min_samples: self.min_samples,
+            floor: self.floor,
+            fixed: self.fixed,
+            constant_work: self.constant_work,
+            max_extra_load: self.max_extra_load,
+            burst: self.burst,
+        }
+    }
+
+    /// Which requests may be hedged, any type: `true` from the closure means safe to send twice.
+    pub fn hedge_if<F>(self, f: F) -> HedgeLayerBuilder<C, B, HedgeFn<F>> {
+        self.hedgeable(HedgeFn(f))
+    }
+
+    /// Every request may be hedged (all are idempotent).
+    pub fn hedge_any(self) -> HedgeLayerBuilder<C, B, AnyRequest> {
+        self.hedgeable(AnyRequest)
+    }
+
+    /// Which requests may be hedged, as a [`Hedgeable`](super::Hedgeable) policy.
+    pub fn hedgeable<P2>(self, hedgeable: P2) -> HedgeLayerBuilder<C, B, P2> {
+        HedgeLayerBuilder {
+            name: self.name,
+            classifier: self.classifier,
+            budget: self.budget,
+            hedgeable,
+            tracker: self.tracker,
+            percentile: self.percentile,
+            window: self.window,
+            min_samples: self.min_samples,
+            floor: self.floor,
+            fixed: self.fixed,
+            constant_work: self.constant_work,
+            max_extra_load: self.max_extra_load,
+            burst: self.burst,
+        }
+    }
+}
+
+impl<C, P> HedgeLayerBuilder<C, HedgeBucket, P> {
+    /// Checks the values and builds the layer.
+    pub fn build(self) -> Result<HedgeLayer<C, HedgeBucket, P>, ConfigError> {
+        let budget = match self.budget.clone() {
+            Some(b) => b,
+            None => HedgeBucket::with_burst(self.max_extra_load, self.burst)?,
+        };
+        self.budget(budget).build_with()
+    }
+}
+
+impl<C, B: HedgeBudget, P> HedgeLayerBuilder<C, B, P> {
+    /// Checks the values and builds the layer, with the budget given to
+    /// [`budget`](Self::budget) (a builder whose budget is not a [`HedgeBucket`] builds with
+    /// this; without a budget it refuses with a [`ConfigError`] on `budget`).
+    pub fn build_with(self) -> Result<HedgeLayer<C, B, P>, ConfigError> {
+        let percentile = check(
+            "percentile",
+            self.percentile,
+            |q| (0.5..=1.0).contains(q),
+            "a quantile in 0.5..=1.0",
+        )?;
+        let floor = check(
+            "min_delay",
+            self.floor,
+            |f| *f <= Duration::from_secs(3600),
+            "at most 1 hour",
+        )?;
+        let rule = if self.constant_work {
+            DelayRule::Now
+        } else if let Some(fixed) = self.fixed {
+            DelayRule::Fixed(check(
+                "fixed_delay",
+                fixed,
+                |d| !d.is_zero() && *d <= Duration::from_secs(3600),
+                "more than zero and at most 1 hour (use constant_work for both at once)",
+            )?)
+        } else {
+            DelayRule::Tracker { floor }
+        };
+        let tracker = match self.tracker {
+            Some(t) => t,
+            None => LatencyTracker::builder()
+                .window(self.window)
+                .min_samples(self.min_samples)
+                .watch(percentile)
+                .build()?,
+        };
+        let budget = self
+            .budget
+            .ok_or_else(|| ConfigError::new("budget", "none", "a budget"))?;
+        Ok(HedgeLayer {
+            shared: Arc::new(Shared {
+                classifier: self.classifier,
+                budget,
+                hedgeable: self.hedgeable,
+                tracker,
+                rule,
+                series: Series::register(&self.name),
+            }),
+        })
+    }
+}

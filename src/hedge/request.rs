@@ -1,0 +1,123 @@
+//! What the hedge layer reads from and writes on requests.
+
+use std::fmt;
+
+/// Hedge every request: the retry layer's policy (copies are not marked).
+pub use crate::retry::AnyRequest;
+/// The marker of a request safe to send twice: the retry layer's, so one mark allows both a
+/// retry and a hedge.
+pub use crate::retry::Idempotent;
+/// Hedge the requests marked idempotent: the retry layer's policy, read through
+/// [`HedgeRequest::is_idempotent`] (the [`Idempotent`] extension for HTTP).
+pub use crate::retry::MarkedIdempotent;
+
+/// Which copy of a hedged request this is: 0 for the first, 1 for the duplicate. The layer puts
+/// it in the extensions of both copies whenever it sends two, so a load balancer below can send
+/// copy 1 to an endpoint other than copy 0's (a duplicate to the same slow server helps little).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HedgeCopy(pub u8);
+
+/// A request the [`HedgeLayer`](super::HedgeLayer) can duplicate: it says whether it is
+/// idempotent and can be marked with its [`HedgeCopy`].
+///
+/// Implemented for `http::Request<B>` (feature `http`: idempotent when its extensions hold
+/// [`Idempotent`], the retry layer's marker; copies get a [`HedgeCopy`] extension) and for the
+/// simulator's requests. For your own type both methods have defaults:
+///
+/// ```
+/// use backstop::hedge::{HedgeCopy, HedgeRequest};
+///
+/// #[derive(Clone)]
+/// struct Get { key: String, copy: u8 }
+///
+/// impl HedgeRequest for Get {
+///     fn is_idempotent(&self) -> bool { true }
+///     fn mark_copy(&mut self, copy: HedgeCopy) { self.copy = copy.0 }
+/// }
+/// ```
+pub trait HedgeRequest {
+    /// True when the request may safely be sent twice. Default: false.
+    fn is_idempotent(&self) -> bool {
+        false
+    }
+    /// Marks the request as copy `copy`. Default: does nothing.
+    fn mark_copy(&mut self, copy: HedgeCopy) {
+        let _ = copy;
+    }
+}
+
+#[cfg(feature = "http")]
+impl<B> HedgeRequest for http::Request<B> {
+    fn is_idempotent(&self) -> bool {
+        self.extensions().get::<Idempotent>().is_some()
+    }
+    fn mark_copy(&mut self, copy: HedgeCopy) {
+        self.extensions_mut().insert(copy);
+    }
+}
+
+/// Simulated requests: idempotent when their extensions hold [`Idempotent`]; copies are marked.
+#[cfg(all(feature = "sim", feature = "http"))]
+impl HedgeRequest for crate::sim::SimRequest {
+    fn is_idempotent(&self) -> bool {
+        self.extensions.get::<Idempotent>().is_some()
+    }
+    fn mark_copy(&mut self, copy: HedgeCopy) {
+        self.extensions.insert(copy);
+    }
+}
+
+/// Simulated requests without the `http` feature: never idempotent unless a predicate says so.
+#[cfg(all(feature = "sim", not(feature = "http")))]
+impl HedgeRequest for crate::sim::SimRequest {}
+
+/// Decides which requests may be hedged; see
+/// [`HedgeLayerBuilder::hedge_if`](super::HedgeLayerBuilder::hedge_if). Implemented for the
+/// retry layer's [`MarkedIdempotent`] (the default) and [`AnyRequest`], and for [`HedgeFn`].
+pub trait Hedgeable<Req> {
+    /// True when `req` may be sent twice.
+    fn allows(&self, req: &Req) -> bool;
+    /// Marks a copy (by default through [`HedgeRequest::mark_copy`] where the request type has
+    /// it; predicates over other types do nothing).
+    fn mark(&self, req: &mut Req, copy: HedgeCopy);
+}
+
+/// The default: a request may be hedged when it says it is idempotent.
+impl<Req: HedgeRequest> Hedgeable<Req> for MarkedIdempotent {
+    fn allows(&self, req: &Req) -> bool {
+        req.is_idempotent()
+    }
+    fn mark(&self, req: &mut Req, copy: HedgeCopy) {
+        req.mark_copy(copy)
+    }
+}
+
+/// Every request may be hedged: the opt-in for services whose requests are all safe to repeat
+/// (any request type; copies are not marked).
+impl<Req> Hedgeable<Req> for AnyRequest {
+    fn allows(&self, _req: &Req) -> bool {
+        true
+    }
+    fn mark(&self, _req: &mut Req, _copy: HedgeCopy) {}
+}
+
+/// A request may be hedged when the closure says so (any request type; copies are not marked).
+/// With HTTP, [`http_method_is_idempotent`](crate::retry::http_method_is_idempotent) is one.
+#[derive(Clone, Copy)]
+pub struct HedgeFn<F>(pub(super) F);
+
+impl<F> fmt::Debug for HedgeFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HedgeFn")
+    }
+}
+
+impl<F, Req> Hedgeable<Req> for HedgeFn<F>
+where
+    F: Fn(&Req) -> bool,
+{
+    fn allows(&self, req: &Req) -> bool {
+        (self.0)(req)
+    }
+    fn mark(&self, _req: &mut Req, _copy: HedgeCopy) {}
+}

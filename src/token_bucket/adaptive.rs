@@ -1,0 +1,363 @@
+//! The adaptive rate: the AWS SDKs' adaptive retry mode, as pure arithmetic on timestamps.
+//!
+//! The controller sees every response: it measures the send rate (responses counted in 0.5 s
+//! buckets, smoothed with 0.8), cuts the rate to β × the measured rate at a throttle, and in
+//! between grows it along the CUBIC curve `C (t − K)³ + Wmax`, where `Wmax` is the rate at the
+//! last throttle and `K = ∛(Wmax (1 − β) / C)` is when the curve gets back to it. A new rate is
+//! never above twice the measured rate, so an idle client cannot bank a huge rate.
+
+use crate::error::{ConfigError, check};
+
+/// The settings of the adaptive rate, with the AWS SDK defaults.
+///
+/// ```
+/// use backstop::token_bucket::AdaptiveRate;
+///
+/// let adaptive = AdaptiveRate::aws().max_rate(500.0).build()?;
+/// assert_eq!(adaptive.beta_value(), 0.7);
+/// # Ok::<_, backstop::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveRate {
+    beta: f64,
+    scale: f64,
+    smoothing: f64,
+    measure_window: f64,
+    min_rate: f64,
+    max_rate: f64,
+    initial_rate: Option<f64>,
+}
+
+impl AdaptiveRate {
+    /// The AWS SDK adaptive-mode constants: β = 0.7, scale C = 0.4, smoothing 0.8 over 0.5 s
+    /// buckets, at least 0.5 requests/s, no maximum, unlimited until the first throttle.
+    pub fn aws() -> AdaptiveRateBuilder {
+        AdaptiveRateBuilder(AdaptiveRate {
+            beta: 0.7,
+            scale: 0.4,
+            smoothing: 0.8,
+            measure_window: 0.5,
+            min_rate: 0.5,
+            max_rate: f64::INFINITY,
+            initial_rate: None,
+        })
+    }
+
+    /// The multiplicative cut at a throttle.
+    pub fn beta_value(&self) -> f64 {
+        self.beta
+    }
+
+    /// The CUBIC scale constant C.
+    pub fn scale_value(&self) -> f64 {
+        self.scale
+    }
+
+    /// The lowest rate, in requests per second.
+    pub fn min_rate_value(&self) -> f64 {
+        self.min_rate
+    }
+
+    /// The highest rate, in requests per second.
+    pub fn max_rate_value(&self) -> f64 {
+        self.max_rate
+    }
+
+    /// The rate from the start, if one was configured (else unlimited until the first throttle).
+    pub fn initial_rate_value(&self) -> Option<f64> {
+        self.initial_rate
+    }
+}
+
+impl Default for AdaptiveRate {
+    fn default() -> Self {
+        AdaptiveRate::aws().0
+    }
+}
+
+/// Builds an [`AdaptiveRate`]; [`build`](Self::build) checks every value.
+#[derive(Debug, Clone, Copy)]
+pub struct AdaptiveRateBuilder(AdaptiveRate);
+
+impl AdaptiveRateBuilder {
+    /// The multiplicative cut at a throttle, in (0, 1). Default 0.7.
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.0.beta = beta;
+        self
+    }
+
+    /// The CUBIC scale constant C, greater than 0: how fast the rate climbs back. Default 0.4.
+    pub fn scale(mut self, scale: f64) -> Self {
+        self.0.scale = scale;
+        self
+    }
+
+    /// The weight of the newest measurement in the smoothed send rate, in (0, 1]. Default 0.8.
+    pub fn smoothing(mut self, smoothing: f64) -> Self {
+        self.0.smoothing = smoothing;
+        self
+    }
+
+    /// The width of a send-rate measurement bucket, in seconds, in (0, 60]. Default 0.5.
+    pub fn measure_window(mut self, seconds: f64) -> Self {
+        self.0.measure_window = seconds;
+        self
+    }
+
+    /// The lowest rate, requests per second, greater than 0. Default 0.5.
+    pub fn min_rate(mut self, rate: f64) -> Self {
+        self.0.min_rate = rate;
+        self
+    }
+
+    /// The highest rate, requests per second (infinite allowed), at least `min_rate`. Default
+    /// no maximum.
+    pub fn max_rate(mut self, rate: f64) -> Self {
+        self.0.max_rate = rate;
+        self
+    }
+
+    /// Starts limited at `rate` requests per second instead of unlimited until the first
+    /// throttle. Between `min_rate` and `max_rate`.
+    pub fn initial_rate(mut self, rate: f64) -> Self {
+        self.0.initial_rate = Some(rate);
+        self
+    }
+
+    /// Checks every value.
+    pub fn build(self) -> Result<AdaptiveRate, ConfigError> {
+        let a = self.0;
+        check("beta", a.beta, |b| *b > 0.0 && *b < 1.0, "in (0, 1)")?;
+        check(
+            "scale",
+            a.scale,
+            |c| c.is_finite() && *c > 0.0,
+            "finite and greater than 0",
+        )?;
+        check(
+            "smoothing",
+            a.smoothing,
+            |s| *s > 0.0 && *s <= 1.0,
+            "in (0, 1]",
+        )?;
+        check(
+            "measure_window",
+            a.measure_window,
+            |w| *w > 0.0 && *w <= 60.0,
+            "in (0, 60] seconds",
+        )?;
+        check(
+            "min_rate",
+            a.min_rate,
+            |r| *r > 0.0 && *r <= super::bucket::MAX_RATE,
+            "in (0, 1e9] per second",
+        )?;
+        check(
+            "max_rate",
+            a.max_rate,
+            |r| *r >= a.min_rate,
+            "at least min_rate (infinite allowed)",
+        )?;
+        if let Some(r) = a.initial_rate {
+            check(
+                "initial_rate",
+                r,
+                |r| *r >= a.min_rate && *r <= a.max_rate && *r <= super::bucket::MAX_RATE,
+                "between min_rate and max_rate",
+            )?;
+        }
+        Ok(a)
+    }
+}
+
+/// `K = ∛(Wmax (1 − β) / C)`: how long the CUBIC curve takes to climb back from β × Wmax to Wmax.
+///
+/// ```
+/// assert_eq!(backstop::token_bucket::cubic_k(10.0, 0.7, 0.4), 1.9574338205844317);
+/// ```
+pub fn cubic_k(w_max: f64, beta: f64, scale: f64) -> f64 {
+    // powf(1/3), as the SDKs compute it (cbrt differs in the last digit).
+    (w_max * (1.0 - beta) / scale).powf(1.0 / 3.0)
+}
+
+/// The controller's state; lives under a short lock in the bucket, touched once per response.
+#[derive(Debug)]
+pub(crate) struct Controller {
+    cfg: AdaptiveRate,
+    /// False while unlimited (before the first throttle).
+    enabled: bool,
+    measured: f64,
+    /// Whether one measurement bucket has closed since the start.
+    measured_once: bool,
+    last_bucket: f64,
+    count: u64,
+    w_max: f64,
+    k: f64,
+    last_throttle: f64,
+}
+
+impl Controller {
+    pub(crate) fn new(cfg: AdaptiveRate, now: f64) -> Self {
+        let mut c = Controller {
+            cfg,
+            enabled: false,
+            measured: 0.0,
+            measured_once: false,
+            last_bucket: (now / cfg.measure_window).floor() * cfg.measure_window,
+            count: 0,
+            w_max: 0.0,
+            k: 0.0,
+            last_throttle: now,
+        };
+        if let Some(rate) = cfg.initial_rate {
+            // Start on the plateau of the curve at the configured rate, not at its bottom.
+            c.enabled = true;
+            c.w_max = rate;
+            c.k = cubic_k(rate, cfg.beta, cfg.scale);
+            c.last_throttle = now - c.k;
+        }
+        c
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The smoothed send rate, requests per second.
+    pub(crate) fn measured_rate(&self) -> f64 {
+        self.measured
+    }
+
+    fn measure(&mut self, now: f64) {
+        let w = self.cfg.measure_window;
+        let bucket = (now / w).floor() * w;
+        self.count += 1;
+        if bucket > self.last_bucket {
+            let current = self.count as f64 / (bucket - self.last_bucket);
+            let s = self.cfg.smoothing;
+            self.measured = current * s + self.measured * (1.0 - s);
+            self.count = 0;
+            self.last_bucket = bucket;
+            self.measured_once = true;
+        }
+    }
+
+    /// Records one response at `now` (seconds); `fill_rate` is the bucket's rate now (`None`
+    /// while unlimited). Returns the new rate, or `None` while still unlimited.
+    pub(crate) fn on_response(
+        &mut self,
+        now: f64,
+        throttled: bool,
+        fill_rate: Option<f64>,
+    ) -> Option<f64> {
+        self.measure(now);
+        let rate = if throttled {
+            let base = match (self.enabled, fill_rate) {
+                (true, Some(fill)) => self.measured.min(fill),
+                _ => self.measured,
+            };
+            self.w_max = base;
+            self.k = cubic_k(base, self.cfg.beta, self.cfg.scale);
+            self.last_throttle = now;
+            self.enabled = true;
+            base * self.cfg.beta
+        } else if self.enabled {
+            let dt = now - self.last_throttle;
+            self.cfg.scale * (dt - self.k).powi(3) + self.w_max
+        } else {
+            return None;
+        };
+        // Never more than twice what the client actually sends (once that has been measured).
+        let rate = if self.measured_once {
+            rate.min(2.0 * self.measured)
+        } else {
+            rate
+        };
+        Some(rate.clamp(self.cfg.min_rate, self.cfg.max_rate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_for_wmax_10_is_the_published_constant() {
+        assert_eq!(cubic_k(10.0, 0.7, 0.4), 1.9574338205844317);
+    }
+
+    #[test]
+    fn throttle_cuts_to_beta_of_measured_then_cubic_climbs_back() {
+        let cfg = AdaptiveRate::aws().build().unwrap();
+        let mut c = Controller::new(cfg, 0.0);
+        // 10 responses per 0.5 s bucket for 5 s: measured converges to 20/s.
+        let mut t = 0.0;
+        while t < 5.0 {
+            assert_eq!(c.on_response(t, false, None), None);
+            t += 0.05;
+        }
+        let m = c.measured_rate();
+        assert!((m - 20.0).abs() < 0.5, "measured {m}");
+        let cut = c.on_response(5.0, true, None).unwrap();
+        let expected = c.measured_rate() * 0.7;
+        assert!((cut - expected).abs() < 1e-9);
+        // Keep sending 20/s; at t = K after the throttle the curve is back at Wmax.
+        let k = cubic_k(c.w_max, 0.7, 0.4);
+        let mut t = 5.05;
+        let mut rate = cut;
+        while t < 5.0 + k {
+            rate = c.on_response(t, false, Some(rate)).unwrap();
+            assert!(rate <= c.w_max + 1e-9, "below Wmax before K");
+            t += 0.05;
+        }
+        let back = c.on_response(5.0 + k, false, Some(rate)).unwrap();
+        assert!(
+            (back - c.w_max).abs() < 1e-6,
+            "back {back} wmax {}",
+            c.w_max
+        );
+    }
+
+    #[test]
+    fn rate_is_clamped_to_min_and_max() {
+        let cfg = AdaptiveRate::aws()
+            .min_rate(2.0)
+            .max_rate(3.0)
+            .build()
+            .unwrap();
+        let mut c = Controller::new(cfg, 0.0);
+        assert_eq!(c.on_response(0.0, true, None), Some(2.0)); // measured 0: the floor
+        let mut c = Controller::new(cfg, 0.0);
+        let mut t = 0.0;
+        while t < 5.0 {
+            c.on_response(t, false, None);
+            t += 0.02; // 50/s
+        }
+        assert_eq!(c.on_response(5.0, true, None), Some(3.0)); // 0.7 x 50: the cap
+    }
+
+    #[test]
+    fn builder_names_bad_fields() {
+        assert_eq!(
+            AdaptiveRate::aws().beta(1.0).build().unwrap_err().field(),
+            "beta"
+        );
+        assert_eq!(
+            AdaptiveRate::aws()
+                .min_rate(5.0)
+                .max_rate(1.0)
+                .build()
+                .unwrap_err()
+                .field(),
+            "max_rate"
+        );
+        assert_eq!(
+            AdaptiveRate::aws()
+                .initial_rate(0.1)
+                .build()
+                .unwrap_err()
+                .field(),
+            "initial_rate"
+        );
+    }
+}

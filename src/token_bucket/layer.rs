@@ -1,0 +1,141 @@
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::{TokenBucket, TokenBucketService};
+use crate::classify::ErrorClassifier;
+use crate::error::{ConfigError, check};
+use crate::lifo_queue::{FromRequest, NoDeadline};
+
+/// What the layer does when the bucket is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Refuse at once with `RateLimited` and the time until the next token.
+    FailFast,
+    /// Wait in line up to this long (and never past the request's deadline).
+    Wait(Duration),
+}
+
+/// Passes every request of a client through one shared [`TokenBucket`]; see the
+/// [module docs](super).
+///
+/// `C` classifies responses for the bucket's adaptive rate; `D` says where a request's deadline
+/// is read from when it waits ([`NoDeadline`] by default, [`FromRequest`] after
+/// [`wait_until_deadline`](TokenBucketLayerBuilder::wait_until_deadline)).
+#[derive(Debug, Clone)]
+pub struct TokenBucketLayer<C = ErrorClassifier, D = NoDeadline> {
+    bucket: TokenBucket,
+    mode: Mode,
+    classifier: C,
+    deadlines: D,
+}
+
+impl TokenBucketLayer {
+    /// A layer that refuses at once when `bucket` is empty, reading outcomes with
+    /// [`ErrorClassifier`].
+    pub fn new(bucket: TokenBucket) -> Self {
+        TokenBucketLayer {
+            bucket,
+            mode: Mode::FailFast,
+            classifier: ErrorClassifier,
+            deadlines: NoDeadline,
+        }
+    }
+
+    /// Starts a builder around `bucket`: fail fast, [`ErrorClassifier`], no deadlines.
+    pub fn builder(bucket: TokenBucket) -> TokenBucketLayerBuilder {
+        TokenBucketLayerBuilder {
+            bucket,
+            wait: None,
+            classifier: ErrorClassifier,
+            deadlines: NoDeadline,
+        }
+    }
+}
+
+impl<C, D> TokenBucketLayer<C, D> {
+    /// The shared bucket.
+    pub fn bucket(&self) -> &TokenBucket {
+        &self.bucket
+    }
+}
+
+impl<S, C: Clone, D: Clone> Layer<S> for TokenBucketLayer<C, D> {
+    type Service = TokenBucketService<S, C, D>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TokenBucketService::new(
+            inner,
+            self.bucket.clone(),
+            self.mode,
+            self.classifier.clone(),
+            self.deadlines.clone(),
+        )
+    }
+}
+
+/// Builds a [`TokenBucketLayer`]; [`build`](Self::build) checks every value.
+#[derive(Debug, Clone)]
+pub struct TokenBucketLayerBuilder<C = ErrorClassifier, D = NoDeadline> {
+    bucket: TokenBucket,
+    wait: Option<Duration>,
+    classifier: C,
+    deadlines: D,
+}
+
+impl<C, D> TokenBucketLayerBuilder<C, D> {
+    /// Waits up to `max_wait` for a token instead of refusing at once (first come, first
+    /// served); greater than zero.
+    pub fn wait_up_to(mut self, max_wait: Duration) -> Self {
+        self.wait = Some(max_wait);
+        self
+    }
+
+    /// Refuses at once when the bucket is empty (the default).
+    pub fn fail_fast(mut self) -> Self {
+        self.wait = None;
+        self
+    }
+
+    /// Also stops waiting at the request's [`Deadline`](crate::timeout::Deadline), read through
+    /// [`HasDeadline`](crate::timeout::HasDeadline).
+    pub fn wait_until_deadline(self) -> TokenBucketLayerBuilder<C, FromRequest> {
+        self.deadlines(FromRequest)
+    }
+
+    /// Where a waiting request's deadline is read from (see
+    /// [`DeadlineOf`](crate::lifo_queue::DeadlineOf)).
+    pub fn deadlines<D2>(self, deadlines: D2) -> TokenBucketLayerBuilder<C, D2> {
+        TokenBucketLayerBuilder {
+            bucket: self.bucket,
+            wait: self.wait,
+            classifier: self.classifier,
+            deadlines,
+        }
+    }
+
+    /// How responses are read for the adaptive rate: an
+    /// [`Outcome::Overload`](crate::classify::Outcome::Overload) is a throttle.
+    pub fn classifier<C2>(self, classifier: C2) -> TokenBucketLayerBuilder<C2, D> {
+        TokenBucketLayerBuilder {
+            bucket: self.bucket,
+            wait: self.wait,
+            classifier,
+            deadlines: self.deadlines,
+        }
+    }
+
+    /// Checks the values and builds the layer.
+    pub fn build(self) -> Result<TokenBucketLayer<C, D>, ConfigError> {
+        let mode = match self.wait {
+            None => Mode::FailFast,
+            Some(w) => Mode::Wait(check("max_wait", w, |w| !w.is_zero(), "greater than zero")?),
+        };
+        Ok(TokenBucketLayer {
+            bucket: self.bucket,
+            mode,
+            classifier: self.classifier,
+            deadlines: self.deadlines,
+        })
+    }
+}
