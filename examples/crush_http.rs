@@ -12,6 +12,8 @@
 //!
 //! In the full stack the PID's output sets the share of whole clients the throttle sheds; set
 //! `BACKSTOP_PID_MODE=admission` to have its admission layer refuse requests instead, or `both`.
+//! The client's token bucket has a fixed client-wide rate (1000/s); set
+//! `BACKSTOP_ADAPTIVE_BUCKET=1` for the AWS adaptive rate instead.
 //!
 //! With `--serve SECONDS [baseline|queue|full]` it only serves, for an external load generator;
 //! `scripts/crush_http.sh` installs wrk and drives it that way.
@@ -74,16 +76,14 @@ async fn server(setup: Setup) -> Result<RunningServer, BoxError> {
 async fn crush(setup: Setup) -> Result<Run, BoxError> {
     let server = server(setup).await?;
     let capacity = server.workers.capacity();
-    let stack = if setup != Setup::Baseline {
-        ClientStack::recommended()?
-    } else {
-        ClientStack {
-            meter: None,
-            overall: Some(PATIENCE),
-            budget: None,
-            attempt: None,
-        }
-    };
+    let stack =
+        if std::env::var_os("BACKSTOP_ADAPTIVE_BUCKET").is_some() && setup != Setup::Baseline {
+            ClientStack::with_adaptive_bucket()?
+        } else if setup != Setup::Baseline {
+            ClientStack::recommended()?
+        } else {
+            ClientStack::plain(PATIENCE)
+        };
     let client = stack.build(transport())?;
     let max = (capacity * SURGE * RUN.as_secs_f64() * 1.1) as u64;
     let tally = drive(
@@ -98,12 +98,12 @@ async fn crush(setup: Setup) -> Result<Run, BoxError> {
     // Let abandoned handler work finish or be dropped before reading the server's figures.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stats = &server.workers.stats;
-    if let (Some(pid), Some(q)) = (&server.pid, &server.queue) {
+    if let Some(q) = &server.queue {
         let q = q.stats();
         println!(
-            "  (server: PID admitted {} denied {}, shed fraction now {:.2}; queue served fifo {} lifo {}, shed {}, full {})",
-            pid.admitted(),
-            pid.denied(),
+            "  (server: {} retries and {} hedges seen; shed fraction at the end {:.2}; queue served fifo {} lifo {}, shed {}, full {})",
+            stats.retries.load(Relaxed),
+            stats.hedges.load(Relaxed),
             server.shed.as_ref().map_or(0.0, |s| s.get()),
             q.served_fifo,
             q.served_lifo,
@@ -227,7 +227,8 @@ async fn main() -> Result<(), BoxError> {
     }
     println!(
         "\nbaseline: no backstop layer (an unbounded FIFO line; callers with a plain 1 s timeout).\n\
-         queue:    server LIFO queue -> deadline timeout; client metrics -> 1 s -> retry budget -> 400 ms.\n\
+         queue:    server LIFO queue -> deadline timeout; client metrics -> 1 s -> retry budget -> hedge\n          \
+         -> token bucket (1000/s) -> 400 ms.\n\
          full:     server throttle (a quota per client, and the share of clients to shed set by the PID\n          \
          admission controller from the queue's expected wait) -> LIFO queue -> deadline timeout; same client."
     );

@@ -36,13 +36,7 @@ async fn run(bounded: bool) -> Result<Tally, BoxError> {
     }
     let server = start(Workers::new(WORKERS, SERVICE), stack, support::prometheus()).await?;
     let rate = 3.0 * server.workers.capacity();
-    let client = ClientStack {
-        meter: None,
-        overall: Some(PATIENCE),
-        budget: None,
-        attempt: None,
-    }
-    .build(transport())?;
+    let client = ClientStack::plain(PATIENCE).build(transport())?;
     let max = (rate * RUN.as_secs_f64()) as u64 + 10;
     let tally = drive(&client, &server.url("/work"), rate, RUN, max, PATIENCE * 5).await;
     assert_eq!(tally.outcomes(), tally.sent, "one outcome per request");

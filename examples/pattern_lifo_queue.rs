@@ -35,13 +35,7 @@ async fn run(lifo: bool) -> Result<(Tally, Option<backstop::lifo_queue::QueueSta
     let server = start(Workers::new(WORKERS, SERVICE), stack, support::prometheus()).await?;
     let rate = 3.0 * server.workers.capacity();
     // The callers: a plain timeout, no retries, so only the server's queue differs.
-    let client = ClientStack {
-        meter: None,
-        overall: Some(PATIENCE),
-        budget: None,
-        attempt: None,
-    }
-    .build(transport())?;
+    let client = ClientStack::plain(PATIENCE).build(transport())?;
     let max = (rate * RUN.as_secs_f64()) as u64 + 10;
     let tally = drive(&client, &server.url("/work"), rate, RUN, max, PATIENCE * 10).await;
     assert_eq!(tally.outcomes(), tally.sent, "one outcome per request");

@@ -72,6 +72,8 @@ async fn main() -> Result<(), BoxError> {
         meter: None,
         overall: Some(Duration::from_secs(1)),
         budget: Some(budget.clone()),
+        hedge: None,
+        bucket: None,
         attempt: Some(Duration::from_millis(400)),
     };
     let (bs_ok, bs_outage, outage) = run(stack.build(transport())?).await?;

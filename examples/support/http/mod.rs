@@ -37,7 +37,7 @@ pub fn backstop_lines(scrape: &str) -> Vec<&str> {
 
 /// The `backstop_` series the example server exports, as (metric, labels): the Little's-law
 /// meters of the server and the client, the server's throttle, PID admission controller and LIFO
-/// queue, and the client's retry budget.
+/// queue, and the client's retry budget, hedge and token bucket.
 /// Every one is registered when its layer is built, so each is present even while it reads 0.
 /// (The README lists these; `tests/http_services.rs` checks a scrape has every one.)
 pub const EXPORTED_SERIES: &[(&str, &[(&str, &str)])] = &[
@@ -133,6 +133,20 @@ pub const EXPORTED_SERIES: &[(&str, &[(&str, &str)])] = &[
     ("backstop_retry_budget_tokens", &[("name", "http_client")]),
     ("backstop_retries_allowed_total", &[("name", "http_client")]),
     ("backstop_retries_denied_total", &[("name", "http_client")]),
+    ("backstop_hedges_total", &[("name", "http_client")]),
+    ("backstop_hedge_wins_total", &[("name", "http_client")]),
+    ("backstop_hedges_denied_total", &[("name", "http_client")]),
+    ("backstop_hedge_delay_seconds", &[("name", "http_client")]),
+    ("backstop_token_bucket_tokens", &[("name", "http_client")]),
+    ("backstop_token_bucket_rate", &[("name", "http_client")]),
+    (
+        "backstop_token_bucket_acquired_total",
+        &[("name", "http_client")],
+    ),
+    (
+        "backstop_token_bucket_denied_total",
+        &[("name", "http_client")],
+    ),
 ];
 
 /// The value of the series `metric` with all of `labels` in a Prometheus text scrape, if present.

@@ -66,6 +66,8 @@ pub struct WorkStats {
     pub busy_us: AtomicU64,
     /// Requests marked as a retry by the client (`backstop-attempt: 2` or more).
     pub retries: AtomicU64,
+    /// Requests marked as a hedge's duplicate (`backstop-hedge: 1`).
+    pub hedges: AtomicU64,
 }
 
 /// The work: `workers` at once, each request holding one for a service time drawn around
@@ -120,7 +122,14 @@ impl Workers {
                 .headers()
                 .get(backstop::retry::ATTEMPT_HEADER)
                 .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+            let hedge = req
+                .headers()
+                .get(super::client::HEDGE_HEADER)
+                .is_some_and(|v| v != "0");
             async move {
+                if hedge {
+                    me.stats.hedges.fetch_add(1, Relaxed);
+                }
                 me.stats.arrived.fetch_add(1, Relaxed);
                 if attempt.is_some_and(|a| a >= 2) {
                     me.stats.retries.fetch_add(1, Relaxed);
