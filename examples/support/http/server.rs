@@ -82,6 +82,8 @@ pub struct Workers {
     pub exponential: bool,
     /// The share of requests answered 500 (to give retries something to do).
     pub failure_rate: f64,
+    /// A slow tail: this share of requests takes this long instead (a GC pause, a cold cache).
+    pub slow: Option<(f64, Duration)>,
     pub stats: Arc<WorkStats>,
 }
 
@@ -93,6 +95,7 @@ impl Workers {
             mean,
             exponential: false,
             failure_rate: 0.0,
+            slow: None,
             stats: Arc::default(),
         }
     }
@@ -109,6 +112,10 @@ impl Workers {
             self.mean.mul_f64(-u.ln()).min(self.mean * 20)
         } else {
             self.mean
+        };
+        let time = match self.slow {
+            Some((share, slow)) if rng.random_bool(share) => slow,
+            _ => time,
         };
         (time, rng.random_bool(self.failure_rate))
     }
