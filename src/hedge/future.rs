@@ -42,6 +42,9 @@ where
     /// The first non-success outcome, kept while the other copy may still succeed.
     failure: Option<Result<S::Response, BoxError>>,
     started: Instant,
+    /// The first copy's latency is already in the tracker (as censored, when its duplicate was
+    /// refused): it must not be recorded again when it completes.
+    recorded: bool,
     shared: Arc<Shared<C, B, P>>,
 }
 
@@ -58,6 +61,7 @@ where
             spare: None,
             failure: None,
             started,
+            recorded: false,
             shared,
         }
     }
@@ -82,6 +86,7 @@ where
             }),
             failure: None,
             started,
+            recorded: false,
             shared,
         }
     }
@@ -109,7 +114,7 @@ where
                 let result = result.map_err(Into::into);
                 let outcome = shared.classifier.classify(result.as_ref());
                 // An overload answer is a refusal, not a latency of the service.
-                if !outcome.is_overload() {
+                if !outcome.is_overload() && !*this.recorded {
                     shared.tracker.record(this.started.elapsed());
                 }
                 if outcome == Outcome::Success || this.second.is_none() {
@@ -136,7 +141,7 @@ where
                 let result = result.map_err(Into::into);
                 let outcome = shared.classifier.classify(result.as_ref());
                 if outcome == Outcome::Success {
-                    if this.first.is_some() {
+                    if this.first.is_some() && !*this.recorded {
                         // The first copy is cancelled: all we know is that it is slower than
                         // this (see `record_at_least`).
                         shared.tracker.record_at_least(this.started.elapsed());
@@ -164,6 +169,17 @@ where
                     } else {
                         shared.series.denied.increment(1);
                         *this.spare = None;
+                        // Tell the tracker now that this copy is late, rather than when it
+                        // completes, maybe much later: while the delay is too short (at start-up,
+                        // when only the fast copies have completed yet) the refused copies are
+                        // the slow ones, and leaving them out until they complete keeps the
+                        // delay short and the budget drained. What is known now is that the copy
+                        // is running after the delay: a censored latency, and the only one kept
+                        // for this request (recording its completion too would count it twice).
+                        if !constant_work {
+                            shared.tracker.record_at_least(this.started.elapsed());
+                            *this.recorded = true;
+                        }
                     }
                 }
             }

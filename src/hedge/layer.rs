@@ -103,7 +103,8 @@ impl HedgeLayer {
 
     /// Starts a builder with the defaults: name `hedge`, delay = p95 of the last 10–20 s of
     /// first-copy latencies but at least 1 ms, no hedge before 100 samples, a [`HedgeBucket`]
-    /// earning 0.05 hedge per request (burst 10), hedge only requests marked idempotent, outcomes
+    /// earning 0.05 hedge per request (burst: what 10,000 requests earn, 500; full at the start),
+    /// hedge only requests marked idempotent, outcomes
     /// read by [`ErrorClassifier`].
     pub fn builder() -> HedgeLayerBuilder {
         HedgeLayerBuilder {
@@ -119,7 +120,7 @@ impl HedgeLayer {
             fixed: None,
             constant_work: false,
             max_extra_load: 0.05,
-            burst: 10.0,
+            burst: None,
         }
     }
 }
@@ -171,7 +172,7 @@ pub struct HedgeLayerBuilder<C = ErrorClassifier, B = HedgeBucket, P = MarkedIde
     fixed: Option<Duration>,
     constant_work: bool,
     max_extra_load: f64,
-    burst: f64,
+    burst: Option<f64>,
 }
 
 impl<C, B, P> HedgeLayerBuilder<C, B, P> {
@@ -236,9 +237,11 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
         self
     }
 
-    /// The most hedges the default bucket can save up: 1 to 10⁶. Default 10.
+    /// The most hedges the default bucket can save up, and holds at the start: 1 to 10⁶.
+    /// Default: what 10,000 requests earn (`max_extra_load` × 10,000, at least 1; 500 at 5%).
+    /// Over any stretch of requests, hedges ≤ `max_extra_load` × requests + `burst`.
     pub fn burst(mut self, burst: f64) -> Self {
-        self.burst = burst;
+        self.burst = Some(burst);
         self
     }
 
@@ -316,7 +319,10 @@ impl<C, P> HedgeLayerBuilder<C, HedgeBucket, P> {
     pub fn build(self) -> Result<HedgeLayer<C, HedgeBucket, P>, ConfigError> {
         let budget = match self.budget.clone() {
             Some(b) => b,
-            None => HedgeBucket::with_burst(self.max_extra_load, self.burst)?,
+            None => match self.burst {
+                Some(burst) => HedgeBucket::with_burst(self.max_extra_load, burst)?,
+                None => HedgeBucket::new(self.max_extra_load)?,
+            },
         };
         self.budget(budget).build_with()
     }

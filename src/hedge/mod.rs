@@ -13,7 +13,8 @@
 //! - **One duplicate at most**, sent only when the request is idempotent (the retry layer's
 //!   [`Idempotent`] extension, [`HedgeRequest::is_idempotent`], or a
 //!   [predicate](HedgeLayerBuilder::hedge_if)) and the [`HedgeBudget`] pays for it: the default
-//!   [`HedgeBucket`] earns 0.05 hedge per request, so at most 5% of requests are duplicated,
+//!   [`HedgeBucket`] earns 0.05 hedge per request and saves up to 500 (what 10,000 requests
+//!   earn; it starts full), so over any stretch of requests hedges ≤ 5% × requests + 500,
 //!   whatever the latency does. [`SharedWithRetries`] draws hedges from the retry layer's
 //!   budget instead, so retries and hedges share one cap on extra load (with [`Both`], from a
 //!   local bucket and the shared budget).
@@ -29,10 +30,18 @@
 //!   endpoints, as DynamoDB's request routers do: the load stays the same when an endpoint fails.
 //!
 //! Latencies recorded: the first copy's, when it completes (an overload refusal is not
-//! recorded). When the duplicate wins, the first copy is cancelled and recorded at twice the time
-//! it had run (see [`LatencyTracker::record_at_least`]), which keeps slow copies in the
-//! percentile: tower's `Hedge` records completed copies only, which pulls its percentile down
-//! and makes it hedge more than asked.
+//! recorded). When the duplicate wins, the first copy is cancelled: all that is known is that it
+//! was still running, and it is recorded as such, a censored latency
+//! ([`LatencyTracker::record_at_least`]); when the budget refuses a duplicate, the first copy is
+//! recorded the same way at once, at the delay. The percentile is then the Kaplan–Meier
+//! estimate, which counts each cancelled copy for what is known of it. This matters: tower's
+//! `Hedge` records completed copies only, which pulls its percentile down (the slow copies are
+//! the ones cancelled) and makes it hedge more than asked, and a copy counted at some guessed
+//! latency instead leaves the percentile jumping around the delay. In the `hedge_tail`
+//! example's heavy-tailed backend (no budget limit, read once a second after the first 25 s)
+//! the delay (true p95: 3.16 s) stayed within 2.9–3.4 s (standard deviation 4%) this way,
+//! against 2.8–5.8 s (11%) with cancelled copies counted at twice their running time; there, a
+//! delay 7% above the p95 makes the hedged p99 about 7% longer.
 //!
 //! Put the hedge layer below the retry layer and above a per-attempt timeout:
 //! `retry → hedge → timeout(attempt) → transport`.

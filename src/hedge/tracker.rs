@@ -30,6 +30,90 @@ fn new_histogram() -> Histo {
         .expect("constant histogram bounds are valid")
 }
 
+/// The latencies of one window (or a merge of windows): those seen to the end, and those cut
+/// short (censored), known only to be longer than the time they had run.
+struct Window {
+    done: Histo,
+    censored: Histo,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            done: new_histogram(),
+            censored: new_histogram(),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.done.len() + self.censored.len()
+    }
+
+    fn reset(&mut self) {
+        self.done.reset();
+        self.censored.reset();
+    }
+
+    fn add(&mut self, other: &Window) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.done.add(&other.done);
+        let _ = self.censored.add(&other.censored);
+    }
+
+    /// The `quantile` of the latencies in microseconds, by the Kaplan–Meier (product-limit)
+    /// estimator: walking up the values, each completed latency at `v` removes its share of the
+    /// survivors, `1 / (latencies still running at v)`, and a censored one simply leaves the
+    /// running set at its cut-off. A cancelled copy thus counts for exactly what is known about
+    /// it: it was still running at that time. (With no censored latency this is the plain
+    /// percentile.)
+    ///
+    /// When the running set empties before the quantile is reached (every copy that ran long
+    /// enough was cut short: the delay is well below the percentile, as at start-up with the slow
+    /// copies still running), the data cannot say where the percentile is, only that it is above
+    /// the last value seen: the answer is twice that value, so a delay that is too short climbs
+    /// back geometrically.
+    fn quantile(&self, quantile: f64) -> u64 {
+        if self.censored.is_empty() {
+            return self
+                .done
+                .lowest_equivalent(self.done.value_at_quantile(quantile));
+        }
+        let mut at_risk = self.len() as f64;
+        let mut survival = 1.0;
+        let target = 1.0 - quantile;
+        let mut done = self.done.iter_recorded().peekable();
+        let mut censored = self.censored.iter_recorded().peekable();
+        let mut last = LOWEST_MICROS;
+        loop {
+            let next_done = done.peek().map(|v| v.value_iterated_to());
+            let next_cut = censored.peek().map(|v| v.value_iterated_to());
+            // Completions at a value count before censorings at the same value (the usual
+            // convention: a copy cut at v was still running at v).
+            let value = match (next_done, next_cut) {
+                (None, None) => break,
+                (Some(d), Some(c)) => d.min(c),
+                (Some(d), None) => d,
+                (None, Some(c)) => c,
+            };
+            last = value;
+            if next_done == Some(value) {
+                let events = done.next().map_or(0, |v| v.count_at_value()) as f64;
+                if at_risk > 0.0 {
+                    survival *= 1.0 - events / at_risk;
+                }
+                at_risk -= events;
+                if survival <= target + 1e-12 {
+                    return self.done.lowest_equivalent(value);
+                }
+            }
+            if next_cut == Some(value) {
+                at_risk -= censored.next().map_or(0, |v| v.count_at_value()) as f64;
+            }
+        }
+        last.saturating_mul(2).min(HIGHEST_MICROS)
+    }
+}
+
 /// Latency percentiles over a sliding period, for deciding when a request is late.
 ///
 /// Records go into the current window; when a window ends it becomes the previous one and a new
@@ -59,9 +143,9 @@ fn new_histogram() -> Histo {
 /// assert_eq!(tracker.watched(), None); // 99 samples: not enough to answer
 /// tracker.record(Duration::from_micros(12_345));
 /// // The 95th of 100 samples is 10,094 µs; kept to 3 significant figures (8 µs steps here),
-/// // rounded up.
+/// // rounded down.
 /// let p95 = tracker.watched().unwrap().as_micros();
-/// assert!((10_094..=10_102).contains(&p95), "{p95}");
+/// assert!((10_086..=10_094).contains(&p95), "{p95}");
 /// # Ok(())
 /// # }
 /// ```
@@ -71,7 +155,7 @@ pub struct LatencyTracker {
 }
 
 struct Inner {
-    shards: Box<[Mutex<Histo>]>,
+    shards: Box<[Mutex<Window>]>,
     next_shard: AtomicUsize,
     /// Records in the current window (all shards).
     current_len: AtomicU64,
@@ -91,8 +175,8 @@ struct Inner {
 
 /// The slow-path state: the previous window, and a scratch histogram for merged answers.
 struct Slow {
-    previous: Histo,
-    merged: Histo,
+    previous: Window,
+    merged: Window,
 }
 
 impl fmt::Debug for LatencyTracker {
@@ -124,10 +208,32 @@ impl LatencyTracker {
 
     /// Records one latency (to the microsecond; longer than 100 s counts as 100 s).
     pub fn record(&self, latency: Duration) {
+        self.record_into(latency, false);
+    }
+
+    /// Records a latency known only to be longer than `at_least`: a copy cancelled after
+    /// `at_least` because the other copy answered first (a right-censored latency).
+    ///
+    /// Percentiles treat it as what it is, a copy still running at `at_least` (see
+    /// [`percentile`](Self::percentile)). Leaving cancelled copies out, as tower's `Hedge`
+    /// does, or recording them at the time they had run, drags the percentile down: once the
+    /// delay is too short every slow copy is cancelled just after it and the tail is never seen
+    /// again, so the delay sinks and the layer hedges far more than its percentile says.
+    pub fn record_at_least(&self, at_least: Duration) {
+        self.record_into(at_least, true);
+    }
+
+    fn record_into(&self, latency: Duration, censored: bool) {
         let inner = &*self.inner;
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let micros = micros.clamp(LOWEST_MICROS, HIGHEST_MICROS);
-        inner.with_shard(|h| h.saturating_record(micros));
+        inner.with_shard(|w| {
+            if censored {
+                w.censored.saturating_record(micros)
+            } else {
+                w.done.saturating_record(micros)
+            }
+        });
         let len = inner.current_len.fetch_add(1, Relaxed) + 1;
         let since = inner.since_refresh.fetch_add(1, Relaxed) + 1;
         let starved = inner.cached.load(Relaxed) == NO_ANSWER
@@ -139,21 +245,6 @@ impl LatencyTracker {
         if !fresh_enough || starved || inner.rotation_due(Instant::now()) {
             inner.refresh(Instant::now());
         }
-    }
-
-    /// Records a latency known only to be longer than `at_least`: a copy cancelled after
-    /// `at_least` because the other copy answered first. It is recorded as twice that long.
-    ///
-    /// Recording only the time it had run would drag the percentile down: once the delay is
-    /// too short, every slow copy is cancelled just after it, and the tail is never seen again
-    /// (tower's `Hedge`, which leaves cancelled copies out altogether, hedges more than its
-    /// percentile says for this reason). A cancelled copy ran past the delay, so at twice its
-    /// running time it still counts above the delay, which is all the percentile needs when the
-    /// delay is right; when the delay is too short, the percentile lands among these samples and
-    /// the next delay is at least twice the last: it climbs back geometrically. Percentiles far
-    /// above the delay read high because of it.
-    pub fn record_at_least(&self, at_least: Duration) {
-        self.record(at_least.saturating_mul(2));
     }
 
     /// The watched percentile (set by [`LatencyTrackerBuilder::watch`], default p95), read
@@ -168,6 +259,14 @@ impl LatencyTracker {
     /// Any percentile (`quantile` in `0.0..=1.0`) over the current and previous windows, computed
     /// now (slow path: merges the windows under a lock); `None` with too few samples or a
     /// quantile out of range.
+    ///
+    /// With censored latencies ([`record_at_least`](Self::record_at_least)) it is the
+    /// Kaplan–Meier estimate: exact below the shortest cut-off, and above it each completed
+    /// latency stands for the cancelled copies that were running with it (the cancel time
+    /// does not depend on the cancelled copy's own latency: it is the delay plus the other
+    /// copy's latency). When every copy that ran long enough was cancelled, the answer is twice
+    /// the longest latency seen, a lower bound that climbs geometrically as the delay follows
+    /// it.
     pub fn percentile(&self, quantile: f64) -> Option<Duration> {
         if !(0.0..=1.0).contains(&quantile) {
             return None;
@@ -198,7 +297,7 @@ impl Default for LatencyTracker {
 }
 
 impl Inner {
-    fn with_shard(&self, f: impl FnOnce(&mut Histo)) {
+    fn with_shard(&self, f: impl FnOnce(&mut Window)) {
         let first = self.next_shard.fetch_add(1, Relaxed);
         for i in 0..SHARDS {
             match self.shards[(first + i) % SHARDS].try_lock() {
@@ -236,14 +335,15 @@ impl Inner {
     }
 
     /// The quantile in microseconds; `None` with too few samples.
-    fn answer(&self, measured: &Histo, quantile: f64) -> Option<u64> {
+    fn answer(&self, measured: &Window, quantile: f64) -> Option<u64> {
         if measured.len() < self.min_samples {
             return None;
         }
-        // hdrhistogram answers the highest value equivalent to the quantile's bucket (three
-        // significant figures): the delay is the percentile rounded up, so no more than the
-        // stated share of copies can be later than it.
-        Some(measured.value_at_quantile(quantile))
+        // To three significant figures, rounded down to the lowest value of the percentile's
+        // histogram bucket: a latency recorded at exactly the percentile (as every latency is
+        // under a millisecond timer wheel like tokio's) gives exactly that delay back, where
+        // rounding up would cost a whole timer tick.
+        Some(measured.quantile(quantile))
     }
 
     /// Under the slow lock: rotates when the window is over, then merges previous + current
@@ -263,8 +363,7 @@ impl Inner {
                 let mut h = shard.lock().unwrap_or_else(|p| p.into_inner());
                 if keep {
                     moved += h.len();
-                    // Same bounds on both sides: adding cannot fail.
-                    let _ = slow.previous.add(&*h);
+                    slow.previous.add(&h);
                 }
                 h.reset();
             }
@@ -276,11 +375,12 @@ impl Inner {
             let aligned = start + (elapsed / self.window_ns) * self.window_ns;
             self.window_start_ns.store(aligned, Relaxed);
         }
-        slow.merged.reset();
-        let _ = slow.merged.add(&slow.previous);
+        let Slow { previous, merged } = slow;
+        merged.reset();
+        merged.add(previous);
         for shard in self.shards.iter() {
             let h = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = slow.merged.add(&*h);
+            merged.add(&h);
         }
     }
 }
@@ -329,7 +429,7 @@ impl LatencyTrackerBuilder {
             |q| (0.0..=1.0).contains(q),
             "a quantile in 0.0..=1.0",
         )?;
-        let shards = (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect();
+        let shards = (0..SHARDS).map(|_| Mutex::new(Window::new())).collect();
         Ok(LatencyTracker {
             inner: Arc::new(Inner {
                 shards,
@@ -337,8 +437,8 @@ impl LatencyTrackerBuilder {
                 current_len: AtomicU64::new(0),
                 since_refresh: AtomicU64::new(0),
                 slow: Mutex::new(Slow {
-                    previous: new_histogram(),
-                    merged: new_histogram(),
+                    previous: Window::new(),
+                    merged: Window::new(),
                 }),
                 epoch: Instant::now(),
                 window_start_ns: AtomicU64::new(0),

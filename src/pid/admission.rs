@@ -135,6 +135,7 @@ impl AdmissionController {
             min_admission: 0.05,
             anti_windup: AntiWindup::Clamp,
             derivative_filter: Duration::from_millis(200),
+            dead_band: 0.0,
             seed: None,
             draw: Draw::Random,
             on_shed: None,
@@ -304,6 +305,7 @@ pub struct AdmissionControllerBuilder {
     min_admission: f64,
     anti_windup: AntiWindup,
     derivative_filter: Duration,
+    dead_band: f64,
     seed: Option<u64>,
     draw: Draw,
     on_shed: Option<ShedCallback>,
@@ -317,6 +319,7 @@ impl fmt::Debug for AdmissionControllerBuilder {
             .field("setpoint", &self.setpoint)
             .field("gains", &self.gains)
             .field("min_admission", &self.min_admission)
+            .field("dead_band", &self.dead_band)
             .finish_non_exhaustive()
     }
 }
@@ -368,6 +371,17 @@ impl AdmissionControllerBuilder {
         self
     }
 
+    /// A hysteresis above the setpoint, in the signal's unit: the controller sheds more only
+    /// once the signal passes `setpoint + width`, and sheds less as soon as it falls below the
+    /// setpoint; in between it holds still. It keeps the random bursts of a busy but not
+    /// overloaded server (a queue that now and then passes the setpoint at 90% load) from
+    /// shedding at all, and it steadies the admission probability under overload. Finite and at
+    /// least 0. Default 0 (no band). See [`PidControllerBuilder::dead_band`](super::PidControllerBuilder::dead_band).
+    pub fn dead_band(mut self, width: f64) -> Self {
+        self.dead_band = width;
+        self
+    }
+
     /// Seeds the admission draws, so that a simulation is repeatable. Default: a random seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -407,6 +421,7 @@ impl AdmissionControllerBuilder {
             .action(Action::Direct)
             .anti_windup(self.anti_windup)
             .derivative_filter(self.derivative_filter)
+            .dead_band(0.0, self.dead_band)
             .build()?;
         let (shed_tx, _) = watch::channel(0.0);
         Ok(AdmissionController {

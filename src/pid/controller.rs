@@ -94,6 +94,8 @@ struct PidConfig {
     action: Action,
     anti_windup: AntiWindup,
     derivative_filter: Duration,
+    /// Measurements in `[setpoint − below, setpoint + above]` count as no error.
+    dead_band: (f64, f64),
 }
 
 impl PidController {
@@ -112,6 +114,7 @@ impl PidController {
                 action: Action::Reverse,
                 anti_windup: AntiWindup::Clamp,
                 derivative_filter: Duration::from_millis(200),
+                dead_band: (0.0, 0.0),
             },
         }
     }
@@ -129,7 +132,11 @@ impl PidController {
             Action::Reverse => 1.0,
             Action::Direct => -1.0,
         };
-        let error = sign * (c.setpoint - measurement);
+        // Inside the dead band there is no error; outside it, the error is measured from the
+        // band's nearer edge, so the terms do not jump at the edge.
+        let (below, above) = c.dead_band;
+        let reference = measurement.clamp(c.setpoint - below, c.setpoint + above);
+        let error = sign * (reference - measurement);
         let p = c.kp * error;
 
         // The derivative of the measurement, not of the error: a setpoint step moves the error
@@ -271,6 +278,17 @@ impl PidControllerBuilder {
         self
     }
 
+    /// A dead band around the setpoint: measurements from `setpoint − below` to
+    /// `setpoint + above` count as no error (the P term is zero and the integral holds still);
+    /// outside it the error is measured from the nearer edge. An asymmetric band is a
+    /// hysteresis: with `(0, above)` and [`Action::Direct`], the output rises only once the
+    /// measurement passes `setpoint + above`, and falls as soon as it is below the setpoint.
+    /// Both finite and at least 0. Default `(0, 0)`. The derivative still sees every sample.
+    pub fn dead_band(mut self, below: f64, above: f64) -> Self {
+        self.config.dead_band = (below, above);
+        self
+    }
+
     /// Checks the values and builds the controller.
     pub fn build(self) -> Result<PidController, ConfigError> {
         let c = self.config;
@@ -280,6 +298,9 @@ impl PidControllerBuilder {
         gain("kd", c.kd)?;
         check("setpoint", c.setpoint, |v| v.is_finite(), "finite")?;
         check("bias", c.bias, |v| v.is_finite(), "finite")?;
+        let band = |field, v: f64| check(field, v, |v| v.is_finite() && *v >= 0.0, "finite, >= 0");
+        band("dead_band.below", c.dead_band.0)?;
+        band("dead_band.above", c.dead_band.1)?;
         check("min", c.min, |v| v.is_finite(), "finite")?;
         check("max", c.max, |v| v.is_finite(), "finite")?;
         if c.min >= c.max {
@@ -478,6 +499,40 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_band_above_the_setpoint_is_a_hysteresis() {
+        let mut c = PidController::builder()
+            .setpoint(1.0)
+            .gains(2.0, 1.0, 0.0)
+            .action(Action::Direct)
+            .output_range(-10.0, 10.0)
+            .dead_band(0.0, 0.5)
+            .build()
+            .unwrap();
+        let dt = Duration::from_secs(1);
+        // Inside the band: no error, no output, and the integral holds still.
+        assert_eq!(c.update(1.4, dt), 0.0);
+        assert_eq!(c.terms().error, 0.0);
+        // Above it, the error counts from the band's edge: 2.0 − 1.5.
+        c.update(2.0, dt);
+        let t = c.terms();
+        assert!(
+            (t.error - 0.5).abs() < 1e-12 && (t.p - 1.0).abs() < 1e-12,
+            "{t:?}"
+        );
+        assert!((t.i - 0.5).abs() < 1e-12, "{t:?}");
+        // Back in the band: the integral keeps what it had, so the output holds.
+        c.update(1.2, dt);
+        assert!((c.terms().i - 0.5).abs() < 1e-12 && (c.output() - 0.5).abs() < 1e-12);
+        // Below the setpoint the error counts at once, from the setpoint: 0.8 − 1.0.
+        c.update(0.8, dt);
+        let t = c.terms();
+        assert!(
+            (t.error + 0.2).abs() < 1e-12 && (t.i - 0.3).abs() < 1e-12,
+            "{t:?}"
+        );
+    }
+
+    #[test]
     fn bad_configuration_names_the_field() {
         let b = PidController::builder;
         let field = |r: Result<PidController, ConfigError>| r.unwrap_err().field();
@@ -488,6 +543,11 @@ mod tests {
         assert_eq!(field(b().output_range(2.0, 1.0).build()), "max");
         assert_eq!(field(b().output_range(f64::NAN, 1.0).build()), "min");
         assert_eq!(field(b().setpoint(f64::NAN).build()), "setpoint");
+        assert_eq!(field(b().dead_band(-0.1, 0.0).build()), "dead_band.below");
+        assert_eq!(
+            field(b().dead_band(0.0, f64::NAN).build()),
+            "dead_band.above"
+        );
         let tracking = AntiWindup::BackCalculation {
             tracking: Duration::ZERO,
         };

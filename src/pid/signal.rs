@@ -35,7 +35,9 @@ impl<S: Signal + ?Sized> Signal for std::sync::Arc<S> {
 ///
 /// - [`of_limiter`](Self::of_limiter) / [`of_queue`](Self::of_queue): the wait a request
 ///   arriving now can expect, by Little's law applied to the queue: requests waiting divided by
-///   the rate at which the queue hands out slots (averaged over about a second). It moves as soon
+///   the rate at which the queue hands out slots (averaged over about a second; the larger of
+///   the rate over all intervals and over those that began with a waiter, so that light load,
+///   whose grant rate is the arrival rate, does not read as a slow drain). It moves as soon
 ///   as the queue grows or shrinks, so a controller sees the effect of its last decision at the
 ///   next tick. **The one to control with.**
 /// - [`oldest_waiter`](Self::oldest_waiter): the age of the oldest waiter (0 when nobody waits),
@@ -55,9 +57,13 @@ enum QueueSource {
 
 #[derive(Debug, Default)]
 struct RateState {
-    last: Option<(Instant, u64)>,
+    /// The previous sample: when, grants so far, and how many were waiting.
+    last: Option<(Instant, u64, usize)>,
     /// Grants per second, averaged; the first interval's rate as it is.
     rate: Option<f64>,
+    /// Grants per second over the intervals that began with a waiter (the server saturated),
+    /// averaged: the drain rate, which the overall rate understates at light load.
+    busy_rate: Option<f64>,
 }
 
 /// The time constant of the grant-rate average.
@@ -123,23 +129,36 @@ impl Signal for QueueDelay {
             return Some(oldest);
         };
         let mut state = estimate.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, granted)) = state.last {
+        if let Some((at, granted, waiting)) = state.last {
             let dt = now.saturating_duration_since(at).as_secs_f64();
             if dt > 0.0 {
                 let rate = stats.admitted.saturating_sub(granted) as f64 / dt;
                 let alpha = dt / (RATE_TAU + dt);
-                state.rate = Some(state.rate.map_or(rate, |r| r + alpha * (rate - r)));
+                let average = |old: Option<f64>| Some(old.map_or(rate, |r| r + alpha * (rate - r)));
+                state.rate = average(state.rate);
+                if waiting > 0 {
+                    state.busy_rate = average(state.busy_rate);
+                }
             }
         }
-        state.last = Some((now, stats.admitted));
+        state.last = Some((now, stats.admitted, stats.waiting));
         if stats.waiting == 0 {
             return Some(0.0);
         }
         // Nothing granted lately (a stuck server, or the first sample): the head's age is the
         // best figure there is.
-        match state.rate {
-            Some(rate) if rate > f64::EPSILON => Some(stats.waiting as f64 / rate),
-            _ => Some(oldest),
+        // Both rates understate the drain rate (a queue that empties within an interval stops
+        // the grants), so the larger is the better estimate. At light load the overall rate is
+        // the arrival rate, and a short burst would read as a long wait without the busy rate.
+        let drain = state
+            .rate
+            .into_iter()
+            .chain(state.busy_rate)
+            .fold(0.0, f64::max);
+        if drain > f64::EPSILON {
+            Some(stats.waiting as f64 / drain)
+        } else {
+            Some(oldest)
         }
     }
 }
