@@ -154,6 +154,24 @@ async fn crush() -> Result<(), BoxError> {
             "{metric}{labels:?} missing from the scrape:\n{scrape}"
         );
     }
+    // ...and every name in the README's metrics table.
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("## Metrics")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README has a Metrics section");
+    let listed: std::collections::BTreeSet<&str> = table
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("backstop_"))
+        .collect();
+    assert!(listed.len() >= 30, "{listed:?}");
+    for name in listed {
+        assert!(
+            scrape.lines().any(|line| line.starts_with(name)),
+            "{name}, listed in the README, is missing from the scrape"
+        );
+    }
     // A series that has seen nothing reads 0 rather than missing (no handler error happened).
     let errors = [("name", "http_server"), ("outcome", "error")];
     assert_eq!(
