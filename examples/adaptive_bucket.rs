@@ -2,13 +2,20 @@
 //!
 //! A client offers 300 requests/s (one every 3⅓ ms, for 60 s of simulated time) through a
 //! [`TokenBucketLayer`] whose bucket has the AWS adaptive rate: unlimited until the first
-//! throttle, then cut to 0.7 × the measured send rate at each throttle and grown back along the
+//! throttle, then cut to 0.7 × the measured send rate once per congestion event (a throttle of a
+//! request sent before the last cut does not cut again) and grown back along the
 //! CUBIC curve. The server admits 100 requests/s (its own token bucket: 100/s, burst 10, written
 //! here independently of backstop's) and answers the rest with `Overloaded { Throttled }` after
 //! 20 ms, like a 429.
 //!
 //! The send rate is what reaches the server (admitted or throttled), counted per simulated
 //! second. For comparison the same load runs once with no client bucket.
+//!
+//! A second scenario gives the server a realistic round trip: 200 ms per answer, so about 60
+//! requests are in flight when it starts refusing. All the refusals of those in-flight requests
+//! are one congestion event: the controller cuts once for them (a throttle of a request sent
+//! before the last cut does not cut again), as TCP cuts once per round trip, instead of 0.7ⁿ down
+//! to its floor. The example prints the send rate it reaches, against the server's 100/s.
 //!
 //! Last line: `summary: converged_rps=R converge_s=S max_deviation=F`: R is the mean send rate
 //! over the last 30 s, S the end of the first 1-second window within 10% of 100/s, F the largest
@@ -28,6 +35,8 @@ const SERVER_RATE: f64 = 100.0;
 const SERVER_BURST: f64 = 10.0;
 const OFFERED: f64 = 300.0;
 const LATENCY: Duration = Duration::from_millis(20);
+/// The round trip of the second scenario.
+const LONG_LATENCY: Duration = Duration::from_millis(200);
 
 /// The server's admission: a plain f64 token bucket, refilled on each arrival.
 struct ServerLimit {
@@ -45,7 +54,7 @@ struct Run {
     rate: Vec<Option<f64>>,
 }
 
-async fn run(seconds: usize, adaptive: bool) -> Result<Run, BoxError> {
+async fn run(seconds: usize, adaptive: bool, latency: Duration) -> Result<Run, BoxError> {
     let start = Instant::now();
     let limit = Arc::new(Mutex::new(ServerLimit {
         tokens: SERVER_BURST,
@@ -77,7 +86,7 @@ async fn run(seconds: usize, adaptive: bool) -> Result<Run, BoxError> {
                 }
             }
             async move {
-                tokio::time::sleep(LATENCY).await;
+                tokio::time::sleep(latency).await;
                 if admitted {
                     Ok(())
                 } else {
@@ -116,7 +125,7 @@ async fn run(seconds: usize, adaptive: bool) -> Result<Run, BoxError> {
             Ok::<_, BoxError>(())
         });
     }
-    tokio::time::sleep(LATENCY * 2).await;
+    tokio::time::sleep(latency * 2).await;
     let sent = sent.lock().unwrap().clone();
     let throttled = throttled.lock().unwrap().clone();
     Ok(Run {
@@ -155,32 +164,42 @@ fn figures(sent: &[u64]) -> Figures {
     }
 }
 
+/// One run on its own paused runtime.
+fn simulate(seconds: usize, adaptive: bool, latency: Duration) -> Result<Run, BoxError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?
+        .block_on(run(seconds, adaptive, latency))
+}
+
 fn main() -> Result<(), BoxError> {
     let seconds = 60;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()?;
-    let bare = rt.block_on(run(seconds, false))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()?;
-    let adaptive = rt.block_on(run(seconds, true))?;
+    let bare = simulate(seconds, false, LATENCY)?;
+    let adaptive = simulate(seconds, true, LATENCY)?;
+    let long = simulate(seconds, true, LONG_LATENCY)?;
 
     println!(
         "server admits {SERVER_RATE}/s (burst {SERVER_BURST}), client offers {OFFERED}/s, {seconds} s simulated"
     );
-    println!("  second | no bucket: sent throttled | adaptive: sent throttled  rate");
+    println!(
+        "  second | no bucket: sent throttled | adaptive: sent throttled      rate \
+         | rtt {} ms: sent throttled      rate",
+        LONG_LATENCY.as_millis()
+    );
+    let show = |r: Option<f64>| r.map_or("unlimited".to_owned(), |r| format!("{r:.1}"));
     for s in 0..seconds {
-        let rate = adaptive.rate[s].map_or("unlimited".to_owned(), |r| format!("{r:.1}"));
         println!(
-            "  {:>6} | {:>15} {:>9} | {:>14} {:>9}  {rate}",
+            "  {:>6} | {:>15} {:>9} | {:>14} {:>9} {:>9} | {:>14} {:>9} {:>9}",
             s + 1,
             bare.sent[s],
             bare.throttled[s],
             adaptive.sent[s],
-            adaptive.throttled[s]
+            adaptive.throttled[s],
+            show(adaptive.rate[s]),
+            long.sent[s],
+            long.throttled[s],
+            show(long.rate[s])
         );
     }
     let total = |v: &[u64]| v.iter().sum::<u64>();
@@ -190,6 +209,25 @@ fn main() -> Result<(), BoxError> {
         total(&bare.sent),
         total(&adaptive.sent),
         bare_t as f64 / ad_t.max(1) as f64
+    );
+    let long_f = figures(&long.sent);
+    let first10 = long.sent[..10].iter().sum::<u64>() as f64 / 10.0;
+    let lowest_rate = long
+        .rate
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "round trip {} ms (about {:.0} requests in flight): send rate {:.1}/s in the first 10 s, \
+         {:.1}/s over the last 30 s ({:.2} of the server's {SERVER_RATE}/s); lowest bucket rate \
+         {lowest_rate:.1}/s; throttled answers {}",
+        LONG_LATENCY.as_millis(),
+        OFFERED * LONG_LATENCY.as_secs_f64(),
+        first10,
+        long_f.last30_mean,
+        long_f.last30_mean / SERVER_RATE,
+        total(&long.throttled)
     );
     let f = figures(&adaptive.sent);
     println!(

@@ -317,7 +317,7 @@ async fn adaptive_is_unlimited_until_the_first_throttle() {
     assert_eq!(bucket.rate(), None);
     assert!((0..10_000).all(|_| bucket.try_acquire(1)));
     for _ in 0..100 {
-        bucket.on_outcome(Outcome::Success);
+        bucket.on_outcome(Outcome::Success, Instant::now());
         advance(Duration::from_millis(10)).await;
     }
     assert_eq!(
@@ -325,7 +325,7 @@ async fn adaptive_is_unlimited_until_the_first_throttle() {
         None,
         "successes alone never switch the limit on"
     );
-    bucket.on_outcome(Outcome::Overload(None));
+    bucket.on_outcome(Outcome::Overload(None), Instant::now());
     let rate = bucket.rate().expect("limited after a throttle");
     let measured = bucket.measured_rate().unwrap();
     assert!(
@@ -352,12 +352,118 @@ async fn adaptive_can_start_from_a_configured_rate() {
     // Feed successes at 30/s for a while: the rate climbs but never past max_rate.
     for _ in 0..300 {
         if bucket.try_acquire(1) {
-            bucket.on_outcome(Outcome::Success);
+            bucket.on_outcome(Outcome::Success, Instant::now());
         }
         advance(Duration::from_millis(33)).await;
     }
     let rate = bucket.rate().unwrap();
     assert!(rate > 20.0 && rate <= 25.0, "{rate}");
+}
+
+/// Through the layer, against a server answering after one round trip of 100 ms: 50 requests
+/// sent within that round trip all come back throttled, and the rate is cut once for all of
+/// them; a throttle of a request sent after that cut cuts again.
+#[tokio::test(start_paused = true)]
+async fn adaptive_cuts_once_per_round_trip() {
+    const RTT: Duration = Duration::from_millis(100);
+    let throttle = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let throttle = throttle.clone();
+        tower::service_fn(move |_: ()| {
+            let throttled = throttle.load(Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(RTT).await;
+                if throttled {
+                    Err::<(), BoxError>(Overloaded::new(OverloadReason::Throttled).into())
+                } else {
+                    Ok(())
+                }
+            }
+        })
+    };
+    let bucket = TokenBucket::builder("rtt")
+        .adaptive(AdaptiveRate::aws().build().unwrap())
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(TokenBucketLayer::new(bucket.clone()))
+        .service(server);
+    // The rate seen right after each answer, in the order the answers came.
+    let rates = Arc::new(Mutex::new(Vec::new()));
+    let send = |client: &_| {
+        let mut svc: tower::util::BoxCloneService<(), (), BoxError> =
+            tower::util::BoxCloneService::clone(client);
+        let (bucket, rates) = (bucket.clone(), rates.clone());
+        tokio::spawn(async move {
+            let result = svc.ready().await?.call(()).await;
+            rates.lock().unwrap().push(bucket.rate());
+            result
+        })
+    };
+    let client = tower::util::BoxCloneService::new(client);
+
+    // 3 s of successes at 100/s: the measured send rate settles near 100/s; still unlimited.
+    for _ in 0..300 {
+        send(&client);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(RTT * 2).await;
+    assert_eq!(bucket.rate(), None);
+    rates.lock().unwrap().clear();
+
+    // The server starts refusing; 50 requests go out within one round trip.
+    throttle.store(true, Ordering::SeqCst);
+    let mut burst = Vec::new();
+    for _ in 0..50 {
+        burst.push(send(&client));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for answer in burst {
+        let err = answer.await.unwrap().unwrap_err();
+        assert_eq!(
+            find_overload(&*err).unwrap().reason(),
+            OverloadReason::Throttled
+        );
+    }
+    let cuts = |rates: &[Option<f64>]| {
+        let mut previous = f64::INFINITY;
+        let mut cuts = 0;
+        for rate in rates.iter().map(|r| r.unwrap_or(f64::INFINITY)) {
+            if rate < previous - 1e-9 {
+                cuts += 1;
+            }
+            previous = rate;
+        }
+        cuts
+    };
+    let seen = rates.lock().unwrap().clone();
+    assert_eq!(seen.len(), 50);
+    assert_eq!(cuts(&seen), 1, "one cut for one round trip: {seen:?}");
+    let first = seen[0].expect("limited after the first throttle");
+    let measured = bucket.measured_rate().unwrap();
+    assert!(
+        first > 0.6 * 90.0 && first < 0.8 * 110.0,
+        "cut to {first}, about 0.7 x 100/s"
+    );
+    assert!(
+        measured > 90.0,
+        "the ignored throttles still count: {measured}"
+    );
+
+    // A request sent after the cut (a token has refilled by then) is a new congestion event.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = send(&client).await.unwrap().unwrap_err();
+    assert_eq!(
+        find_overload(&*err).unwrap().reason(),
+        OverloadReason::Throttled
+    );
+    let seen = rates.lock().unwrap().clone();
+    assert_eq!(cuts(&seen), 2, "{seen:?}");
+    let second = seen.last().unwrap().unwrap();
+    assert!(
+        second < 0.75 * first,
+        "second cut to {second}, first {first}"
+    );
 }
 
 // ---- properties ----

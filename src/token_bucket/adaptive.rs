@@ -1,10 +1,16 @@
 //! The adaptive rate: the AWS SDKs' adaptive retry mode, as pure arithmetic on timestamps.
 //!
 //! The controller sees every response: it measures the send rate (responses counted in 0.5 s
-//! buckets, smoothed with 0.8), cuts the rate to β × the measured rate at a throttle, and in
-//! between grows it along the CUBIC curve `C (t − K)³ + Wmax`, where `Wmax` is the rate at the
-//! last throttle and `K = ∛(Wmax (1 − β) / C)` is when the curve gets back to it. A new rate is
+//! buckets, smoothed with 0.8), cuts the rate to β × the measured rate at a congestion event,
+//! and in between grows it along the CUBIC curve `C (t − K)³ + Wmax`, where `Wmax` is the rate
+//! at the last cut and `K = ∛(Wmax (1 − β) / C)` is when the curve gets back to it. A new rate is
 //! never above twice the measured rate, so an idle client cannot bank a huge rate.
+//!
+//! One cut per congestion event, as TCP (and CUBIC) cut once per round trip: a throttle answer to
+//! a request sent before the last cut was sent at the old rate, so it reports the congestion the
+//! cut already answered and does not cut again. The AWS SDKs cut at every throttle answer; with
+//! hundreds of requests in flight when a server starts refusing, that compounds to 0.7ⁿ and
+//! drives the rate to its floor, from where CUBIC needs many seconds to climb back.
 
 use crate::error::{ConfigError, check};
 
@@ -193,7 +199,10 @@ pub(crate) struct Controller {
     count: u64,
     w_max: f64,
     k: f64,
+    /// Where the CUBIC curve starts: the last cut (earlier, with an initial rate).
     last_throttle: f64,
+    /// When the rate was last cut; throttles of requests sent before it are not cut for again.
+    last_cut: f64,
 }
 
 impl Controller {
@@ -208,6 +217,7 @@ impl Controller {
             w_max: 0.0,
             k: 0.0,
             last_throttle: now,
+            last_cut: f64::NEG_INFINITY,
         };
         if let Some(rate) = cfg.initial_rate {
             // Start on the plateau of the curve at the configured rate, not at its bottom.
@@ -228,6 +238,21 @@ impl Controller {
         self.measured
     }
 
+    /// The send rate to cut from. Until the first measurement bucket closes the smoothed rate
+    /// is still 0; the open bucket's count over its elapsed time is then the only estimate (a
+    /// server that refuses within the first half second would otherwise cut to the floor).
+    fn rate_estimate(&self, now: f64) -> f64 {
+        if self.measured_once {
+            return self.measured;
+        }
+        let elapsed = now - self.last_bucket;
+        if elapsed > 0.0 {
+            self.count as f64 / elapsed
+        } else {
+            0.0
+        }
+    }
+
     fn measure(&mut self, now: f64) {
         let w = self.cfg.measure_window;
         let bucket = (now / w).floor() * w;
@@ -242,23 +267,30 @@ impl Controller {
         }
     }
 
-    /// Records one response at `now` (seconds); `fill_rate` is the bucket's rate now (`None`
-    /// while unlimited). Returns the new rate, or `None` while still unlimited.
+    /// Records one response at `now` to a request sent at `sent_at` (seconds); `fill_rate` is
+    /// the bucket's rate now (`None` while unlimited). Returns the new rate, or `None` while
+    /// still unlimited. A throttle of a request sent before the last cut belongs to the
+    /// congestion event that cut answered: it counts in the measured rate, and the rate follows
+    /// the curve as for any other answer.
     pub(crate) fn on_response(
         &mut self,
         now: f64,
+        sent_at: f64,
         throttled: bool,
         fill_rate: Option<f64>,
     ) -> Option<f64> {
         self.measure(now);
-        let rate = if throttled {
+        let cut = throttled && sent_at >= self.last_cut;
+        let rate = if cut {
+            let measured = self.rate_estimate(now);
             let base = match (self.enabled, fill_rate) {
-                (true, Some(fill)) => self.measured.min(fill),
-                _ => self.measured,
+                (true, Some(fill)) => measured.min(fill),
+                _ => measured,
             };
             self.w_max = base;
             self.k = cubic_k(base, self.cfg.beta, self.cfg.scale);
             self.last_throttle = now;
+            self.last_cut = now;
             self.enabled = true;
             base * self.cfg.beta
         } else if self.enabled {
@@ -293,12 +325,12 @@ mod tests {
         // 10 responses per 0.5 s bucket for 5 s: measured converges to 20/s.
         let mut t = 0.0;
         while t < 5.0 {
-            assert_eq!(c.on_response(t, false, None), None);
+            assert_eq!(c.on_response(t, t, false, None), None);
             t += 0.05;
         }
         let m = c.measured_rate();
         assert!((m - 20.0).abs() < 0.5, "measured {m}");
-        let cut = c.on_response(5.0, true, None).unwrap();
+        let cut = c.on_response(5.0, 5.0, true, None).unwrap();
         let expected = c.measured_rate() * 0.7;
         assert!((cut - expected).abs() < 1e-9);
         // Keep sending 20/s; at t = K after the throttle the curve is back at Wmax.
@@ -306,16 +338,55 @@ mod tests {
         let mut t = 5.05;
         let mut rate = cut;
         while t < 5.0 + k {
-            rate = c.on_response(t, false, Some(rate)).unwrap();
+            rate = c.on_response(t, t, false, Some(rate)).unwrap();
             assert!(rate <= c.w_max + 1e-9, "below Wmax before K");
             t += 0.05;
         }
-        let back = c.on_response(5.0 + k, false, Some(rate)).unwrap();
+        let back = c.on_response(5.0 + k, 5.0 + k, false, Some(rate)).unwrap();
         assert!(
             (back - c.w_max).abs() < 1e-6,
             "back {back} wmax {}",
             c.w_max
         );
+    }
+
+    #[test]
+    fn throttles_sent_before_the_last_cut_do_not_cut_again() {
+        let cfg = AdaptiveRate::aws().build().unwrap();
+        let mut c = Controller::new(cfg, 0.0);
+        let mut t = 0.0;
+        while t < 5.0 {
+            c.on_response(t, t - 0.2, false, None);
+            t += 0.01; // 100/s, each answered 200 ms after it was sent
+        }
+        let first = c.on_response(5.0, 4.8, true, None).unwrap();
+        // The rest of the round trip's answers were sent before that cut: no further cut.
+        for i in 1..20 {
+            let t = 5.0 + f64::from(i) * 0.01;
+            let rate = c.on_response(t, t - 0.2, true, Some(first)).unwrap();
+            assert!(
+                rate >= first - 1e-9,
+                "cut again to {rate} (first cut {first})"
+            );
+        }
+        // A request sent after the cut is a new congestion event.
+        let fill = c.on_response(5.25, 5.05, false, Some(first)).unwrap();
+        let second = c.on_response(5.3, 5.1, true, Some(fill)).unwrap();
+        let expected = 0.7 * fill.min(c.measured_rate());
+        assert!(second < first, "second cut {second}, first {first}");
+        assert!((second - expected).abs() < 1e-9, "{second} {expected}");
+    }
+
+    #[test]
+    fn a_throttle_in_the_first_half_second_cuts_from_the_rate_so_far() {
+        let cfg = AdaptiveRate::aws().build().unwrap();
+        let mut c = Controller::new(cfg, 0.0);
+        for i in 0..30 {
+            c.on_response(f64::from(i) * 0.01, 0.0, false, None); // 100/s for 0.3 s
+        }
+        let cut = c.on_response(0.3, 0.1, true, None).unwrap();
+        // 31 answers in 0.3 s: about 103/s, cut to 0.7 of it, not to the 0.5/s floor.
+        assert!((cut - 0.7 * 31.0 / 0.3).abs() < 1e-9, "{cut}");
     }
 
     #[test]
@@ -326,14 +397,14 @@ mod tests {
             .build()
             .unwrap();
         let mut c = Controller::new(cfg, 0.0);
-        assert_eq!(c.on_response(0.0, true, None), Some(2.0)); // measured 0: the floor
+        assert_eq!(c.on_response(0.0, 0.0, true, None), Some(2.0)); // measured 0: the floor
         let mut c = Controller::new(cfg, 0.0);
         let mut t = 0.0;
         while t < 5.0 {
-            c.on_response(t, false, None);
+            c.on_response(t, t, false, None);
             t += 0.02; // 50/s
         }
-        assert_eq!(c.on_response(5.0, true, None), Some(3.0)); // 0.7 x 50: the cap
+        assert_eq!(c.on_response(5.0, 5.0, true, None), Some(3.0)); // 0.7 x 50: the cap
     }
 
     #[test]

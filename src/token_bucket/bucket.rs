@@ -457,24 +457,32 @@ impl TokenBucket {
         self.inner.controller.is_some()
     }
 
-    /// Feeds one response's outcome to the adaptive rate: an [`Outcome::Overload`] cuts the
-    /// rate, anything else lets it climb along the CUBIC curve. Does nothing on a bucket without
-    /// an adaptive rate. The [`TokenBucketLayer`](super::TokenBucketLayer) calls it for you.
-    pub fn on_outcome(&self, outcome: Outcome) {
+    /// Feeds the outcome of one response, to a request sent at `sent_at`, to the adaptive rate:
+    /// an [`Outcome::Overload`] cuts the rate, anything else lets it climb along the CUBIC
+    /// curve. An overload of a request sent before the last cut does not cut again: it was sent
+    /// at the old rate, so it is the same congestion event (one cut per round trip, as TCP). Does
+    /// nothing on a bucket without an adaptive rate. The
+    /// [`TokenBucketLayer`](super::TokenBucketLayer) calls it for you.
+    pub fn on_outcome(&self, outcome: Outcome, sent_at: Instant) {
         let Some(controller) = &self.inner.controller else {
             return;
         };
         let now = self.inner.epoch.elapsed().as_secs_f64();
+        let sent_at = sent_at
+            .saturating_duration_since(self.inner.epoch)
+            .as_secs_f64();
         let mut c = lock(controller);
         let was_enabled = c.enabled();
-        let Some(rate) = c.on_response(now, outcome.is_overload(), self.rate()) else {
+        let Some(rate) = c.on_response(now, sent_at, outcome.is_overload(), self.rate()) else {
             return;
         };
         drop(c);
         let capacity = rate.max(1.0);
         if !was_enabled {
             // The first throttle switches the limit on, starting empty: the server has just said
-            // it has had enough.
+            // it has had enough. Later cuts only lower the capacity (to one second at the new
+            // rate), as the AWS SDKs do: emptying at every cut would stall the client for a
+            // whole refill on top of the cut.
             let now = self.now_ms();
             self.inner.state.store(pack(0, now), Ordering::Release);
         }
@@ -588,8 +596,8 @@ impl TokenBucketBuilder {
         self
     }
 
-    /// Lets the rate follow the server: cut at each throttle, climb back along CUBIC. Unless
-    /// the adaptive settings give an initial rate, the bucket is unlimited until the first
+    /// Lets the rate follow the server: cut once per congestion event, climb back along CUBIC.
+    /// Unless the adaptive settings give an initial rate, the bucket is unlimited until the first
     /// throttle; rate and capacity given here are then replaced by the adaptive ones.
     pub fn adaptive(mut self, adaptive: AdaptiveRate) -> Self {
         self.adaptive = Some(adaptive);

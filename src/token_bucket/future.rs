@@ -183,6 +183,9 @@ enum State<S: Service<Req>, Req> {
     Running {
         #[pin]
         call: Oneshot<S, Req>,
+        /// When the request went on: tells the adaptive rate which congestion event an
+        /// overload answer belongs to.
+        sent_at: Instant,
     },
     Refused {
         error: Option<Overloaded>,
@@ -194,6 +197,7 @@ impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
         ResponseFuture {
             state: State::Running {
                 call: Oneshot::new(service, request),
+                sent_at: Instant::now(),
             },
             bucket,
             classifier,
@@ -256,7 +260,10 @@ where
                                 service.take().expect("polled after completion"),
                                 request.take().expect("polled after completion"),
                             );
-                            this.state.set(State::Running { call });
+                            this.state.set(State::Running {
+                                call,
+                                sent_at: Instant::now(),
+                            });
                             continue;
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
@@ -277,11 +284,11 @@ where
                     }
                     return Poll::Pending;
                 }
-                StateProj::Running { call } => {
+                StateProj::Running { call, sent_at } => {
                     let result = std::task::ready!(call.poll(cx)).map_err(Into::into);
                     if this.bucket.is_adaptive() {
                         let outcome = this.classifier.classify(result.as_ref());
-                        this.bucket.on_outcome(outcome);
+                        this.bucket.on_outcome(outcome, *sent_at);
                     }
                     return Poll::Ready(result);
                 }

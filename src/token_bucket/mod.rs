@@ -32,11 +32,21 @@
 //! the CUBIC curve `C (t − K)³ + Wmax` with C = 0.4 and `K = ∛(Wmax (1 − β) / C)`. The send rate
 //! is measured in 0.5 s buckets smoothed with 0.8; the rate stays within `[min_rate, max_rate]`
 //! (at least 0.5/s by default) and never above twice the measured send rate. The bucket is
-//! unlimited until the first throttle, or starts at a configured rate. Against a server that
-//! throttles above 100 requests/s, a client offering 300/s sends within 10% of 100/s after 7
-//! simulated seconds, then between 83 and 107 per second (mean 97/s over the last 30 s), and
-//! gets 16 throttled answers in a minute where the same client without the bucket gets 11 991
-//! (`cargo run --release --example adaptive_bucket`).
+//! unlimited until the first throttle, or starts at a configured rate.
+//!
+//! The rate is cut once per congestion event, as TCP cuts once per round trip: the layer tells
+//! the bucket when each request was sent, and an overload answer to a request sent before the
+//! last cut does not cut again (it was sent at the old rate). The AWS SDKs cut at every throttle
+//! answer; when a server starts refusing with hundreds of requests in flight, that compounds to
+//! 0.7ⁿ, down to the floor. A throttle before the first half-second measurement has closed cuts
+//! from the rate counted so far, not from 0.
+//!
+//! Against a server that throttles above 100 requests/s after 20 ms, a client offering 300/s
+//! sends within 10% of 100/s in the first simulated second, then between 83 and 108 per second
+//! (mean 97/s over the last 30 s), and gets 20 throttled answers in a minute where the same
+//! client without the bucket gets 11 991. With a 200 ms round trip (60 requests in flight when
+//! the refusals start) it sends 97/s over the last 30 s, where cutting at every throttle answer
+//! fell to the 0.5/s floor and sent 34/s (`cargo run --release --example adaptive_bucket`).
 //!
 //! # Retry quota
 //! [`TokenBucket`] implements the retry layer's [`Budget`](crate::retry::Budget) in AWS standard
