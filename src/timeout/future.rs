@@ -25,9 +25,8 @@ enum State<F> {
         #[pin]
         inner: F,
         // Made on the first poll that finds the inner future pending, so a call that completes
-        // at once never touches the timer.
-        #[pin]
-        sleep: Option<Sleep>,
+        // at once never touches the timer; boxed, so the future stays small to move.
+        sleep: Option<Pin<Box<Sleep>>>,
         deadline: Instant,
         elapsed: Elapsed,
     },
@@ -74,18 +73,15 @@ where
             }
             Projected::Running {
                 inner,
-                mut sleep,
+                sleep,
                 deadline,
                 elapsed,
             } => {
                 if let Poll::Ready(result) = inner.poll(cx) {
                     return Poll::Ready(result.map_err(Into::into));
                 }
-                if sleep.is_none() {
-                    sleep.set(Some(sleep_until(*deadline)));
-                }
-                let sleep = sleep.as_pin_mut().expect("set above");
-                ready!(sleep.poll(cx));
+                let sleep = sleep.get_or_insert_with(|| Box::pin(sleep_until(*deadline)));
+                ready!(sleep.as_mut().poll(cx));
                 Poll::Ready(Err((*elapsed).into()))
             }
         }
