@@ -10,8 +10,9 @@ use super::admit::Admit;
 use super::gate::Admission;
 use crate::error::BoxError;
 
-/// The response future of [`Backpressure`](super::Backpressure): waits for a slot (or fails at
-/// once with `QueueFull`), then runs the request. Dropping it while it waits leaves the queue at
+/// The response future of [`Backpressure`](super::Backpressure) and of
+/// [`LifoQueue`](crate::lifo_queue::LifoQueue), which share one gate: waits for a slot (or fails
+/// at once with `QueueFull`, or later with `Shed` from a LIFO queue), then runs the request. Dropping it while it waits leaves the queue at
 /// once; dropping it while it runs frees the slot.
 #[pin_project]
 #[derive(Debug)]
@@ -21,7 +22,7 @@ pub struct ResponseFuture<S: Service<Req>, Req, H> {
 }
 
 impl<S: Service<Req>, Req, H> ResponseFuture<S, Req, H> {
-    pub(super) fn new(admission: Admission, service: S, request: Req) -> Self {
+    pub(crate) fn new(admission: Admission, service: S, request: Req) -> Self {
         ResponseFuture {
             inner: Admit::new(admission, service, request),
         }

@@ -1,42 +1,5 @@
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use pin_project::pin_project;
-use tower_service::Service;
-
-use crate::backpressure::Hold;
-use crate::backpressure::admit::Admit;
-use crate::backpressure::gate::Admission;
-use crate::error::BoxError;
-
-/// The response future of [`LifoQueue`](super::LifoQueue): waits for a slot (or fails at
-/// once with `QueueFull`, or later with `Shed`), then runs the request. Dropping it while it waits leaves the queue at
-/// once; dropping it while it runs frees the slot.
-#[pin_project]
-#[derive(Debug)]
-pub struct ResponseFuture<S: Service<Req>, Req, H> {
-    #[pin]
-    inner: Admit<S, Req, H>,
-}
-
-impl<S: Service<Req>, Req, H> ResponseFuture<S, Req, H> {
-    pub(super) fn new(admission: Admission, service: S, request: Req) -> Self {
-        ResponseFuture {
-            inner: Admit::new(admission, service, request),
-        }
-    }
-}
-
-impl<S, Req, H> Future for ResponseFuture<S, Req, H>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-    H: Hold<S::Response>,
-{
-    type Output = Result<H::Output, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
-    }
-}
+/// The response future of [`LifoQueue`](super::LifoQueue): the same future as the backpressure
+/// layer's, since both wait at the same gate. It waits for a slot (or fails at once with
+/// `QueueFull`, or later with `Shed`), then runs the request. Dropping it while it waits leaves
+/// the queue at once; dropping it while it runs frees the slot.
+pub type ResponseFuture<S, Req, H> = crate::backpressure::ResponseFuture<S, Req, H>;
