@@ -4,7 +4,7 @@ use tower_service::Service;
 
 use super::admission::AdmissionController;
 use super::future::ResponseFuture;
-use crate::error::BoxError;
+use crate::error::{BoxError, OverloadReason, Overloaded};
 
 /// The service made by [`AdmissionLayer`](super::AdmissionLayer).
 ///
@@ -55,7 +55,7 @@ where
         if self.controller.try_admit() {
             ResponseFuture::admitted(self.inner.call(req))
         } else {
-            ResponseFuture::denied()
+            ResponseFuture::refused(Overloaded::new(OverloadReason::AdmissionDenied).into())
         }
     }
 }

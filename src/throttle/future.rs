@@ -6,8 +6,8 @@ use pin_project::pin_project;
 
 use crate::error::BoxError;
 
-/// The response future of [`Throttle`](super::Throttle): the inner service's answer, or the
-/// refusal at once.
+/// The response future of [`Throttle`](super::Throttle) and of
+/// [`Admission`](crate::pid::Admission): the inner service's answer, or the refusal at once.
 #[pin_project]
 #[derive(Debug)]
 pub struct ResponseFuture<F> {
@@ -23,13 +23,13 @@ enum State<F> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(super) fn admitted(future: F) -> Self {
+    pub(crate) fn admitted(future: F) -> Self {
         ResponseFuture {
             state: State::Admitted(future),
         }
     }
 
-    pub(super) fn refused(error: BoxError) -> Self {
+    pub(crate) fn refused(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Refused(Some(error)),
         }
@@ -48,7 +48,7 @@ where
             StateProj::Admitted(future) => future.poll(cx).map_err(Into::into),
             StateProj::Refused(error) => Poll::Ready(Err(error
                 .take()
-                .unwrap_or_else(|| "throttle future polled after completion".into()))),
+                .unwrap_or_else(|| "refused future polled after completion".into()))),
         }
     }
 }
