@@ -2,10 +2,11 @@
 //! quota (10⁹ per second, burst 10⁶: every check is granted, so this is the grant path), on 1
 //! thread and on 2 threads hammering one shared limiter.
 //!
-//! Every check reads a clock. backstop reads `tokio::time::Instant` (so paused-time tests
-//! work), which is the OS monotonic clock; governor's default clock is `quanta` (the CPU's TSC).
-//! Where the OS clock is slow (virtual machines), that read is most of the cost, so the bench
-//! also runs governor on the OS clock (`MonotonicClock`) and times one clock read alone.
+//! Every check reads a clock, and that read is a large part of its cost, so each side is
+//! measured on both kinds of clock: backstop with `Clock::tsc()` against governor's default
+//! `quanta` clock (both read the CPU's time-stamp counter), and backstop's default
+//! `Clock::tokio()` against governor on the OS clock (`MonotonicClock`). One clock read alone is
+//! timed too.
 //!
 //! Run: `cargo bench --bench token_bucket`. After criterion's figures, the bench prints ratios
 //! against governor measured in the same run (interleaved rounds, median of each).
@@ -14,7 +15,7 @@ use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use backstop::token_bucket::TokenBucket;
+use backstop::token_bucket::{Clock, TokenBucket};
 use criterion::{Criterion, criterion_group};
 use governor::clock::MonotonicClock;
 use governor::middleware::NoOpMiddleware;
@@ -24,8 +25,13 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 const RATE: u32 = 1_000_000_000;
 const BURST: u32 = 1_000_000;
 
-fn bucket() -> TokenBucket {
-    TokenBucket::new("bench", f64::from(BURST), f64::from(RATE)).unwrap()
+fn bucket(clock: Clock) -> TokenBucket {
+    TokenBucket::builder("bench")
+        .capacity(f64::from(BURST))
+        .rate(f64::from(RATE))
+        .clock(clock)
+        .build()
+        .unwrap()
 }
 
 fn quota() -> Quota {
@@ -73,7 +79,11 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("token_bucket");
     for threads in [1, 2] {
         group.bench_function(format!("backstop_try_acquire_{threads}t"), |b| {
-            let bucket = bucket();
+            let bucket = bucket(Clock::tokio());
+            b.iter_custom(|iters| hammer(threads, iters, || bucket.try_acquire(1)))
+        });
+        group.bench_function(format!("backstop_tsc_try_acquire_{threads}t"), |b| {
+            let bucket = bucket(Clock::tsc());
             b.iter_custom(|iters| hammer(threads, iters, || bucket.try_acquire(1)))
         });
         group.bench_function(format!("governor_check_{threads}t"), |b| {
@@ -89,58 +99,79 @@ fn bench(c: &mut Criterion) {
 }
 
 /// Interleaved rounds of every variant, so drift in machine load hits all of them alike; the
-/// median time per check and the ratio backstop / governor.
+/// median time per check, and ratios of backstop to governor on the same kind of clock.
 fn ratios() {
     const ROUNDS: usize = 15;
     const ITERS: u64 = 1_000_000;
+    const NAMES: [&str; 6] = [
+        "backstop (TSC clock)",
+        "governor (quanta TSC clock)",
+        "backstop (tokio clock)",
+        "governor (OS clock)",
+        "one tokio Instant::now",
+        "one std Instant::now",
+    ];
     let per_check = |d: Duration| d.as_nanos() as f64 / ITERS as f64;
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let mut rows = Vec::new();
+    let mut medians = Vec::new();
     for threads in [1usize, 2] {
-        let (mut ours, mut theirs, mut theirs_os, mut clock) = (vec![], vec![], vec![], vec![]);
+        let mut samples = vec![Vec::new(); NAMES.len()];
         for _ in 0..ROUNDS {
-            let bucket = bucket();
-            let limiter = governor();
+            let tsc = bucket(Clock::tsc());
+            let quanta = governor();
+            let tokio_clock = bucket(Clock::tokio());
             let os = governor_os_clock();
-            ours.push(per_check(hammer(threads, ITERS, || bucket.try_acquire(1))));
-            theirs.push(per_check(hammer(threads, ITERS, || {
-                limiter.check().is_ok()
-            })));
-            theirs_os.push(per_check(hammer(threads, ITERS, || os.check().is_ok())));
-            clock.push(per_check(hammer(threads, ITERS, || {
-                black_box(tokio::time::Instant::now());
-                true
-            })));
+            let timings = [
+                hammer(threads, ITERS, || tsc.try_acquire(1)),
+                hammer(threads, ITERS, || quanta.check().is_ok()),
+                hammer(threads, ITERS, || tokio_clock.try_acquire(1)),
+                hammer(threads, ITERS, || os.check().is_ok()),
+                hammer(threads, ITERS, || {
+                    black_box(tokio::time::Instant::now());
+                    true
+                }),
+                // tokio's clock is std's plus a check for a paused clock, which only builds
+                // with tokio's `test-util` (as this bench does) make.
+                hammer(threads, ITERS, || {
+                    black_box(Instant::now());
+                    true
+                }),
+            ];
+            for (sample, t) in samples.iter_mut().zip(timings) {
+                sample.push(per_check(t));
+            }
         }
-        rows.push((
-            threads,
-            median(&mut ours),
-            median(&mut theirs),
-            median(&mut theirs_os),
-            median(&mut clock),
-        ));
-    }
-    println!("\ntime per check, median of {ROUNDS} interleaved rounds of {ITERS} per thread:");
-    for (threads, ours, theirs, theirs_os, clock) in &rows {
+        let row: Vec<f64> = samples
+            .iter_mut()
+            .map(|v| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            })
+            .collect();
         println!(
-            "  {threads} thread(s): backstop {ours:>6.1} ns | governor (quanta) {theirs:>6.1} ns ({:.2}x) | governor (OS clock) {theirs_os:>6.1} ns ({:.2}x) | one tokio Instant::now {clock:>5.1} ns",
-            ours / theirs,
-            ours / theirs_os
+            "\n{threads} thread(s), ns per check, median of {ROUNDS} interleaved rounds of {ITERS}:"
         );
+        for (name, ns) in NAMES.iter().zip(&row) {
+            println!("  {name:<28} {ns:>6.1}");
+        }
+        println!(
+            "  backstop / governor: {:.2}x on the TSC, {:.2}x on the OS clock",
+            row[0] / row[1],
+            row[2] / row[3]
+        );
+        medians.push(row);
     }
-    let (r1, r2) = (&rows[0], &rows[1]);
+    let (one, two) = (&medians[0], &medians[1]);
     println!(
-        "summary: vs_governor_1t={:.2} vs_governor_2t={:.2} vs_governor_os_clock_1t={:.2} vs_governor_os_clock_2t={:.2} backstop_1t_ns={:.1} governor_1t_ns={:.1} clock_read_ns={:.1}",
-        r1.1 / r1.2,
-        r2.1 / r2.2,
-        r1.1 / r1.3,
-        r2.1 / r2.3,
-        r1.1,
-        r1.2,
-        r1.4
+        "summary: tsc_vs_governor_1t={:.2} tsc_vs_governor_2t={:.2} tokio_clock_vs_governor_os_clock_1t={:.2} tokio_clock_vs_governor_os_clock_2t={:.2} backstop_tsc_1t_ns={:.1} governor_1t_ns={:.1} backstop_tokio_clock_1t_ns={:.1} tokio_clock_read_ns={:.1} std_clock_read_ns={:.1}",
+        one[0] / one[1],
+        two[0] / two[1],
+        one[2] / one[3],
+        two[2] / two[3],
+        one[0],
+        one[1],
+        one[2],
+        one[4],
+        one[5]
     );
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backstop::classify::Outcome;
 use backstop::timeout::{Deadline, HasDeadline};
-use backstop::token_bucket::{AdaptiveRate, TokenBucket, TokenBucketLayer};
+use backstop::token_bucket::{AdaptiveRate, Clock, TokenBucket, TokenBucketLayer};
 use backstop::{BoxError, OverloadReason, Overloaded, find_overload};
 use futures::FutureExt;
 use proptest::prelude::*;
@@ -586,36 +586,70 @@ fn threads_hammering_one_bucket_get_exactly_the_capacity() {
 
 /// The same with a refill, on the real clock: the grants never exceed capacity + rate × the
 /// elapsed time, measured generously (from before the bucket was built to after every thread
-/// stopped), so a slow machine can only make the check easier.
+/// stopped), so a slow machine can only make the check easier. On both clocks: tokio's, and the
+/// CPU's counter.
 #[test]
 fn threads_with_a_refill_never_beat_the_bound() {
-    let (capacity, rate) = (1_000.0, 50_000.0);
-    let start = std::time::Instant::now();
-    let bucket = TokenBucket::new("stress", capacity, rate).unwrap();
-    let run_for = Duration::from_millis(150);
-    let granted: u64 = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                let bucket = bucket.clone();
-                s.spawn(move || {
-                    let mut got = 0u64;
-                    while start.elapsed() < run_for {
-                        for _ in 0..64 {
-                            got += u64::from(bucket.try_acquire(1));
+    for clock in [Clock::tokio(), Clock::tsc()] {
+        let (capacity, rate) = (1_000.0, 50_000.0);
+        let start = std::time::Instant::now();
+        let bucket = TokenBucket::builder("stress")
+            .capacity(capacity)
+            .rate(rate)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let run_for = Duration::from_millis(150);
+        let granted: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let bucket = bucket.clone();
+                    s.spawn(move || {
+                        let mut got = 0u64;
+                        while start.elapsed() < run_for {
+                            for _ in 0..64 {
+                                got += u64::from(bucket.try_acquire(1));
+                            }
                         }
-                    }
-                    got
+                        got
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
-    });
-    let elapsed = start.elapsed().as_secs_f64();
-    let bound = capacity + rate * (elapsed + 0.001);
-    assert!(granted as f64 <= bound, "{granted} > {bound}");
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let elapsed = start.elapsed().as_secs_f64();
+        let bound = capacity + rate * (elapsed + 0.001);
+        assert!(granted as f64 <= bound, "{clock:?}: {granted} > {bound}");
+        assert!(
+            granted as f64 >= capacity,
+            "{clock:?}: the initial capacity is always there"
+        );
+    }
+}
+
+/// The counter clock keeps real time: after the OS clock has seen 30 ms pass, the bucket has
+/// refilled what 30 ms pay for, give or take the milliseconds read on either side.
+#[test]
+fn the_counter_clock_refills_in_real_time() {
+    let rate = 1_000.0; // one token a millisecond
+    let before = std::time::Instant::now();
+    let bucket = TokenBucket::builder("tsc")
+        .capacity(1_000.0)
+        .rate(rate)
+        .initial_tokens(0.0)
+        .clock(Clock::tsc())
+        .build()
+        .unwrap();
+    let built = std::time::Instant::now();
+    while built.elapsed() < Duration::from_millis(30) {
+        std::hint::spin_loop();
+    }
+    let read_from = built.elapsed().as_secs_f64() * 1000.0;
+    let tokens = bucket.tokens();
+    let read_to = before.elapsed().as_secs_f64() * 1000.0;
     assert!(
-        granted as f64 >= capacity,
-        "the initial capacity is always there"
+        tokens >= (read_from - 1.0).floor() && tokens <= read_to.ceil(),
+        "{tokens} tokens, the clock read between {read_from:.1} and {read_to:.1} ms"
     );
 }
 

@@ -9,20 +9,20 @@
 //!
 //! # The bucket
 //! [`TokenBucket`] is a cheap `Clone` handle; clones share one bucket. Its state is one
-//! `AtomicU64` (tokens in sixteenths and the last refill time in milliseconds, packed), updated
-//! by a compare-and-swap loop; the refill is computed from [`tokio::time::Instant`] when asked,
+//! `AtomicU64` (tokens in 256ths and the last refill time in milliseconds, packed), updated
+//! by a compare-and-swap loop; the refill is computed from the bucket's [`Clock`] when asked,
 //! exactly in integers. [`try_acquire`](TokenBucket::try_acquire) never waits;
 //! [`acquire`](TokenBucket::acquire) waits in a first-come-first-served line (a short lock on
 //! that slow path only), so a large request is not starved by small ones, and a dropped waiter
 //! takes nothing. Rate and capacity change at run time ([`set_rate`](TokenBucket::set_rate),
 //! [`set_capacity`](TokenBucket::set_capacity)).
 //!
-//! A grant reads the clock once, and that read is most of its cost: `tokio::time::Instant` (so
-//! paused-time tests stay deterministic) is the OS monotonic clock, about 19 ns on the 2-core
-//! test VM, where governor's default `quanta` clock reads the CPU's counter. Measured with
-//! `cargo bench --bench token_bucket` on that VM, `try_acquire` costs about 1.5–1.6x governor's
-//! direct `RateLimiter::check` with the same quota on 1 thread (36 ns against 22 ns), and about
-//! 1.2x governor run on the same OS clock; the figures move by ±20% with the machine's load.
+//! A grant reads the clock once, and that read is a large part of its cost. The default
+//! [`Clock::tokio`] reads [`tokio::time::Instant`], so tests that pause tokio's clock drive the
+//! bucket; [`Clock::tsc`] reads the CPU's counter through `quanta`, as governor does, for hot
+//! paths in production. `cargo bench --bench token_bucket` measures both against governor's
+//! direct `RateLimiter::check` with the same quota, each on the same kind of clock; the figures
+//! are in the README's overhead table.
 //!
 //! # The adaptive rate
 //! Built with [`adaptive`](TokenBucketBuilder::adaptive)([`AdaptiveRate::aws`]), the layer reads
@@ -100,6 +100,7 @@
 
 mod adaptive;
 mod bucket;
+mod clock;
 mod future;
 mod layer;
 mod quota;
@@ -107,6 +108,7 @@ mod service;
 
 pub use self::adaptive::{AdaptiveRate, AdaptiveRateBuilder, cubic_k};
 pub use self::bucket::{MAX_CAPACITY, MAX_RATE, TokenBucket, TokenBucketBuilder};
+pub use self::clock::Clock;
 pub use self::future::{Acquire, ResponseFuture};
 pub use self::layer::{TokenBucketLayer, TokenBucketLayerBuilder};
 pub use self::quota::{RETRY_COST, SUCCESS_REFUND, TIMEOUT_RETRY_COST};
