@@ -472,6 +472,37 @@ fn http_keys_read_header_principal_and_remote_address() {
     // Same host, other port: same client.
     assert_eq!(connect_info.client_key(&axum_req), Some(ClientId::from(ip)));
 
+    // IPv6: one /64 is one client; an IPv4 client on a dual-stack socket stays itself.
+    let v6 = |text: &str| -> IpAddr { text.parse().unwrap() };
+    let key = RemoteAddrKey::new();
+    assert_eq!(
+        key.client_of(v6("2001:db8:1:2::1")),
+        key.client_of(v6("2001:db8:1:2:ffff:0:abcd:9"))
+    );
+    assert_ne!(
+        key.client_of(v6("2001:db8:1:2::1")),
+        key.client_of(v6("2001:db8:1:3::1"))
+    );
+    assert_eq!(key.client_of(v6("::ffff:10.1.2.3")), ClientId::from(ip));
+    assert_ne!(
+        key.client_of(v6("::ffff:10.1.2.3")),
+        key.client_of(v6("::ffff:10.1.2.4"))
+    );
+    let per_address = RemoteAddrKey::new().ipv6_prefix(128).unwrap();
+    assert_ne!(
+        per_address.client_of(v6("2001:db8:1:2::1")),
+        per_address.client_of(v6("2001:db8:1:2::2"))
+    );
+    let site = RemoteAddrKey::new().ipv6_prefix(56).unwrap();
+    assert_eq!(
+        site.client_of(v6("2001:db8:1:2::1")),
+        site.client_of(v6("2001:db8:1:ff::1"))
+    );
+    for bad in [0, 129] {
+        let err = RemoteAddrKey::new().ipv6_prefix(bad).unwrap_err();
+        assert!(err.to_string().contains("ipv6_prefix"), "{err}");
+    }
+
     let empty = http::Request::builder()
         .header("x-client-id", "")
         .body(())

@@ -177,7 +177,8 @@ pub use self::http_keys::{HeaderKey, Principal, PrincipalKey, RemoteAddrKey};
 mod http_keys {
     use super::ClientId;
     use super::ClientKey;
-    use std::net::{IpAddr, SocketAddr};
+    use crate::error::{ConfigError, check};
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
     /// The client named by a request header, `x-client-id` by default. An empty header counts
     /// as missing.
@@ -224,7 +225,14 @@ mod http_keys {
         }
     }
 
-    /// The client is the remote IP address (the port is ignored: one host, one client).
+    /// The client is the remote IP address (the port is ignored: one host, one client), with
+    /// IPv6 addresses grouped by their first 64 bits.
+    ///
+    /// One IPv6 host usually holds a whole /64 and can pick a new address in it for every
+    /// connection, so keying on the full address would let one client pass as millions and
+    /// slip out of its quota. An IPv4 address seen through a dual-stack socket
+    /// (`::ffff:a.b.c.d`) is keyed as the IPv4 address it is, not grouped: all of those share
+    /// one /64. Change the grouping with [`ipv6_prefix`](Self::ipv6_prefix).
     ///
     /// By default it reads a [`SocketAddr`] or an [`IpAddr`] from the request's extensions,
     /// where a hyper server loop can put the peer address. With axum's connect info, say where
@@ -235,29 +243,63 @@ mod http_keys {
     /// use backstop::throttle::RemoteAddrKey;
     /// use std::net::SocketAddr;
     ///
-    /// let key = RemoteAddrKey::with(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()));
+    /// let key = RemoteAddrKey::with(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+    ///     .ipv6_prefix(56)?; // a site's /56, as some providers hand out
     /// # let _ = key;
+    /// # Ok::<(), backstop::ConfigError>(())
     /// ```
     #[derive(Debug, Clone, Copy)]
     pub struct RemoteAddrKey {
         find: fn(&http::Extensions) -> Option<IpAddr>,
+        v6_prefix: u8,
     }
 
     impl RemoteAddrKey {
         /// Reads a [`SocketAddr`], else an [`IpAddr`], from the extensions.
         pub fn new() -> Self {
-            RemoteAddrKey {
-                find: |ext| {
-                    ext.get::<SocketAddr>()
-                        .map(SocketAddr::ip)
-                        .or_else(|| ext.get::<IpAddr>().copied())
-                },
-            }
+            RemoteAddrKey::with(|ext| {
+                ext.get::<SocketAddr>()
+                    .map(SocketAddr::ip)
+                    .or_else(|| ext.get::<IpAddr>().copied())
+            })
         }
 
         /// Reads the address with `find` (for a connect-info type of your server framework).
         pub fn with(find: fn(&http::Extensions) -> Option<IpAddr>) -> Self {
-            RemoteAddrKey { find }
+            RemoteAddrKey {
+                find,
+                v6_prefix: 64,
+            }
+        }
+
+        /// How many leading bits of an IPv6 address name the client, in [1, 128]; 128 keys
+        /// each address on its own. Default 64.
+        pub fn ipv6_prefix(self, bits: u8) -> Result<Self, ConfigError> {
+            let bits = check(
+                "ipv6_prefix",
+                bits,
+                |b| (1..=128).contains(b),
+                "in [1, 128] bits",
+            )?;
+            Ok(RemoteAddrKey {
+                v6_prefix: bits,
+                ..self
+            })
+        }
+
+        /// The client an address belongs to.
+        pub fn client_of(&self, ip: IpAddr) -> ClientId {
+            match ip {
+                IpAddr::V4(v4) => ClientId::from(IpAddr::V4(v4)),
+                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(v4) => ClientId::from(IpAddr::V4(v4)),
+                    None => {
+                        let mask = u128::MAX << (128 - u32::from(self.v6_prefix));
+                        let network = Ipv6Addr::from(u128::from(v6) & mask);
+                        ClientId::from(IpAddr::V6(network))
+                    }
+                },
+            }
         }
     }
 
@@ -269,7 +311,7 @@ mod http_keys {
 
     impl<B> ClientKey<http::Request<B>> for RemoteAddrKey {
         fn client_key(&self, req: &http::Request<B>) -> Option<ClientId> {
-            (self.find)(req.extensions()).map(ClientId::from)
+            (self.find)(req.extensions()).map(|ip| self.client_of(ip))
         }
     }
 }
