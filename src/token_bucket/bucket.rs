@@ -1,6 +1,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+// The state word is loom's atomic in the loom model (tests/loom_bucket.rs), so loom explores
+// every interleaving of the compare-and-swap loops that share it.
+#[cfg(backstop_loom)]
+use loom::sync::atomic::AtomicU64 as StateWord;
+#[cfg(not(backstop_loom))]
+use std::sync::atomic::AtomicU64 as StateWord;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -192,7 +199,7 @@ pub(crate) struct Inner {
     epoch: Epoch,
     /// On a cache line of its own: every grant writes it, and the settings read beside it on
     /// each grant would otherwise bounce between cores with it.
-    state: OwnLine<AtomicU64>,
+    state: OwnLine<StateWord>,
     /// Capacity in units.
     cap: AtomicU64,
     /// Rate in units per ms, 32.32 fixed point.
@@ -665,7 +672,7 @@ impl TokenBucketBuilder {
             inner: Arc::new(Inner {
                 name: self.name,
                 epoch,
-                state: OwnLine(AtomicU64::new(pack(tokens_to_units(initial) as i64, 0))),
+                state: OwnLine(StateWord::new(pack(tokens_to_units(initial) as i64, 0))),
                 cap: AtomicU64::new(tokens_to_units(capacity)),
                 rate: AtomicU64::new(rate_to_fixed(rate.unwrap_or(0.0))),
                 rate_f64: AtomicU64::new(rate.unwrap_or(0.0).to_bits()),
