@@ -3,7 +3,7 @@
 //! thread and on 2 threads hammering one shared limiter.
 //!
 //! Every check reads a clock, and that read is a large part of its cost, so each side is
-//! measured on both kinds of clock: backstop with `Clock::tsc()` against governor's default
+//! measured on both kinds of clock: backstop with `Clock::cpu_counter()` against governor's default
 //! `quanta` clock (both read the CPU's time-stamp counter), and backstop's default
 //! `Clock::tokio()` against governor on the OS clock (`MonotonicClock`). One clock read alone is
 //! timed too.
@@ -82,10 +82,13 @@ fn bench(c: &mut Criterion) {
             let bucket = bucket(Clock::tokio());
             b.iter_custom(|iters| hammer(threads, iters, || bucket.try_acquire(1)))
         });
-        group.bench_function(format!("backstop_tsc_try_acquire_{threads}t"), |b| {
-            let bucket = bucket(Clock::tsc());
-            b.iter_custom(|iters| hammer(threads, iters, || bucket.try_acquire(1)))
-        });
+        group.bench_function(
+            format!("backstop_cpu_counter_try_acquire_{threads}t"),
+            |b| {
+                let bucket = bucket(Clock::cpu_counter());
+                b.iter_custom(|iters| hammer(threads, iters, || bucket.try_acquire(1)))
+            },
+        );
         group.bench_function(format!("governor_check_{threads}t"), |b| {
             let limiter = governor();
             b.iter_custom(|iters| hammer(threads, iters, || limiter.check().is_ok()))
@@ -104,8 +107,8 @@ fn ratios() {
     const ROUNDS: usize = 15;
     const ITERS: u64 = 1_000_000;
     const NAMES: [&str; 6] = [
-        "backstop (TSC clock)",
-        "governor (quanta TSC clock)",
+        "backstop (CPU counter clock)",
+        "governor (quanta counter clock)",
         "backstop (tokio clock)",
         "governor (OS clock)",
         "one tokio Instant::now",
@@ -116,12 +119,12 @@ fn ratios() {
     for threads in [1usize, 2] {
         let mut samples = vec![Vec::new(); NAMES.len()];
         for _ in 0..ROUNDS {
-            let tsc = bucket(Clock::tsc());
+            let counter = bucket(Clock::cpu_counter());
             let quanta = governor();
             let tokio_clock = bucket(Clock::tokio());
             let os = governor_os_clock();
             let timings = [
-                hammer(threads, ITERS, || tsc.try_acquire(1)),
+                hammer(threads, ITERS, || counter.try_acquire(1)),
                 hammer(threads, ITERS, || quanta.check().is_ok()),
                 hammer(threads, ITERS, || tokio_clock.try_acquire(1)),
                 hammer(threads, ITERS, || os.check().is_ok()),
@@ -154,7 +157,7 @@ fn ratios() {
             println!("  {name:<28} {ns:>6.1}");
         }
         println!(
-            "  backstop / governor: {:.2}x on the TSC, {:.2}x on the OS clock",
+            "  backstop / governor: {:.2}x on the CPU counter, {:.2}x on the OS clock",
             row[0] / row[1],
             row[2] / row[3]
         );
@@ -162,7 +165,7 @@ fn ratios() {
     }
     let (one, two) = (&medians[0], &medians[1]);
     println!(
-        "summary: tsc_vs_governor_1t={:.2} tsc_vs_governor_2t={:.2} tokio_clock_vs_governor_os_clock_1t={:.2} tokio_clock_vs_governor_os_clock_2t={:.2} backstop_tsc_1t_ns={:.1} governor_1t_ns={:.1} backstop_tokio_clock_1t_ns={:.1} tokio_clock_read_ns={:.1} std_clock_read_ns={:.1}",
+        "summary: counter_vs_governor_1t={:.2} counter_vs_governor_2t={:.2} tokio_clock_vs_governor_os_clock_1t={:.2} tokio_clock_vs_governor_os_clock_2t={:.2} backstop_counter_1t_ns={:.1} governor_1t_ns={:.1} backstop_tokio_clock_1t_ns={:.1} tokio_clock_read_ns={:.1} std_clock_read_ns={:.1}",
         one[0] / one[1],
         two[0] / two[1],
         one[2] / one[3],

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -10,22 +11,24 @@ use tokio::time::Instant;
 /// - [`Clock::tokio`] (the default) reads [`tokio::time::Instant`], so a test that pauses or
 ///   advances tokio's clock drives the bucket too. Outside a paused runtime it is the OS
 ///   monotonic clock (`clock_gettime`), about 20 ns on a virtual machine.
-/// - [`Clock::tsc`] reads the CPU's time-stamp counter through the
-///   [`quanta`](https://docs.rs/quanta) crate, as governor does by default: a few nanoseconds,
-///   calibrated against the OS clock once per process. It does not see tokio's paused clock,
-///   so use it in production builds whose hot path takes many tokens per second, and keep the
-///   default in tests that pause time.
+/// - [`Clock::cpu_counter`] reads the CPU's own counter (the TSC on x86-64, `CNTVCT` on
+///   aarch64) through the [`quanta`](https://docs.rs/quanta) crate, as governor does by
+///   default: a few nanoseconds, calibrated against the OS clock once per process. It does not
+///   see tokio's paused clock, so use it in production builds whose hot path takes many tokens
+///   per second, and keep the default in tests that pause time.
+/// - [`Clock::manual`] moves only when told to, for tests that run without a tokio runtime.
 ///
-/// Either way, waits ([`acquire`](super::TokenBucket::acquire), the layer's wait mode) sleep
-/// on tokio's timer.
+/// Waits ([`acquire`](super::TokenBucket::acquire), the layer's wait mode) sleep on tokio's
+/// timer whatever the clock.
 ///
 /// ```
 /// use backstop::token_bucket::{Clock, TokenBucket};
 ///
+/// // Build at start-up: the first counter clock of a process calibrates for up to 200 ms.
 /// let bucket = TokenBucket::builder("hot-path")
 ///     .capacity(1_000.0)
 ///     .rate(50_000.0)
-///     .clock(Clock::tsc())
+///     .clock(Clock::cpu_counter())
 ///     .build()?;
 /// assert!(bucket.try_acquire(1));
 /// # Ok::<(), backstop::ConfigError>(())
@@ -39,7 +42,27 @@ pub struct Clock {
 enum Kind {
     #[default]
     Tokio,
-    Tsc(quanta::Clock),
+    Counter(quanta::Clock),
+    Manual(quanta::Clock),
+}
+
+/// The hand that moves a [`Clock::manual`].
+#[derive(Clone)]
+pub struct ManualTime(Arc<quanta::Mock>);
+
+impl ManualTime {
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.increment(by);
+    }
+}
+
+impl fmt::Debug for ManualTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ManualTime")
+            .field(&Duration::from_nanos(self.0.value()))
+            .finish()
+    }
 }
 
 impl Clock {
@@ -48,25 +71,60 @@ impl Clock {
         Clock { kind: Kind::Tokio }
     }
 
-    /// The CPU's time-stamp counter (through `quanta`), falling back to the OS clock where
-    /// the counter is not usable. Cheaper to read; blind to tokio's paused clock.
-    pub fn tsc() -> Clock {
+    /// The CPU's counter (through `quanta`), or the OS clock where quanta finds no counter it
+    /// trusts (it needs an invariant TSC on x86-64). Cheaper to read; blind to tokio's paused
+    /// clock.
+    ///
+    /// The first one in a process calibrates the counter against the OS clock, busy for up
+    /// to 200 ms: build it at start-up, not in a request handler. The counter is read on
+    /// whichever core the grant runs; where cores' counters disagree by δ (rare on one
+    /// socket, as the kernel checks them at boot), a core ahead may grant up to rate × δ more
+    /// than the bound, and a core behind grants less.
+    pub fn cpu_counter() -> Clock {
         Clock {
-            kind: Kind::Tsc(quanta::Clock::new()),
+            kind: Kind::Counter(quanta::Clock::new()),
         }
+    }
+
+    /// A clock that stands still until moved with the returned [`ManualTime`]: for tests of a
+    /// bucket outside a tokio runtime. (Inside one, prefer the default clock and
+    /// `tokio::time::pause`, which also moves the bucket's waiters.)
+    ///
+    /// ```
+    /// use backstop::token_bucket::{Clock, TokenBucket};
+    /// use std::time::Duration;
+    ///
+    /// let (clock, time) = Clock::manual();
+    /// let bucket = TokenBucket::builder("t").capacity(1.0).rate(10.0).clock(clock).build()?;
+    /// assert!(bucket.try_acquire(1));
+    /// assert!(!bucket.try_acquire(1));
+    /// time.advance(Duration::from_millis(100));
+    /// assert!(bucket.try_acquire(1));
+    /// # Ok::<(), backstop::ConfigError>(())
+    /// ```
+    pub fn manual() -> (Clock, ManualTime) {
+        let (clock, mock) = quanta::Clock::mock();
+        (
+            Clock {
+                kind: Kind::Manual(clock),
+            },
+            ManualTime(mock),
+        )
     }
 
     /// Starts counting: the time from now on this clock.
     pub(crate) fn start(self) -> Epoch {
         match self.kind {
             Kind::Tokio => Epoch::Tokio(Instant::now()),
-            Kind::Tsc(clock) => {
+            Kind::Counter(clock) | Kind::Manual(clock) => {
                 // Milliseconds per count in 0.64 fixed point, from quanta's calibration
                 // (scaled over 2⁴⁰ counts so the rounding is far below a millisecond a year).
+                // Rounded up, so counts of whole nanoseconds (the OS-clock fallback, the
+                // manual clock) turn into exact milliseconds.
                 let ns = clock.delta_as_nanos(0, 1 << 40) as f64;
-                let ms_per_count = (ns / 1e6 * 2f64.powi(24)) as u64;
+                let ms_per_count = (ns / 1e6 * 2f64.powi(24)).ceil() as u64;
                 let start = clock.raw();
-                Epoch::Tsc {
+                Epoch::Counter {
                     clock,
                     start,
                     ms_per_count,
@@ -80,7 +138,8 @@ impl fmt::Debug for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.kind {
             Kind::Tokio => "Clock::tokio",
-            Kind::Tsc(_) => "Clock::tsc",
+            Kind::Counter(_) => "Clock::cpu_counter",
+            Kind::Manual(_) => "Clock::manual",
         })
     }
 }
@@ -88,7 +147,7 @@ impl fmt::Debug for Clock {
 /// A clock and the instant a bucket was built at.
 pub(crate) enum Epoch {
     Tokio(Instant),
-    Tsc {
+    Counter {
         clock: quanta::Clock,
         /// The counter's raw reading at the start.
         start: u64,
@@ -103,7 +162,7 @@ impl Epoch {
     pub(crate) fn elapsed(&self) -> Duration {
         match self {
             Epoch::Tokio(start) => Instant::now().saturating_duration_since(*start),
-            Epoch::Tsc { clock, start, .. } => clock.delta(*start, clock.raw()),
+            Epoch::Counter { clock, start, .. } => clock.delta(*start, clock.raw()),
         }
     }
 
@@ -117,7 +176,7 @@ impl Epoch {
                     .saturating_mul(1000)
                     .saturating_add(u64::from(d.subsec_millis()))
             }
-            Epoch::Tsc {
+            Epoch::Counter {
                 clock,
                 start,
                 ms_per_count,
@@ -136,7 +195,7 @@ impl Epoch {
     pub(crate) fn tokio_instant(&self, at_ms: u64, now_ms: u64) -> Option<Instant> {
         match self {
             Epoch::Tokio(start) => start.checked_add(Duration::from_millis(at_ms)),
-            Epoch::Tsc { .. } => {
+            Epoch::Counter { .. } => {
                 Instant::now().checked_add(Duration::from_millis(at_ms.saturating_sub(now_ms)))
             }
         }
@@ -146,7 +205,7 @@ impl Epoch {
     pub(crate) fn since_epoch(&self, then: Instant) -> Duration {
         match self {
             Epoch::Tokio(start) => then.saturating_duration_since(*start),
-            Epoch::Tsc { .. } => self.elapsed().saturating_sub(then.elapsed()),
+            Epoch::Counter { .. } => self.elapsed().saturating_sub(then.elapsed()),
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct TokenBucketLayerBuilder<C = ErrorClassifier, D = NoDeadline> {
 impl<C, D> TokenBucketLayerBuilder<C, D> {
     /// Waits up to `max_wait` for a token instead of refusing at once (first come, first
     /// served); greater than zero.
+    ///
+    /// (The wait sleeps on tokio's timer: under `tokio::time::pause`, keep the bucket on the
+    /// default [`Clock`](super::Clock), which paused time moves too.)
     pub fn wait_up_to(mut self, max_wait: Duration) -> Self {
         self.wait = Some(max_wait);
         self

@@ -19,7 +19,7 @@
 //!
 //! A grant reads the clock once, and that read is a large part of its cost. The default
 //! [`Clock::tokio`] reads [`tokio::time::Instant`], so tests that pause tokio's clock drive the
-//! bucket; [`Clock::tsc`] reads the CPU's counter through `quanta`, as governor does, for hot
+//! bucket; [`Clock::cpu_counter`] reads the CPU's counter through `quanta`, as governor does, for hot
 //! paths in production. `cargo bench --bench token_bucket` measures both against governor's
 //! direct `RateLimiter::check` with the same quota, each on the same kind of clock; the figures
 //! are in the README's overhead table.
@@ -103,12 +103,14 @@ mod bucket;
 mod clock;
 mod future;
 mod layer;
+#[cfg(all(test, backstop_loom))]
+mod loom_model;
 mod quota;
 mod service;
 
 pub use self::adaptive::{AdaptiveRate, AdaptiveRateBuilder, cubic_k};
 pub use self::bucket::{MAX_CAPACITY, MAX_RATE, TokenBucket, TokenBucketBuilder};
-pub use self::clock::Clock;
+pub use self::clock::{Clock, ManualTime};
 pub use self::future::{Acquire, ResponseFuture};
 pub use self::layer::{TokenBucketLayer, TokenBucketLayerBuilder};
 pub use self::quota::{RETRY_COST, SUCCESS_REFUND, TIMEOUT_RETRY_COST};
