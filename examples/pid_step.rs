@@ -74,7 +74,41 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 const TICK: Duration = Duration::from_millis(100);
+/// The seeds when `--seeds` is not given.
 const SEEDS: [u64; 3] = [1, 2, 3];
+
+/// The command line: `--seeds 1,2,3,4,5` (default 1,2,3) and `--only step|netflix` (default
+/// both).
+struct Args {
+    seeds: Vec<u64>,
+    step: bool,
+    netflix: bool,
+}
+
+fn args() -> Args {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        argv.iter()
+            .position(|a| a == flag)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    let seeds = value("--seeds").map_or(SEEDS.to_vec(), |list| {
+        list.split(',')
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .expect("--seeds: a comma-separated list of integers")
+            })
+            .collect()
+    });
+    let only = value("--only");
+    Args {
+        seeds,
+        step: only.as_deref() != Some("netflix"),
+        netflix: only.as_deref() != Some("step"),
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Control {
@@ -139,13 +173,15 @@ struct Recipe {
     band: f64,
     /// The line, in setpoints' worth of the server's drain.
     line: f64,
+    /// The low-pass filter on the signal.
+    filter: Duration,
 }
 
 const RECIPE: Recipe = Recipe {
-    band: 0.5,
-    line: 2.0,
+    band: 0.3,
+    line: 1.8,
+    filter: Duration::from_millis(600),
 };
-
 /// One server set-up.
 #[derive(Clone, Copy)]
 struct Setup {
@@ -254,6 +290,11 @@ fn run(
                 .setpoint(row.setpoint)
                 .gains(kp, ki, kd)
                 .dead_band(band)
+                .measurement_filter(if control == Control::Pid {
+                    RECIPE.filter
+                } else {
+                    Duration::ZERO
+                })
                 .tick(TICK)
                 .seed(seed)
                 .draw(if control == Control::PidRandom {
@@ -711,7 +752,7 @@ struct StepFigures {
     empty: usize,
 }
 
-fn step_scenario() -> Vec<StepFigures> {
+fn step_scenario(seeds: &[u64]) -> Vec<StepFigures> {
     let s = Duration::from_secs;
     let (warm, surge, cool) = (s(10), s(20), s(10));
     let cap = STEP.capacity();
@@ -721,7 +762,7 @@ fn step_scenario() -> Vec<StepFigures> {
         .step(cool, 0.5 * cap);
     let (from, to) = (warm, warm + surge);
     let bound = 2.0 * STEP_TARGET;
-    let jobs: Vec<(u64, Control)> = SEEDS
+    let jobs: Vec<(u64, Control)> = seeds
         .iter()
         .flat_map(|seed| STEP_ROWS.iter().map(move |c| (*seed, *c)))
         .collect();
@@ -764,7 +805,7 @@ fn step_scenario() -> Vec<StepFigures> {
         1e3 * STEP_TARGET,
         STEP.pid_line(STEP_TARGET),
     );
-    for seed in SEEDS {
+    for &seed in seeds {
         println!("seed {seed}");
         println!(
             "  {:<12} {:>8} {:>5} {:>7} {:>8} {:>9} {:>14} {:>14} {:>9} {:>8} {:>6}",
@@ -782,7 +823,7 @@ fn step_scenario() -> Vec<StepFigures> {
         );
         for f in figures.iter().filter(|f| f.seed == seed) {
             println!(
-                "  {:<12} {:>7.1}% {:>5} {:>7} {:>5.0} ms {:>6.0} ms {:>14} {:>14} {:>9} {:>7.1}% {:>5.0}%",
+                "  {:<12} {:>7.2}% {:>5} {:>7} {:>5.0} ms {:>6.0} ms {:>14} {:>14} {:>9} {:>7.1}% {:>5.0}%",
                 f.control.name(),
                 100.0 * f.goodput,
                 f.empty,
@@ -860,7 +901,7 @@ impl NetflixFigures {
     }
 }
 
-fn netflix_scenario() -> Vec<NetflixFigures> {
+fn netflix_scenario(seeds: &[u64]) -> Vec<NetflixFigures> {
     let s = Duration::from_secs;
     let phase = s(100);
     let cap = NETFLIX.capacity();
@@ -870,7 +911,7 @@ fn netflix_scenario() -> Vec<NetflixFigures> {
         .step(phase, 200.0)
         .step(phase, 100.0);
     let (from, to) = (2 * phase, 3 * phase);
-    let jobs: Vec<(u64, Row)> = SEEDS
+    let jobs: Vec<(u64, Row)> = seeds
         .iter()
         .flat_map(|seed| NETFLIX_ROWS.iter().map(move |r| (*seed, *r)))
         .collect();
@@ -896,7 +937,7 @@ fn netflix_scenario() -> Vec<NetflixFigures> {
         NETFLIX.pid_line(NETFLIX_TARGET)
     );
     let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.0} ms", 1e3 * secs(d)));
-    for seed in SEEDS {
+    for &seed in seeds {
         println!("seed {seed}");
         println!(
             "  {:<17} {:>11} {:>7} {:>8} {:>6} {:>9} {:>8} {:>10} {:>12} {:>7}",
@@ -955,9 +996,22 @@ fn verdict(name: &str, met: bool, figures: String) -> bool {
     met
 }
 
-fn criteria(step: &[StepFigures], netflix: &[NetflixFigures]) {
-    println!();
-    println!("criteria for the PID row (every seed must meet them):");
+/// The best goodput and the best settle time of the rows the PID row is compared with, for one
+/// seed (each figure separately).
+fn best_other(step: &[StepFigures], seed: u64) -> (f64, f64) {
+    let others = || {
+        step.iter()
+            .filter(move |f| f.seed == seed && f.control.is_other())
+    };
+    (
+        others().map(|f| f.goodput).fold(0.0, f64::max),
+        others()
+            .filter_map(|f| f.settle)
+            .fold(f64::INFINITY, f64::min),
+    )
+}
+
+fn step_criteria(step: &[StepFigures]) {
     let pid: Vec<&StepFigures> = step.iter().filter(|f| f.control == Control::Pid).collect();
     let list = |f: &dyn Fn(&StepFigures) -> String| {
         pid.iter().map(|x| f(x)).collect::<Vec<_>>().join(", ")
@@ -991,16 +1045,8 @@ fn criteria(step: &[StepFigures], netflix: &[NetflixFigures]) {
         pid.iter().all(|f| f.back.is_some_and(|b| b <= 2.0)),
         list(&|f| fmt_opt(f.back, " s")),
     );
-    let others = |seed: u64| {
-        step.iter()
-            .filter(move |f| f.seed == seed && f.control.is_other())
-    };
-    let best_goodput = |seed| others(seed).map(|f| f.goodput).fold(0.0, f64::max);
-    let best_settle = |seed| {
-        others(seed)
-            .filter_map(|f| f.settle)
-            .fold(f64::INFINITY, f64::min)
-    };
+    let best_goodput = |seed| best_other(step, seed).0;
+    let best_settle = |seed| best_other(step, seed).1;
     verdict(
         "step: goodput >= best other row's",
         pid.iter().all(|f| f.goodput >= best_goodput(f.seed)),
@@ -1034,7 +1080,9 @@ fn criteria(step: &[StepFigures], netflix: &[NetflixFigures]) {
             )
         }),
     );
+}
 
+fn netflix_criteria(netflix: &[NetflixFigures]) {
     let pid: Vec<&NetflixFigures> = netflix
         .iter()
         .filter(|f| f.row.control == Control::Pid)
@@ -1081,27 +1129,41 @@ fn criteria(step: &[StepFigures], netflix: &[NetflixFigures]) {
 }
 
 fn main() {
-    let step = step_scenario();
-    let netflix = netflix_scenario();
-    criteria(&step, &netflix);
+    let args = args();
+    let step = if args.step {
+        step_scenario(&args.seeds)
+    } else {
+        Vec::new()
+    };
+    let netflix = if args.netflix {
+        netflix_scenario(&args.seeds)
+    } else {
+        Vec::new()
+    };
+    println!();
+    println!("criteria for the PID row (every seed must meet them):");
+    if args.step {
+        step_criteria(&step);
+    }
+    if args.netflix {
+        netflix_criteria(&netflix);
+    }
+    if !args.step {
+        return;
+    }
 
     let mean = |xs: Vec<f64>| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
     let pid = step.iter().filter(|f| f.control == Control::Pid);
-    let others = |seed: u64| {
-        step.iter()
-            .filter(move |f| f.seed == seed && f.control.is_other())
-    };
-    let best_goodput = SEEDS.map(|seed| others(seed).map(|f| f.goodput).fold(0.0, f64::max));
-    let best_settle = SEEDS.map(|seed| {
-        others(seed)
-            .filter_map(|f| f.settle)
-            .fold(f64::INFINITY, f64::min)
-    });
+    let best: Vec<(f64, f64)> = args
+        .seeds
+        .iter()
+        .map(|&seed| best_other(&step, seed))
+        .collect();
     println!(
         "summary: pid_goodput={:.3} pid_settle_s={:.1} best_other_goodput={:.3} best_other_settle_s={:.1}",
         mean(pid.clone().map(|f| f.goodput).collect()),
         mean(pid.map(|f| f.settle.unwrap_or(f64::NAN)).collect()),
-        mean(best_goodput.to_vec()),
-        mean(best_settle.to_vec()),
+        mean(best.iter().map(|b| b.0).collect()),
+        mean(best.iter().map(|b| b.1).collect()),
     );
 }
