@@ -79,6 +79,66 @@ async fn admits_everything_until_the_signal_passes_the_setpoint() {
     assert_eq!((ctl.admitted(), ctl.denied()), (50, 0));
 }
 
+/// A signal with an instant reading the test sets (a queue's length, say).
+#[derive(Clone, Default)]
+struct Queue {
+    sampled: Knob,
+    now: Arc<Mutex<Option<f64>>>,
+}
+
+impl Signal for Queue {
+    fn sample(&self, now: Instant) -> Option<f64> {
+        self.sampled.sample(now)
+    }
+
+    fn instant(&self) -> Option<f64> {
+        *self.now.lock().unwrap()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn below_the_floor_every_request_is_admitted_whatever_the_probability() {
+    let queue = Queue::default();
+    let ctl = AdmissionController::builder(queue.clone())
+        .setpoint(0.05)
+        .gains(2.0, 0.0, 0.0)
+        .min_admission(0.0)
+        .draw(Draw::Even)
+        .tick(TICK)
+        .build()
+        .unwrap();
+    // The sampled signal says shed half; the queue right now is longer than the floor.
+    queue.sampled.set(0.30);
+    *queue.now.lock().unwrap() = Some(0.08);
+    let mut decisions = Vec::new();
+    for _ in 0..20 {
+        decisions.push(ctl.try_admit());
+        advance(TICK).await;
+    }
+    assert_eq!(ctl.admission_probability(), 0.5);
+    assert!(
+        decisions.iter().any(|d| !d),
+        "above the floor the draw refuses"
+    );
+    let floored = ctl.floor_admitted();
+    assert_eq!(floored, 0);
+    // The queue is short now: nothing is refused, and the floor counts what it let in.
+    *queue.now.lock().unwrap() = Some(0.01);
+    let denied = ctl.denied();
+    for _ in 0..20 {
+        assert!(ctl.try_admit());
+    }
+    assert_eq!(ctl.denied(), denied);
+    assert_eq!(
+        ctl.floor_admitted(),
+        10,
+        "half of them the draw would have refused"
+    );
+    // A signal without an instant reading leaves the draw alone.
+    *queue.now.lock().unwrap() = None;
+    assert!((0..4).any(|_| !ctl.try_admit()));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refusal_is_admission_denied_at_once_and_never_reaches_the_inner_service() {
     let knob = Knob::default();

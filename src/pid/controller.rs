@@ -577,6 +577,45 @@ mod tests {
     }
 
     #[test]
+    fn tracking_pulls_the_integral_toward_what_the_actuator_applied() {
+        let mut c = PidController::builder()
+            .setpoint(0.0)
+            .gains(0.0, 1.0, 0.0)
+            .action(Action::Direct)
+            .build()
+            .unwrap();
+        let dt = Duration::from_secs(1);
+        c.update(0.6, dt);
+        assert!((c.output() - 0.6).abs() < 1e-12);
+        // The actuator applied 0.2: a quarter of the gap (dt / tracking) comes off the integral
+        // (seen at the next update, with no error).
+        c.track(0.2, dt, Duration::from_secs(4));
+        c.update(0.0, dt);
+        assert!((c.terms().i - 0.5).abs() < 1e-12, "{:?}", c.terms());
+        // Never past what was applied, however long dt is.
+        c.track(0.2, Duration::from_secs(100), Duration::from_secs(4));
+        c.update(0.0, dt);
+        assert!((c.terms().i - 0.2).abs() < 1e-12, "{:?}", c.terms());
+    }
+
+    #[test]
+    fn the_measurement_filter_smooths_p_and_i_but_not_d() {
+        let mut c = PidController::builder()
+            .gains(1.0, 0.0, 1.0)
+            .output_range(-1e9, 1e9)
+            .derivative_filter(Duration::ZERO)
+            .measurement_filter(Duration::from_millis(90))
+            .build()
+            .unwrap();
+        c.update(0.0, DT);
+        c.update(1.0, DT);
+        let t = c.terms();
+        // alpha = 0.01 / (0.09 + 0.01): P sees a tenth of the step, D all of it.
+        assert!((t.p + 0.1).abs() < 1e-12, "{t:?}");
+        assert!((t.d + 100.0).abs() < 1e-9, "{t:?}");
+    }
+
+    #[test]
     fn bad_configuration_names_the_field() {
         let b = PidController::builder;
         let field = |r: Result<PidController, ConfigError>| r.unwrap_err().field();
