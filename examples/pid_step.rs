@@ -3,17 +3,19 @@
 //!
 //! **The recommended configuration** (the row named **PID**, the same recipe in both
 //! scenarios): an `AdmissionLayer` steering the queue delay (`QueueDelay::of_limiter`: waiting /
-//! grant rate) to the setpoint `s`, with even draws (`Draw::Even`), a hysteresis of `s / 2`
-//! above the setpoint (`dead_band`), gains (2, 20, 0.2) × 50 ms / `s`, in front of a short
-//! bounded line: a `BackpressureLayer` whose `max_waiting` is what the server drains in 2 `s`
-//! (Little's law: `2 × s × capacity`), `QueueFull` beyond. The controller holds the average
-//! queue delay; the line cuts the bursts that random arrivals bring, which a controller
-//! sampling every 100 ms cannot see coming.
+//! grant rate) to the setpoint `s`, with even draws (`Draw::Even`), a hysteresis of 0.3 `s`
+//! above the setpoint (`dead_band`), a 0.6 s low-pass filter on the signal
+//! (`measurement_filter`), gains (2, 20, 0.2) × 50 ms / `s`, and the default floor (a request
+//! that would wait less than `s` is always admitted; the integral tracks what the floor let in),
+//! in front of a short bounded line: a `BackpressureLayer` whose `max_waiting` is what the server
+//! drains in 1.8 `s` (Little's law: `1.8 × s × capacity`), `QueueFull` beyond. The controller
+//! holds the average queue delay; the line cuts the bursts that random arrivals bring, which a
+//! controller sampling every 100 ms cannot see coming; the floor keeps the workers busy.
 //!
 //! **Step scenario.** A server with 10 workers and a log-normal service time (mean 100 ms, cv
 //! 0.5): capacity 100 requests/s. Users wait 1 s and do not retry. Load is 50 req/s (50%) for
 //! 10 s, 300 req/s (300%) for 20 s, then 50 req/s for 10 s, Poisson arrivals. The target is
-//! 50 ms of queue delay, so the PID's line is 10 waiting. Rows:
+//! 50 ms of queue delay, so the PID's line is 9 waiting. Rows:
 //!
 //! - **no control**: a FIFO queue (`BackpressureLayer`, 10 in flight, 100 000 waiting);
 //! - **fixed limit**: `BackpressureLayer` with 10 in flight and 5 waiting, `QueueFull` beyond:
@@ -23,8 +25,8 @@
 //!   front of the FIFO queue;
 //! - **line alone**: the PID row's bounded line without the PID (what the PID adds);
 //! - **P, PI, PID alone**: `AdmissionLayer` over the unbounded FIFO queue, gains (2, 0, 0),
-//!   (2, 20, 0), (2, 20, 0.2), even draws, no dead band; **PID random**: PID alone with
-//!   independent random draws;
+//!   (2, 20, 0), (2, 20, 0.2), even draws, no dead band, no filter, the default floor;
+//!   **PID random**: PID alone with independent random draws;
 //! - **PID**: the recommended configuration above.
 //!
 //! Measured per row, the queue delay being the age of the oldest waiter sampled every 100 ms:
@@ -54,7 +56,9 @@
 //! best_other_settle_s=S` for the step scenario, means over the seeds; "best other" is the best
 //! of no control, fixed limit, gradient, P and PI on each figure separately.
 //!
-//! Run it with `cargo run --release --example pid_step` (a few seconds; the runs use two threads).
+//! Run it with `cargo run --release --example pid_step` (a few minutes, the Netflix runs being
+//! 400 s of simulated time each; the runs use two threads). `-- --seeds 1,2,3,4,5` picks the
+//! seeds (default 1,2,3), `-- --only step` or `-- --only netflix` runs one scenario.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -74,7 +78,41 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 const TICK: Duration = Duration::from_millis(100);
+/// The seeds when `--seeds` is not given.
 const SEEDS: [u64; 3] = [1, 2, 3];
+
+/// The command line: `--seeds 1,2,3,4,5` (default 1,2,3) and `--only step|netflix` (default
+/// both).
+struct Args {
+    seeds: Vec<u64>,
+    step: bool,
+    netflix: bool,
+}
+
+fn args() -> Args {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        argv.iter()
+            .position(|a| a == flag)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    let seeds = value("--seeds").map_or(SEEDS.to_vec(), |list| {
+        list.split(',')
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .expect("--seeds: a comma-separated list of integers")
+            })
+            .collect()
+    });
+    let only = value("--only");
+    Args {
+        seeds,
+        step: only.as_deref() != Some("netflix"),
+        netflix: only.as_deref() != Some("step"),
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Control {
@@ -139,13 +177,15 @@ struct Recipe {
     band: f64,
     /// The line, in setpoints' worth of the server's drain.
     line: f64,
+    /// The low-pass filter on the signal.
+    filter: Duration,
 }
 
 const RECIPE: Recipe = Recipe {
-    band: 0.5,
-    line: 2.0,
+    band: 0.3,
+    line: 1.8,
+    filter: Duration::from_millis(600),
 };
-
 /// One server set-up.
 #[derive(Clone, Copy)]
 struct Setup {
@@ -254,6 +294,11 @@ fn run(
                 .setpoint(row.setpoint)
                 .gains(kp, ki, kd)
                 .dead_band(band)
+                .measurement_filter(if control == Control::Pid {
+                    RECIPE.filter
+                } else {
+                    Duration::ZERO
+                })
                 .tick(TICK)
                 .seed(seed)
                 .draw(if control == Control::PidRandom {
@@ -672,7 +717,7 @@ fn fmt_opt(x: Option<f64>, unit: &str) -> String {
 
 fn fmt_swing(x: Option<(f64, f64)>) -> String {
     x.map_or("-".to_owned(), |(rel, mean)| {
-        format!("{:.0}% of {mean:.2}", 100.0 * rel)
+        format!("{:.1}% of {mean:.2}", 100.0 * rel)
     })
 }
 
@@ -711,7 +756,7 @@ struct StepFigures {
     empty: usize,
 }
 
-fn step_scenario() -> Vec<StepFigures> {
+fn step_scenario(seeds: &[u64]) -> Vec<StepFigures> {
     let s = Duration::from_secs;
     let (warm, surge, cool) = (s(10), s(20), s(10));
     let cap = STEP.capacity();
@@ -721,7 +766,7 @@ fn step_scenario() -> Vec<StepFigures> {
         .step(cool, 0.5 * cap);
     let (from, to) = (warm, warm + surge);
     let bound = 2.0 * STEP_TARGET;
-    let jobs: Vec<(u64, Control)> = SEEDS
+    let jobs: Vec<(u64, Control)> = seeds
         .iter()
         .flat_map(|seed| STEP_ROWS.iter().map(move |c| (*seed, *c)))
         .collect();
@@ -764,7 +809,7 @@ fn step_scenario() -> Vec<StepFigures> {
         1e3 * STEP_TARGET,
         STEP.pid_line(STEP_TARGET),
     );
-    for seed in SEEDS {
+    for &seed in seeds {
         println!("seed {seed}");
         println!(
             "  {:<12} {:>8} {:>5} {:>7} {:>8} {:>9} {:>14} {:>14} {:>9} {:>8} {:>6}",
@@ -782,7 +827,7 @@ fn step_scenario() -> Vec<StepFigures> {
         );
         for f in figures.iter().filter(|f| f.seed == seed) {
             println!(
-                "  {:<12} {:>7.1}% {:>5} {:>7} {:>5.0} ms {:>6.0} ms {:>14} {:>14} {:>9} {:>7.1}% {:>5.0}%",
+                "  {:<12} {:>7.2}% {:>5} {:>7} {:>5.0} ms {:>6.0} ms {:>14} {:>14} {:>9} {:>7.1}% {:>5.0}%",
                 f.control.name(),
                 100.0 * f.goodput,
                 f.empty,
@@ -860,7 +905,7 @@ impl NetflixFigures {
     }
 }
 
-fn netflix_scenario() -> Vec<NetflixFigures> {
+fn netflix_scenario(seeds: &[u64]) -> Vec<NetflixFigures> {
     let s = Duration::from_secs;
     let phase = s(100);
     let cap = NETFLIX.capacity();
@@ -870,7 +915,7 @@ fn netflix_scenario() -> Vec<NetflixFigures> {
         .step(phase, 200.0)
         .step(phase, 100.0);
     let (from, to) = (2 * phase, 3 * phase);
-    let jobs: Vec<(u64, Row)> = SEEDS
+    let jobs: Vec<(u64, Row)> = seeds
         .iter()
         .flat_map(|seed| NETFLIX_ROWS.iter().map(move |r| (*seed, *r)))
         .collect();
@@ -896,7 +941,7 @@ fn netflix_scenario() -> Vec<NetflixFigures> {
         NETFLIX.pid_line(NETFLIX_TARGET)
     );
     let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.0} ms", 1e3 * secs(d)));
-    for seed in SEEDS {
+    for &seed in seeds {
         println!("seed {seed}");
         println!(
             "  {:<17} {:>11} {:>7} {:>8} {:>6} {:>9} {:>8} {:>10} {:>12} {:>7}",
@@ -955,9 +1000,22 @@ fn verdict(name: &str, met: bool, figures: String) -> bool {
     met
 }
 
-fn criteria(step: &[StepFigures], netflix: &[NetflixFigures]) {
-    println!();
-    println!("criteria for the PID row (every seed must meet them):");
+/// The best goodput and the best settle time of the rows the PID row is compared with, for one
+/// seed (each figure separately).
+fn best_other(step: &[StepFigures], seed: u64) -> (f64, f64) {
+    let others = || {
+        step.iter()
+            .filter(move |f| f.seed == seed && f.control.is_other())
+    };
+    (
+        others().map(|f| f.goodput).fold(0.0, f64::max),
+        others()
+            .filter_map(|f| f.settle)
+            .fold(f64::INFINITY, f64::min),
+    )
+}
+
+fn step_criteria(step: &[StepFigures]) {
     let pid: Vec<&StepFigures> = step.iter().filter(|f| f.control == Control::Pid).collect();
     let list = |f: &dyn Fn(&StepFigures) -> String| {
         pid.iter().map(|x| f(x)).collect::<Vec<_>>().join(", ")
@@ -991,16 +1049,8 @@ fn criteria(step: &[StepFigures], netflix: &[NetflixFigures]) {
         pid.iter().all(|f| f.back.is_some_and(|b| b <= 2.0)),
         list(&|f| fmt_opt(f.back, " s")),
     );
-    let others = |seed: u64| {
-        step.iter()
-            .filter(move |f| f.seed == seed && f.control.is_other())
-    };
-    let best_goodput = |seed| others(seed).map(|f| f.goodput).fold(0.0, f64::max);
-    let best_settle = |seed| {
-        others(seed)
-            .filter_map(|f| f.settle)
-            .fold(f64::INFINITY, f64::min)
-    };
+    let best_goodput = |seed| best_other(step, seed).0;
+    let best_settle = |seed| best_other(step, seed).1;
     verdict(
         "step: goodput >= best other row's",
         pid.iter().all(|f| f.goodput >= best_goodput(f.seed)),
@@ -1034,7 +1084,9 @@ fn criteria(step: &[StepFigures], netflix: &[NetflixFigures]) {
             )
         }),
     );
+}
 
+fn netflix_criteria(netflix: &[NetflixFigures]) {
     let pid: Vec<&NetflixFigures> = netflix
         .iter()
         .filter(|f| f.row.control == Control::Pid)
@@ -1081,27 +1133,41 @@ fn criteria(step: &[StepFigures], netflix: &[NetflixFigures]) {
 }
 
 fn main() {
-    let step = step_scenario();
-    let netflix = netflix_scenario();
-    criteria(&step, &netflix);
+    let args = args();
+    let step = if args.step {
+        step_scenario(&args.seeds)
+    } else {
+        Vec::new()
+    };
+    let netflix = if args.netflix {
+        netflix_scenario(&args.seeds)
+    } else {
+        Vec::new()
+    };
+    println!();
+    println!("criteria for the PID row (every seed must meet them):");
+    if args.step {
+        step_criteria(&step);
+    }
+    if args.netflix {
+        netflix_criteria(&netflix);
+    }
+    if !args.step {
+        return;
+    }
 
     let mean = |xs: Vec<f64>| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
     let pid = step.iter().filter(|f| f.control == Control::Pid);
-    let others = |seed: u64| {
-        step.iter()
-            .filter(move |f| f.seed == seed && f.control.is_other())
-    };
-    let best_goodput = SEEDS.map(|seed| others(seed).map(|f| f.goodput).fold(0.0, f64::max));
-    let best_settle = SEEDS.map(|seed| {
-        others(seed)
-            .filter_map(|f| f.settle)
-            .fold(f64::INFINITY, f64::min)
-    });
+    let best: Vec<(f64, f64)> = args
+        .seeds
+        .iter()
+        .map(|&seed| best_other(&step, seed))
+        .collect();
     println!(
         "summary: pid_goodput={:.3} pid_settle_s={:.1} best_other_goodput={:.3} best_other_settle_s={:.1}",
         mean(pid.clone().map(|f| f.goodput).collect()),
         mean(pid.map(|f| f.settle.unwrap_or(f64::NAN)).collect()),
-        mean(best_goodput.to_vec()),
-        mean(best_settle.to_vec()),
+        mean(best.iter().map(|b| b.0).collect()),
+        mean(best.iter().map(|b| b.1).collect()),
     );
 }

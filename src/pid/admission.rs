@@ -46,7 +46,13 @@ struct Inner {
     /// [`Draw::Even`], the admission credit (f64 bits) instead.
     rng: AtomicU64,
     draw: Draw,
+    /// Requests are admitted without a draw while the signal's instant reading is below this.
+    floor: f64,
+    /// How fast the integral follows the share the floor really let in (zero: not at all).
+    floor_tracking: Duration,
     admitted: AtomicU64,
+    /// Of `admitted`, the ones the floor let in after the draw said no.
+    floor_admitted: AtomicU64,
     denied: AtomicU64,
     shed_tx: watch::Sender<f64>,
     on_shed: Option<ShedCallback>,
@@ -58,6 +64,8 @@ type ShedCallback = Box<dyn Fn(f64) + Send + Sync>;
 struct TickState {
     pid: PidController,
     last_tick: Option<Instant>,
+    /// Requests decided and requests the floor let in, at the last tick.
+    last_counts: (u64, u64),
 }
 
 struct Series {
@@ -135,9 +143,12 @@ impl AdmissionController {
             min_admission: 0.05,
             anti_windup: AntiWindup::Clamp,
             derivative_filter: Duration::from_millis(200),
+            measurement_filter: Duration::ZERO,
             dead_band: 0.0,
             seed: None,
             draw: Draw::Random,
+            floor: None,
+            floor_tracking: Duration::from_secs(4),
             on_shed: None,
         }
     }
@@ -185,6 +196,12 @@ impl AdmissionController {
         self.inner.denied.load(Relaxed)
     }
 
+    /// Of the requests admitted so far, those the draw would have refused but the
+    /// [`floor`](AdmissionControllerBuilder::floor) let in.
+    pub fn floor_admitted(&self) -> u64 {
+        self.inner.floor_admitted.load(Relaxed)
+    }
+
     /// Decides one request: runs a tick first if one is due, then admits with the current
     /// probability. Lock-free unless a tick is due.
     pub fn try_admit(&self) -> bool {
@@ -213,6 +230,20 @@ impl AdmissionController {
                     admit
                 }
             };
+        // Work conservation: a request that would wait less than the floor is let in whatever
+        // the draw said, so the controller never leaves a worker idle that the queue would
+        // have kept busy. Read only when the draw refuses: at full admission it costs nothing.
+        let admit = admit || {
+            let floored = self
+                .inner
+                .signal
+                .instant()
+                .is_some_and(|now| now < self.inner.floor);
+            if floored {
+                self.inner.floor_admitted.fetch_add(1, Relaxed);
+            }
+            floored
+        };
         if admit {
             self.inner.admitted.fetch_add(1, Relaxed);
         } else {
@@ -271,9 +302,26 @@ impl AdmissionController {
             .last_tick
             .map(|t| now.saturating_duration_since(t).min(inner.tick * 2));
         state.last_tick = Some(now);
+        // What the floor overrode since the last tick: the share really shed was the output
+        // less the share the floor let in. The integral tracks it, so that a controller
+        // shedding more than needed (the floor kept filling the queue it emptied) learns the
+        // level the server needed instead of resting there.
+        let counts = (
+            inner.admitted.load(Relaxed) + inner.denied.load(Relaxed),
+            inner.floor_admitted.load(Relaxed),
+        );
+        let (decided, floored) = (
+            counts.0 - state.last_counts.0,
+            counts.1 - state.last_counts.1,
+        );
+        state.last_counts = counts;
         let (Some(measurement), Some(dt)) = (sample, dt) else {
             return;
         };
+        if floored > 0 && !inner.floor_tracking.is_zero() {
+            let applied = state.pid.output() - floored as f64 / decided as f64;
+            state.pid.track(applied, dt, inner.floor_tracking);
+        }
         let shed = state.pid.update(measurement, dt);
         let terms = state.pid.terms();
         let probability = (1.0 - shed).clamp(0.0, 1.0);
@@ -305,9 +353,12 @@ pub struct AdmissionControllerBuilder {
     min_admission: f64,
     anti_windup: AntiWindup,
     derivative_filter: Duration,
+    measurement_filter: Duration,
     dead_band: f64,
     seed: Option<u64>,
     draw: Draw,
+    floor: Option<f64>,
+    floor_tracking: Duration,
     on_shed: Option<ShedCallback>,
 }
 
@@ -320,6 +371,7 @@ impl fmt::Debug for AdmissionControllerBuilder {
             .field("gains", &self.gains)
             .field("min_admission", &self.min_admission)
             .field("dead_band", &self.dead_band)
+            .field("floor", &self.floor)
             .finish_non_exhaustive()
     }
 }
@@ -371,6 +423,14 @@ impl AdmissionControllerBuilder {
         self
     }
 
+    /// The time constant of a low-pass filter on the signal, ahead of the controller. Default
+    /// zero (no filter). See
+    /// [`PidControllerBuilder::measurement_filter`](super::PidControllerBuilder::measurement_filter).
+    pub fn measurement_filter(mut self, tau: Duration) -> Self {
+        self.measurement_filter = tau;
+        self
+    }
+
     /// A hysteresis above the setpoint, in the signal's unit: the controller sheds more only
     /// once the signal passes `setpoint + width`, and sheds less as soon as it falls below the
     /// setpoint; in between it holds still. It keeps the random bursts of a busy but not
@@ -394,6 +454,30 @@ impl AdmissionControllerBuilder {
         self
     }
 
+    /// Requests that arrive while the signal's [`instant`](super::Signal::instant) reading is
+    /// below `floor` (in the signal's unit) are admitted whatever the draw says: with
+    /// [`QueueDelay`](super::QueueDelay), a request that would wait less than the floor. Below
+    /// the setpoint the controller has nothing to correct, and refusing there would only let
+    /// the queue run dry and a worker idle (PIE, RFC 8033, keeps the same rule), so the
+    /// controller sets the share admitted above the floor while the queue absorbs the
+    /// moment's bursts and gaps. Finite and at least 0; 0 turns it off (no reading is below
+    /// 0). Default: the setpoint. Signals without an instant reading are not affected.
+    pub fn floor(mut self, floor: f64) -> Self {
+        self.floor = Some(floor);
+        self
+    }
+
+    /// The time constant with which the integral follows the share of requests really shed
+    /// when the [`floor`](Self::floor) let in some the controller's draw refused
+    /// (back-calculation from the actuator, [`PidController::track`](super::PidController::track)):
+    /// the floor shows that the controller sheds more than the server needs, and the integral
+    /// learns it. Zero turns it off. Default 4 s: long against a tick, since the floor's
+    /// admissions are as noisy as the arrivals.
+    pub fn floor_tracking(mut self, tracking: Duration) -> Self {
+        self.floor_tracking = tracking;
+        self
+    }
+
     /// Calls `callback` with the shed fraction (`1 − probability`) at every tick that updates
     /// it, under the controller's lock: keep it short (store a number). The synchronous
     /// alternative to [`subscribe`](AdmissionController::subscribe), e.g. to set a whole-client
@@ -413,6 +497,15 @@ impl AdmissionControllerBuilder {
             |m| (0.0..1.0).contains(m),
             "in [0, 1)",
         )?;
+        let floor = match self.floor {
+            Some(floor) => check(
+                "floor",
+                floor,
+                |f| f.is_finite() && *f >= 0.0,
+                "finite, >= 0",
+            )?,
+            None => self.setpoint,
+        };
         let (kp, ki, kd) = self.gains;
         let pid = PidController::builder()
             .setpoint(self.setpoint)
@@ -421,6 +514,7 @@ impl AdmissionControllerBuilder {
             .action(Action::Direct)
             .anti_windup(self.anti_windup)
             .derivative_filter(self.derivative_filter)
+            .measurement_filter(self.measurement_filter)
             .dead_band(0.0, self.dead_band)
             .build()?;
         let (shed_tx, _) = watch::channel(0.0);
@@ -434,6 +528,7 @@ impl AdmissionControllerBuilder {
                 state: Mutex::new(TickState {
                     pid,
                     last_tick: None,
+                    last_counts: (0, 0),
                 }),
                 next_tick_us: AtomicU64::new(0),
                 probability: AtomicU64::new(1.0f64.to_bits()),
@@ -442,7 +537,10 @@ impl AdmissionControllerBuilder {
                     Draw::Even => 0.0f64.to_bits(),
                 }),
                 draw: self.draw,
+                floor,
+                floor_tracking: self.floor_tracking,
                 admitted: AtomicU64::new(0),
+                floor_admitted: AtomicU64::new(0),
                 denied: AtomicU64::new(0),
                 shed_tx,
                 on_shed: self.on_shed,

@@ -79,6 +79,8 @@ pub struct PidController {
     integral: f64,
     last_measurement: Option<f64>,
     filtered_rate: f64,
+    /// The measurement through the measurement filter (the raw one without a filter).
+    filtered_measurement: Option<f64>,
     last: PidTerms,
 }
 
@@ -94,6 +96,7 @@ struct PidConfig {
     action: Action,
     anti_windup: AntiWindup,
     derivative_filter: Duration,
+    measurement_filter: Duration,
     /// Measurements in `[setpoint − below, setpoint + above]` count as no error.
     dead_band: (f64, f64),
 }
@@ -114,6 +117,7 @@ impl PidController {
                 action: Action::Reverse,
                 anti_windup: AntiWindup::Clamp,
                 derivative_filter: Duration::from_millis(200),
+                measurement_filter: Duration::ZERO,
                 dead_band: (0.0, 0.0),
             },
         }
@@ -132,6 +136,16 @@ impl PidController {
             Action::Reverse => 1.0,
             Action::Direct => -1.0,
         };
+        let raw = measurement;
+        // The proportional and integral terms see the filtered measurement: sampling noise
+        // moves the output less. The derivative keeps its own filter on the raw one, so that
+        // it still sees a sudden rise at once.
+        let alpha = secs / (c.measurement_filter.as_secs_f64() + secs);
+        let measurement = match self.filtered_measurement {
+            Some(prev) => prev + alpha * (measurement - prev),
+            None => measurement,
+        };
+        self.filtered_measurement = Some(measurement);
         // Inside the dead band there is no error; outside it, the error is measured from the
         // band's nearer edge, so the terms do not jump at the edge.
         let (below, above) = c.dead_band;
@@ -143,13 +157,13 @@ impl PidController {
         // but not the measurement, so it does not kick. Filtered: alpha = dt / (tau + dt).
         let rate = self
             .last_measurement
-            .map_or(0.0, |prev| (measurement - prev) / secs);
+            .map_or(0.0, |prev| (raw - prev) / secs);
         let tau = c.derivative_filter.as_secs_f64();
         let alpha = secs / (tau + secs);
         if self.last_measurement.is_some() {
             self.filtered_rate += alpha * (rate - self.filtered_rate);
         }
-        self.last_measurement = Some(measurement);
+        self.last_measurement = Some(raw);
         let d = -sign * c.kd * self.filtered_rate;
 
         let mut integral = self.integral + c.ki * error * secs;
@@ -163,9 +177,10 @@ impl PidController {
                 if pushing_up || pushing_down {
                     integral = self.integral;
                 }
-                // And never hold more integral than the whole output range could use.
-                let span = c.max - c.min;
-                integral = integral.clamp(-span - c.bias.abs(), span + c.bias.abs());
+                // And never hold an integral that alone would put the output outside its
+                // range: a proportional or derivative kick the other way (a measurement
+                // lagging behind its derivative) must not wind it up beyond what it can undo.
+                integral = integral.clamp(c.min - c.bias, c.max - c.bias);
             }
             AntiWindup::BackCalculation { tracking } => {
                 let tt = tracking.as_secs_f64().max(1e-9);
@@ -181,6 +196,24 @@ impl PidController {
             output,
         };
         output
+    }
+
+    /// Tells the controller that over the last `dt` its actuator applied `applied` instead of
+    /// its output, because something after it overrode it (an admission floor that lets in
+    /// requests the output would shed). The integral is pulled toward what was applied by
+    /// `(applied − output) × dt / tracking` (at most the whole gap): back-calculation from the real actuator, so that
+    /// the integral learns the level the process needed instead of resting on a level the
+    /// override kept correcting. Does nothing when `applied` is not finite or `dt` or
+    /// `tracking` is zero.
+    pub fn track(&mut self, applied: f64, dt: Duration, tracking: Duration) {
+        let (secs, tt) = (dt.as_secs_f64(), tracking.as_secs_f64());
+        if !applied.is_finite() || secs <= 0.0 || tt <= 0.0 {
+            return;
+        }
+        let c = self.config;
+        // At most the whole gap, however long `dt` is against `tracking`.
+        let pull = (applied - self.last.output) * (secs / tt).min(1.0);
+        self.integral = (self.integral + pull).clamp(c.min - c.bias, c.max - c.bias);
     }
 
     /// The terms and the output of the last update (all zero but the output, which starts at
@@ -216,6 +249,7 @@ impl PidController {
         self.integral = 0.0;
         self.last_measurement = None;
         self.filtered_rate = 0.0;
+        self.filtered_measurement = None;
         self.last = PidTerms {
             output: self.config.bias.clamp(self.config.min, self.config.max),
             ..PidTerms::default()
@@ -278,6 +312,15 @@ impl PidControllerBuilder {
         self
     }
 
+    /// The time constant of a first-order low-pass filter on the measurement itself, ahead of
+    /// every term (and of the dead band): it averages out the noise of a sampled signal (the
+    /// queue of a server under random arrivals moves by several requests between two ticks)
+    /// at the cost of that much lag. Zero means no filter. Default zero.
+    pub fn measurement_filter(mut self, tau: Duration) -> Self {
+        self.config.measurement_filter = tau;
+        self
+    }
+
     /// A dead band around the setpoint: measurements from `setpoint − below` to
     /// `setpoint + above` count as no error (the P term is zero and the integral holds still);
     /// outside it the error is measured from the nearer edge. An asymmetric band is a
@@ -323,6 +366,7 @@ impl PidControllerBuilder {
             integral: 0.0,
             last_measurement: None,
             filtered_rate: 0.0,
+            filtered_measurement: None,
             last: PidTerms::default(),
         };
         pid.reset();
@@ -530,6 +574,45 @@ mod tests {
             (t.error + 0.2).abs() < 1e-12 && (t.i - 0.3).abs() < 1e-12,
             "{t:?}"
         );
+    }
+
+    #[test]
+    fn tracking_pulls_the_integral_toward_what_the_actuator_applied() {
+        let mut c = PidController::builder()
+            .setpoint(0.0)
+            .gains(0.0, 1.0, 0.0)
+            .action(Action::Direct)
+            .build()
+            .unwrap();
+        let dt = Duration::from_secs(1);
+        c.update(0.6, dt);
+        assert!((c.output() - 0.6).abs() < 1e-12);
+        // The actuator applied 0.2: a quarter of the gap (dt / tracking) comes off the integral
+        // (seen at the next update, with no error).
+        c.track(0.2, dt, Duration::from_secs(4));
+        c.update(0.0, dt);
+        assert!((c.terms().i - 0.5).abs() < 1e-12, "{:?}", c.terms());
+        // Never past what was applied, however long dt is.
+        c.track(0.2, Duration::from_secs(100), Duration::from_secs(4));
+        c.update(0.0, dt);
+        assert!((c.terms().i - 0.2).abs() < 1e-12, "{:?}", c.terms());
+    }
+
+    #[test]
+    fn the_measurement_filter_smooths_p_and_i_but_not_d() {
+        let mut c = PidController::builder()
+            .gains(1.0, 0.0, 1.0)
+            .output_range(-1e9, 1e9)
+            .derivative_filter(Duration::ZERO)
+            .measurement_filter(Duration::from_millis(90))
+            .build()
+            .unwrap();
+        c.update(0.0, DT);
+        c.update(1.0, DT);
+        let t = c.terms();
+        // alpha = 0.01 / (0.09 + 0.01): P sees a tenth of the step, D all of it.
+        assert!((t.p + 0.1).abs() < 1e-12, "{t:?}");
+        assert!((t.d + 100.0).abs() < 1e-9, "{t:?}");
     }
 
     #[test]

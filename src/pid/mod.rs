@@ -40,23 +40,30 @@
 //! The controller in front of a **short bounded line**, with even draws and a hysteresis:
 //!
 //! - signal [`QueueDelay::of_limiter`] of a [`BackpressureLayer`](crate::backpressure::BackpressureLayer)
-//!   whose `max_waiting` is what the server drains in two setpoints (Little's law:
-//!   `2 × setpoint × capacity`; 10 for 50 ms at 100 requests/s), `QueueFull` beyond;
+//!   whose `max_waiting` is what the server drains in 1.8 setpoints (Little's law:
+//!   `1.8 × setpoint × capacity`; 9 for 50 ms at 100 requests/s), `QueueFull` beyond;
 //! - [`Draw::Even`];
-//! - [`dead_band`](AdmissionControllerBuilder::dead_band) of half the setpoint: it sheds more
-//!   only above 1.5 × the setpoint, and lets go as soon as the delay is under it;
-//! - gains (2, 20, 0.2) × 50 ms / setpoint (the defaults at 50 ms).
+//! - [`dead_band`](AdmissionControllerBuilder::dead_band) of 0.3 × the setpoint: it sheds more
+//!   only above 1.3 × the setpoint, and lets go as soon as the delay is under it;
+//! - [`measurement_filter`](AdmissionControllerBuilder::measurement_filter) of 0.6 s: the queue
+//!   of a server under random arrivals moves by several requests between two ticks;
+//! - gains (2, 20, 0.2) × 50 ms / setpoint (the defaults at 50 ms);
+//! - the default [`floor`](AdmissionControllerBuilder::floor) (the setpoint): a request that
+//!   would wait less than the setpoint is always admitted, so the controller never idles a
+//!   worker; the integral tracks what the floor let in
+//!   ([`floor_tracking`](AdmissionControllerBuilder::floor_tracking)).
 //!
-//! The controller holds the average queue delay and makes nearly all the refusals (95% in the
+//! The controller holds the average queue delay and makes most of the refusals (82–90% in the
 //! `pid_step` example); the line cuts the bursts of random arrivals, which a controller
-//! sampling every 100 ms cannot see coming. Alone, a random admission share lets those bursts
-//! through: on a 2-worker server the PID alone trades goodput against tail latency, over the
-//! line it gets both. The `pid_step` example measures it against no control, fixed and
-//! gradient-style adaptive limits, the line alone, P, PI and the PID alone, with three seeds.
+//! sampling every 100 ms cannot see coming, and the floor fills the gaps. Alone, a random
+//! admission share lets those bursts through: on a 2-worker server the PID alone trades goodput
+//! against tail latency, over the line it gets both. The `pid_step` example measures it against
+//! no control, fixed and gradient-style adaptive limits, the line alone, P, PI and the PID
+//! alone (`--seeds` picks the seeds).
 //!
 //! What it is not: a replacement for a bound on the queue. On one server a fixed or adaptive
-//! concurrency limit holds the queue delay about as well (in the example their goodput is within
-//! 0.3 points of the PID's, less than the spread between seeds). The controller earns its place
+//! concurrency limit holds the queue delay about as well (in the example the PID's goodput ties
+//! the fixed limit's exactly: both keep every worker busy). The controller earns its place
 //! where the signal and the lever are apart: a delay measured on a server driving a throttle in
 //! its clients (the `pid_throttle` example), a latency percentile downstream, a utilization
 //! target. Nor can it admit everything at 90% load with a setpoint below the queue delay that
@@ -72,11 +79,12 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), backstop::BoxError> {
-//! // 4 workers of 40 ms drain 100 requests/s: a line of 2 × 50 ms × 100/s = 10.
-//! let queue = BackpressureLayer::builder().max_in_flight(4).max_waiting(10).build()?;
+//! // 4 workers of 40 ms drain 100 requests/s: a line of 1.8 × 50 ms × 100/s = 9.
+//! let queue = BackpressureLayer::builder().max_in_flight(4).max_waiting(9).build()?;
 //! let controller = AdmissionController::builder(QueueDelay::of_limiter(queue.limiter()))
 //!     .setpoint(0.050) // 50 ms of queue delay
-//!     .dead_band(0.025) // shed more only above 75 ms
+//!     .dead_band(0.015) // shed more only above 65 ms
+//!     .measurement_filter(Duration::from_millis(600))
 //!     .draw(Draw::Even)
 //!     .tick(Duration::from_millis(100))
 //!     .build()?;

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::time::Instant;
 
@@ -16,17 +17,34 @@ use crate::metrics::{LittleMeter, LittleSnapshot};
 pub trait Signal: Send + Sync + 'static {
     /// The measurement now.
     fn sample(&self, now: Instant) -> Option<f64>;
+
+    /// A cheap reading of the signal at this very instant, in the same unit, for the request
+    /// path: the controller calls it when its draw would refuse a request, and admits the
+    /// request anyway while the reading is below its floor (the queue is short: refusing would
+    /// only leave the server idle). `None`, the default, when the signal has no such reading;
+    /// then the draw alone decides.
+    fn instant(&self) -> Option<f64> {
+        None
+    }
 }
 
 impl<S: Signal + ?Sized> Signal for Box<S> {
     fn sample(&self, now: Instant) -> Option<f64> {
         (**self).sample(now)
     }
+
+    fn instant(&self) -> Option<f64> {
+        (**self).instant()
+    }
 }
 
 impl<S: Signal + ?Sized> Signal for std::sync::Arc<S> {
     fn sample(&self, now: Instant) -> Option<f64> {
         (**self).sample(now)
+    }
+
+    fn instant(&self) -> Option<f64> {
+        (**self).instant()
     }
 }
 
@@ -47,6 +65,9 @@ impl<S: Signal + ?Sized> Signal for std::sync::Arc<S> {
 pub struct QueueDelay {
     source: QueueSource,
     estimate: Option<Mutex<RateState>>,
+    /// The drain rate of the last sample (f64 bits; 0 before one is known), for
+    /// [`instant`](Signal::instant) readings between samples.
+    drain: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -64,6 +85,8 @@ struct RateState {
     /// Grants per second over the intervals that began with a waiter (the server saturated),
     /// averaged: the drain rate, which the overall rate understates at light load.
     busy_rate: Option<f64>,
+    /// When `busy_rate` was last updated.
+    busy_at: Option<Instant>,
 }
 
 /// The time constant of the grant-rate average.
@@ -76,6 +99,7 @@ impl QueueDelay {
         QueueDelay {
             source: QueueSource::Backpressure(limiter.clone()),
             estimate: Some(Mutex::default()),
+            drain: AtomicU64::new(0),
         }
     }
 
@@ -85,6 +109,7 @@ impl QueueDelay {
         QueueDelay {
             source: QueueSource::Lifo(queue.clone()),
             estimate: Some(Mutex::default()),
+            drain: AtomicU64::new(0),
         }
     }
 
@@ -133,20 +158,26 @@ impl Signal for QueueDelay {
             let dt = now.saturating_duration_since(at).as_secs_f64();
             if dt > 0.0 {
                 let rate = stats.admitted.saturating_sub(granted) as f64 / dt;
-                let alpha = dt / (RATE_TAU + dt);
-                let average = |old: Option<f64>| Some(old.map_or(rate, |r| r + alpha * (rate - r)));
-                state.rate = average(state.rate);
+                // An average over time: the weight of the old figure decays with the time
+                // since it was last updated, not with the number of updates.
+                let average = |old: Option<f64>, since: f64| {
+                    let alpha = since / (RATE_TAU + since);
+                    Some(old.map_or(rate, |r| r + alpha * (rate - r)))
+                };
+                state.rate = average(state.rate, dt);
                 if waiting > 0 {
-                    state.busy_rate = average(state.busy_rate);
+                    // The busy rate is only measured while a queue stands: a figure from a
+                    // burst long ago (light load) must not outweigh the first interval of a
+                    // new overload, when the controller needs the signal most.
+                    let since = state
+                        .busy_at
+                        .map_or(dt, |t| now.saturating_duration_since(t).as_secs_f64());
+                    state.busy_rate = average(state.busy_rate, since);
+                    state.busy_at = Some(now);
                 }
             }
         }
         state.last = Some((now, stats.admitted, stats.waiting));
-        if stats.waiting == 0 {
-            return Some(0.0);
-        }
-        // Nothing granted lately (a stuck server, or the first sample): the head's age is the
-        // best figure there is.
         // Both rates understate the drain rate (a queue that empties within an interval stops
         // the grants), so the larger is the better estimate. At light load the overall rate is
         // the arrival rate, and a short burst would read as a long wait without the busy rate.
@@ -155,11 +186,30 @@ impl Signal for QueueDelay {
             .into_iter()
             .chain(state.busy_rate)
             .fold(0.0, f64::max);
-        if drain > f64::EPSILON {
+        self.drain.store(drain.to_bits(), Relaxed);
+        if stats.waiting == 0 {
+            Some(0.0)
+        } else if drain > f64::EPSILON {
             Some(stats.waiting as f64 / drain)
         } else {
+            // Nothing granted lately (a stuck server, or the first sample): the head's age is
+            // the best figure there is.
             Some(oldest)
         }
+    }
+
+    /// Waiting now over the drain rate of the last sample (0 when nobody waits); the oldest
+    /// waiter's age for [`oldest_waiter`](Self::oldest_waiter).
+    fn instant(&self) -> Option<f64> {
+        let stats = self.stats();
+        if self.estimate.is_none() {
+            return Some(stats.oldest_wait.map_or(0.0, |d| d.as_secs_f64()));
+        }
+        if stats.waiting == 0 {
+            return Some(0.0);
+        }
+        let drain = f64::from_bits(self.drain.load(Relaxed));
+        (drain > f64::EPSILON).then(|| stats.waiting as f64 / drain)
     }
 }
 
