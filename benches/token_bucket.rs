@@ -154,7 +154,7 @@ fn ratios() {
             "\n{threads} thread(s), ns per check, median of {ROUNDS} interleaved rounds of {ITERS}:"
         );
         for (name, ns) in NAMES.iter().zip(&row) {
-            println!("  {name:<28} {ns:>6.1}");
+            println!("  {name:<32} {ns:>6.1}");
         }
         println!(
             "  backstop / governor: {:.2}x on the CPU counter, {:.2}x on the OS clock",
