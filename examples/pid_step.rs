@@ -4,9 +4,11 @@
 //! **The recommended configuration** (the row named **PID**, the same recipe in both
 //! scenarios): an `AdmissionLayer` steering the queue delay (`QueueDelay::of_limiter`: waiting /
 //! grant rate) to the setpoint `s`, with even draws (`Draw::Even`), a hysteresis of 0.3 `s`
-//! above the setpoint (`dead_band`), a 0.6 s low-pass filter on the signal
-//! (`measurement_filter`), gains (2, 20, 0.2) × 50 ms / `s`, and the default floor (a request
-//! that would wait less than `s` is always admitted; the integral tracks what the floor let in),
+//! above the setpoint (`dead_band`), a 1 s low-pass filter on the signal (`measurement_filter`)
+//! made adaptive at `s` (`adaptive_filter`: a jump of `s` halves its time constant, so a load
+//! step passes at once while the second-to-second noise stays averaged out), gains (2, 26, 0.4)
+//! × 50 ms / `s`, and the default floor (a request that would wait less than `s` is always
+//! admitted; the integral tracks what the floor let in, over 60 s),
 //! in front of a short bounded line: a `BackpressureLayer` whose `max_waiting` is what the server
 //! drains in 1.8 `s` (Little's law: `1.8 × s × capacity`), `QueueFull` beyond. The controller
 //! holds the average queue delay; the line cuts the bursts that random arrivals bring, which a
@@ -179,12 +181,19 @@ struct Recipe {
     line: f64,
     /// The low-pass filter on the signal.
     filter: Duration,
+    /// The jump of the signal, as a share of the setpoint, that halves the filter's time
+    /// constant (the adaptive filter).
+    filter_scale: f64,
+    /// How fast the integral follows what the floor let in.
+    floor_tracking: Duration,
 }
 
 const RECIPE: Recipe = Recipe {
     band: 0.3,
     line: 1.8,
-    filter: Duration::from_millis(600),
+    filter: Duration::from_secs(1),
+    filter_scale: 1.0,
+    floor_tracking: Duration::from_secs(60),
 };
 /// One server set-up.
 #[derive(Clone, Copy)]
@@ -222,6 +231,7 @@ fn gains(control: Control, setpoint: f64) -> (f64, f64, f64) {
     let (kp, ki, kd) = match control {
         Control::P => (2.0, 0.0, 0.0),
         Control::Pi => (2.0, 20.0, 0.0),
+        Control::Pid => (2.0, 26.0, 0.4),
         _ => (2.0, 20.0, 0.2),
     };
     let scale = 0.050 / setpoint;
@@ -298,6 +308,16 @@ fn run(
                     RECIPE.filter
                 } else {
                     Duration::ZERO
+                })
+                .adaptive_filter(if control == Control::Pid {
+                    RECIPE.filter_scale * row.setpoint
+                } else {
+                    0.0
+                })
+                .floor_tracking(if control == Control::Pid {
+                    RECIPE.floor_tracking
+                } else {
+                    Duration::from_secs(4)
                 })
                 .tick(TICK)
                 .seed(seed)

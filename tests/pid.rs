@@ -502,20 +502,26 @@ struct Control {
     band: f64,
     line: usize,
     filter: Duration,
+    /// The adaptive filter's scale (0: a fixed time constant).
+    filter_scale: f64,
+    /// The floor tracking time constant.
+    floor_tracking: Duration,
 }
 
 /// The recommended configuration at `setpoint` on a server draining `capacity` per second:
-/// gains (2, 20, 0.2) × 50 ms / setpoint, a hysteresis of 0.3 setpoint, a 0.6 s filter on the
-/// signal, even draws, the default floor (the setpoint), over a line of what the server drains
-/// in 1.8 setpoints.
+/// gains (2, 26, 0.4) × 50 ms / setpoint, a hysteresis of 0.3 setpoint, a 1 s filter on the
+/// signal made adaptive at one setpoint, even draws, the default floor (the setpoint) with a
+/// 60 s tracking, over a line of what the server drains in 1.8 setpoints.
 fn recommended(setpoint: f64, capacity: f64) -> Control {
     let scale = 0.050 / setpoint;
     Control {
-        gains: Some((2.0 * scale, 20.0 * scale, 0.2 * scale)),
+        gains: Some((2.0 * scale, 26.0 * scale, 0.4 * scale)),
         setpoint,
         band: 0.3 * setpoint,
         line: (1.8 * setpoint * capacity).round() as usize,
-        filter: Duration::from_millis(600),
+        filter: Duration::from_secs(1),
+        filter_scale: setpoint,
+        floor_tracking: Duration::from_secs(60),
     }
 }
 
@@ -528,6 +534,8 @@ fn fixed(setpoint: f64, capacity: f64) -> Control {
         band: 0.0,
         line: (setpoint * capacity).round() as usize,
         filter: Duration::ZERO,
+        filter_scale: 0.0,
+        floor_tracking: Duration::from_secs(4),
     }
 }
 
@@ -539,6 +547,8 @@ fn alone(gains: Option<(f64, f64, f64)>) -> Control {
         band: 0.0,
         line: 100_000,
         filter: Duration::ZERO,
+        filter_scale: 0.0,
+        floor_tracking: Duration::from_secs(4),
     }
 }
 
@@ -636,6 +646,8 @@ fn simulate(
                 .gains(kp, ki, kd)
                 .dead_band(control.band)
                 .measurement_filter(control.filter)
+                .adaptive_filter(control.filter_scale)
+                .floor_tracking(control.floor_tracking)
                 .draw(Draw::Even)
                 .build()
                 .unwrap()
@@ -745,11 +757,13 @@ fn the_recommended_configuration_meets_the_step_targets() {
             p.iter().all(|x| (x - mean).abs() < 0.10),
             "seed {seed}: probability per second {p:?}"
         );
-        // The controller, not the line, does most of the shedding: about 1/3 admitted, and at
+        // The controller, not the line, does most of the shedding: 0.2 to 0.45 admitted, and at
         // least two refusals in three are the controller's (the line takes the first second
-        // of the surge, while the filtered signal rises; the example counts 82-90% over a
+        // of the surge, while the filtered signal rises; the example counts 88-98% over a
         // 20 s surge).
-        assert!((0.25..0.45).contains(&mean), "seed {seed}: mean {mean}");
+        // (The probability rests a little below capacity / load, 0.33: the floor lets in the
+        // rest when the queue runs short, and the slow floor tracking leaves it there.)
+        assert!((0.20..0.45).contains(&mean), "seed {seed}: mean {mean}");
         assert!(
             run.denied >= 2 * run.line_refused,
             "seed {seed}: denied {} line {}",
@@ -792,12 +806,12 @@ impl SimRun {
 }
 
 /// The `pid_step` example's step scenario (10 s at 50%, 20 s at 300%, 10 s at 50% of 100
-/// requests/s) on its reference seed, 1: the recommended configuration against no control, a
-/// fixed limit sized for the target, P only and PI (the latter two over the unbounded queue,
-/// as in the example; the example's gradient and line-alone rows are left out here). The PID
-/// must match or beat the best of them on goodput and on settle time, and hold its admission
+/// requests/s) on seeds 1 to 3: the recommended configuration against no control, a fixed
+/// limit sized for the target, P only and PI (the latter two over the unbounded queue, as in
+/// the example; the example's gradient and line-alone rows are left out here). The PID must
+/// match or beat the best of them on goodput and on settle time, and hold its admission
 /// probability within 10% of its mean, per second, from 5 s after the step. (The example runs
-/// more seeds; on some the swing reaches 15%: see the README.)
+/// more seeds; on one of eight the swing reaches 12.5%: see the README.)
 #[test]
 fn on_the_reference_seed_the_pid_beats_every_other_row_and_holds_its_probability_steady() {
     let s = Duration::from_secs;
@@ -807,41 +821,46 @@ fn on_the_reference_seed_the_pid_beats_every_other_row_and_holds_its_probability
         .step(s(surge), 300.0)
         .step(s(cool), 50.0);
     let (from, to) = (warm, warm + surge);
-    let run = |control| {
+    let run = |control, seed| {
         simulate(
             10,
             Duration::from_millis(100),
             profile.clone(),
             (from, to),
             control,
-            1,
+            seed,
         )
     };
     let figures = |r: &SimRun| (r.goodput(from, to, 100.0), r.settle(from, to, 2.0 * TARGET));
-    let pid = run(recommended(TARGET, 100.0));
-    let (goodput, settle) = figures(&pid);
-    let others = [
-        ("no control", alone(None)),
-        ("fixed limit", fixed(TARGET, 100.0)),
-        ("P", alone(Some((2.0, 0.0, 0.0)))),
-        ("PI", alone(Some((2.0, 20.0, 0.0)))),
-    ];
-    for (name, control) in others {
-        let (g, st) = figures(&run(control));
+    for seed in [1, 2, 3] {
+        let pid = run(recommended(TARGET, 100.0), seed);
+        let (goodput, settle) = figures(&pid);
+        let others = [
+            ("no control", alone(None)),
+            ("fixed limit", fixed(TARGET, 100.0)),
+            ("P", alone(Some((2.0, 0.0, 0.0)))),
+            ("PI", alone(Some((2.0, 20.0, 0.0)))),
+        ];
+        for (name, control) in others {
+            let (g, st) = figures(&run(control, seed));
+            assert!(
+                goodput >= g,
+                "seed {seed}, {name}: goodput {g} against the PID's {goodput}"
+            );
+            let settle = settle.expect("the PID settles");
+            assert!(
+                st.is_none_or(|st| settle <= st),
+                "seed {seed}, {name}: settles in {st:?}, the PID in {settle}"
+            );
+        }
+        let p = pid.per_second(from + 5, to, |x| x.2);
+        let mean = p.iter().sum::<f64>() / p.len() as f64;
+        let swing = p.iter().map(|x| (x - mean).abs()).fold(0.0, f64::max) / mean;
         assert!(
-            goodput >= g,
-            "{name}: goodput {g} against the PID's {goodput}"
-        );
-        let settle = settle.expect("the PID settles");
-        assert!(
-            st.is_none_or(|st| settle <= st),
-            "{name}: settles in {st:?}, the PID in {settle}"
+            swing < 0.10,
+            "seed {seed}: swing {swing} of mean {mean}: {p:?}"
         );
     }
-    let p = pid.per_second(from + 5, to, |x| x.2);
-    let mean = p.iter().sum::<f64>() / p.len() as f64;
-    let swing = p.iter().map(|x| (x - mean).abs()).fold(0.0, f64::max) / mean;
-    assert!(swing < 0.10, "swing {swing} of mean {mean}: {p:?}");
 }
 
 #[test]

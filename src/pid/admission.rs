@@ -144,6 +144,7 @@ impl AdmissionController {
             anti_windup: AntiWindup::Clamp,
             derivative_filter: Duration::from_millis(200),
             measurement_filter: Duration::ZERO,
+            adaptive_filter: 0.0,
             dead_band: 0.0,
             seed: None,
             draw: Draw::Random,
@@ -354,6 +355,7 @@ pub struct AdmissionControllerBuilder {
     anti_windup: AntiWindup,
     derivative_filter: Duration,
     measurement_filter: Duration,
+    adaptive_filter: f64,
     dead_band: f64,
     seed: Option<u64>,
     draw: Draw,
@@ -428,6 +430,14 @@ impl AdmissionControllerBuilder {
     /// [`PidControllerBuilder::measurement_filter`](super::PidControllerBuilder::measurement_filter).
     pub fn measurement_filter(mut self, tau: Duration) -> Self {
         self.measurement_filter = tau;
+        self
+    }
+
+    /// Makes the measurement filter adaptive: a jump of the signal by `scale` (in the signal's
+    /// unit) halves its time constant, a larger one shortens it further. Default 0 (fixed). See
+    /// [`PidControllerBuilder::adaptive_filter`](super::PidControllerBuilder::adaptive_filter).
+    pub fn adaptive_filter(mut self, scale: f64) -> Self {
+        self.adaptive_filter = scale;
         self
     }
 
@@ -515,6 +525,7 @@ impl AdmissionControllerBuilder {
             .anti_windup(self.anti_windup)
             .derivative_filter(self.derivative_filter)
             .measurement_filter(self.measurement_filter)
+            .adaptive_filter(self.adaptive_filter)
             .dead_band(0.0, self.dead_band)
             .build()?;
         let (shed_tx, _) = watch::channel(0.0);

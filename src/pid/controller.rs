@@ -97,6 +97,9 @@ struct PidConfig {
     anti_windup: AntiWindup,
     derivative_filter: Duration,
     measurement_filter: Duration,
+    /// The jump of the measurement (from its filtered value) that halves the measurement
+    /// filter's time constant; zero: a fixed time constant.
+    filter_scale: f64,
     /// Measurements in `[setpoint − below, setpoint + above]` count as no error.
     dead_band: (f64, f64),
 }
@@ -118,6 +121,7 @@ impl PidController {
                 anti_windup: AntiWindup::Clamp,
                 derivative_filter: Duration::from_millis(200),
                 measurement_filter: Duration::ZERO,
+                filter_scale: 0.0,
                 dead_band: (0.0, 0.0),
             },
         }
@@ -140,9 +144,18 @@ impl PidController {
         // The proportional and integral terms see the filtered measurement: sampling noise
         // moves the output less. The derivative keeps its own filter on the raw one, so that
         // it still sees a sudden rise at once.
-        let alpha = secs / (c.measurement_filter.as_secs_f64() + secs);
         let measurement = match self.filtered_measurement {
-            Some(prev) => prev + alpha * (measurement - prev),
+            Some(prev) => {
+                // Adaptive: a jump of `scale` halves the time constant, one of 3 × `scale` cuts
+                // it tenfold. Noise of a few tenths of `scale` barely shortens it, so a shock
+                // gets through at once while the noise of a steady state stays averaged out.
+                let mut tau = c.measurement_filter.as_secs_f64();
+                if c.filter_scale > 0.0 {
+                    let z = (measurement - prev).abs() / c.filter_scale;
+                    tau /= 1.0 + z * z;
+                }
+                prev + secs / (tau + secs) * (measurement - prev)
+            }
             None => measurement,
         };
         self.filtered_measurement = Some(measurement);
@@ -321,6 +334,18 @@ impl PidControllerBuilder {
         self
     }
 
+    /// Makes the [`measurement_filter`](Self::measurement_filter) adaptive: its time constant
+    /// is divided by `1 + (|x − f| / scale)²`, where `x − f` is the new measurement's distance
+    /// from the filtered one. A sampled signal's noise (a few tenths of `scale`) is averaged
+    /// over nearly the whole time constant, while a shock (several times `scale`) passes within
+    /// a tick or two: the controller can leave the moment's noise to a buffer (a queue) and
+    /// still react at once to a load step. In the measurement's unit; finite and at least 0;
+    /// zero (the default) keeps the time constant fixed.
+    pub fn adaptive_filter(mut self, scale: f64) -> Self {
+        self.config.filter_scale = scale;
+        self
+    }
+
     /// A dead band around the setpoint: measurements from `setpoint − below` to
     /// `setpoint + above` count as no error (the P term is zero and the integral holds still);
     /// outside it the error is measured from the nearer edge. An asymmetric band is a
@@ -342,6 +367,12 @@ impl PidControllerBuilder {
         check("setpoint", c.setpoint, |v| v.is_finite(), "finite")?;
         check("bias", c.bias, |v| v.is_finite(), "finite")?;
         let band = |field, v: f64| check(field, v, |v| v.is_finite() && *v >= 0.0, "finite, >= 0");
+        check(
+            "adaptive_filter",
+            c.filter_scale,
+            |v| v.is_finite() && *v >= 0.0,
+            "finite, >= 0",
+        )?;
         band("dead_band.below", c.dead_band.0)?;
         band("dead_band.above", c.dead_band.1)?;
         check("min", c.min, |v| v.is_finite(), "finite")?;
@@ -616,6 +647,28 @@ mod tests {
     }
 
     #[test]
+    fn the_adaptive_filter_averages_small_jumps_and_passes_large_ones() {
+        let filtered = |step: f64| {
+            let mut c = PidController::builder()
+                .gains(1.0, 0.0, 0.0)
+                .output_range(-1e9, 1e9)
+                .measurement_filter(Duration::from_millis(90))
+                .adaptive_filter(1.0)
+                .build()
+                .unwrap();
+            c.update(0.0, DT);
+            c.update(step, DT);
+            -c.terms().p / step
+        };
+        // A jump of 0.1 × scale: tau = 0.09 / 1.01, alpha = 0.01 / (tau + 0.01) ≈ 0.1.
+        let tau = 0.09 / 1.01;
+        assert!((filtered(0.1) - 0.01 / (tau + 0.01)).abs() < 1e-12);
+        // A jump of 3 × scale: tau = 0.09 / 10 = 0.009, alpha = 0.01 / 0.019 ≈ 0.53.
+        assert!((filtered(3.0) - 0.01 / 0.019).abs() < 1e-12);
+        assert!(filtered(3.0) > 5.0 * filtered(0.1));
+    }
+
+    #[test]
     fn bad_configuration_names_the_field() {
         let b = PidController::builder;
         let field = |r: Result<PidController, ConfigError>| r.unwrap_err().field();
@@ -626,6 +679,11 @@ mod tests {
         assert_eq!(field(b().output_range(2.0, 1.0).build()), "max");
         assert_eq!(field(b().output_range(f64::NAN, 1.0).build()), "min");
         assert_eq!(field(b().setpoint(f64::NAN).build()), "setpoint");
+        assert_eq!(field(b().adaptive_filter(-1.0).build()), "adaptive_filter");
+        assert_eq!(
+            field(b().adaptive_filter(f64::NAN).build()),
+            "adaptive_filter"
+        );
         assert_eq!(field(b().dead_band(-0.1, 0.0).build()), "dead_band.below");
         assert_eq!(
             field(b().dead_band(0.0, f64::NAN).build()),

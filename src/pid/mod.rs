@@ -45,15 +45,20 @@
 //! - [`Draw::Even`];
 //! - [`dead_band`](AdmissionControllerBuilder::dead_band) of 0.3 × the setpoint: it sheds more
 //!   only above 1.3 × the setpoint, and lets go as soon as the delay is under it;
-//! - [`measurement_filter`](AdmissionControllerBuilder::measurement_filter) of 0.6 s: the queue
-//!   of a server under random arrivals moves by several requests between two ticks;
-//! - gains (2, 20, 0.2) × 50 ms / setpoint (the defaults at 50 ms);
+//! - [`measurement_filter`](AdmissionControllerBuilder::measurement_filter) of 1 s, made
+//!   [`adaptive`](AdmissionControllerBuilder::adaptive_filter) at one setpoint: the queue of a
+//!   server under random arrivals moves by several requests between two ticks, and the share
+//!   the server can take by ~6% from one second to the next; the controller leaves that noise
+//!   to the queue between the floor and the line, while a load step (a jump of several
+//!   setpoints) passes the filter within a tick or two;
+//! - gains (2, 26, 0.4) × 50 ms / setpoint;
 //! - the default [`floor`](AdmissionControllerBuilder::floor) (the setpoint): a request that
 //!   would wait less than the setpoint is always admitted, so the controller never idles a
-//!   worker; the integral tracks what the floor let in
-//!   ([`floor_tracking`](AdmissionControllerBuilder::floor_tracking)).
+//!   worker; the integral tracks what the floor let in, slowly
+//!   ([`floor_tracking`](AdmissionControllerBuilder::floor_tracking) of 60 s: per tick the
+//!   floor's share is as noisy as the arrivals).
 //!
-//! The controller holds the average queue delay and makes most of the refusals (82–90% in the
+//! The controller holds the average queue delay and makes most of the refusals (88–98% in the
 //! `pid_step` example); the line cuts the bursts of random arrivals, which a controller
 //! sampling every 100 ms cannot see coming, and the floor fills the gaps. Alone, a random
 //! admission share lets those bursts through: on a 2-worker server the PID alone trades goodput
@@ -84,7 +89,10 @@
 //! let controller = AdmissionController::builder(QueueDelay::of_limiter(queue.limiter()))
 //!     .setpoint(0.050) // 50 ms of queue delay
 //!     .dead_band(0.015) // shed more only above 65 ms
-//!     .measurement_filter(Duration::from_millis(600))
+//!     .measurement_filter(Duration::from_secs(1))
+//!     .adaptive_filter(0.050) // a jump of one setpoint halves the filter's time constant
+//!     .gains(2.0, 26.0, 0.4)
+//!     .floor_tracking(Duration::from_secs(60))
 //!     .draw(Draw::Even)
 //!     .tick(Duration::from_millis(100))
 //!     .build()?;
