@@ -1,19 +1,25 @@
 //! Crush test over real HTTP: the example server (4 workers × 20 ms = 200 requests/s) driven at
 //! 3× its capacity for 4 s by an open-loop client whose callers give up after 1 s, from 32
-//! clients (`x-client-id`).
+//! clients (`x-client-id`), each a process of its own with its own token bucket.
 //!
-//! Three runs in one process: the baseline (no backstop layer: the workers' unbounded FIFO line,
+//! Five runs in one process: the baseline (no backstop layer: the workers' unbounded FIFO line,
 //! callers with a plain 1 s timeout); the queue alone (server: adaptive LIFO queue → deadline
 //! timeout, fed by the caller's `grpc-timeout`; client: metrics → 1 s overall timeout → retry
-//! with a shared budget → 400 ms per-attempt timeout); and the full server stack (whole-client
-//! throttle → PID admission → LIFO queue → deadline timeout) with the same client.
+//! with a shared budget → hedge → token bucket → 400 ms per-attempt timeout), once with a fixed
+//! bucket per client (1000/s shared out, 31/s each: above what a client offers) and once with the
+//! AWS adaptive rate per client; and the full server stack (whole-client throttle → PID
+//! admission → LIFO queue → deadline timeout) with the same two clients.
 //!
 //!     cargo run --release --example crush_http
 //!
+//! For each adaptive run it prints the sum of the 32 clients' bucket rates every half second
+//! (the client side's total send limit, against the server's 200/s), and with
+//! `BACKSTOP_TRAJECTORY=1` every client's rate. `BACKSTOP_CRUSH_SECONDS=N` runs N seconds instead
+//! of 4 (the adaptive rate needs a few seconds to settle); `BACKSTOP_SHARED_BUCKET=1` gives all 32
+//! clients one bucket, as if they were one process.
+//!
 //! In the full stack the PID's output sets the share of whole clients the throttle sheds; set
 //! `BACKSTOP_PID_MODE=admission` to have its admission layer refuse requests instead, or `both`.
-//! The client's token bucket has a fixed client-wide rate (1000/s); set
-//! `BACKSTOP_ADAPTIVE_BUCKET=1` for the AWS adaptive rate instead.
 //!
 //! With `--serve SECONDS [baseline|queue|full]` it only serves, for an external load generator;
 //! `scripts/crush_http.sh` installs wrk and drives it that way.
@@ -25,21 +31,28 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use backstop::BoxError;
-use support::client::{ClientStack, transport};
-use support::load::{Tally, drive};
+use backstop::token_bucket::TokenBucket;
+use support::client::{BucketSpec, ClientStack, transport};
+use support::load::{CLIENTS, Tally, drive_clients};
 use support::server::{RunningServer, ServerStack, Workers, start};
+use tokio::time::Instant;
 
 const WORKERS: usize = 4;
 const SERVICE_TIME: Duration = Duration::from_millis(20);
 const SURGE: f64 = 3.0;
 const RUN: Duration = Duration::from_secs(4);
 const PATIENCE: Duration = Duration::from_secs(1);
+/// How often the adaptive runs sample the clients' bucket rates.
+const SAMPLE: Duration = Duration::from_millis(250);
 
 struct Run {
     tally: Tally,
     started: u64,
     completed: u64,
     abandoned: u64,
+    /// Every [`SAMPLE`] from the start, the work completed so far and each bucket's rate
+    /// (`None` while unlimited).
+    trajectory: Vec<(u64, Vec<Option<f64>>)>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -73,28 +86,56 @@ async fn server(setup: Setup) -> Result<RunningServer, BoxError> {
     start(workers, stack, support::prometheus()).await
 }
 
-async fn crush(setup: Setup) -> Result<Run, BoxError> {
+/// The run's length: [`RUN`], or `BACKSTOP_CRUSH_SECONDS`.
+fn run_length() -> Duration {
+    std::env::var("BACKSTOP_CRUSH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(RUN, |s: u64| Duration::from_secs(s.clamp(1, 120)))
+}
+
+async fn crush(setup: Setup, adaptive: bool) -> Result<Run, BoxError> {
     let server = server(setup).await?;
     let capacity = server.workers.capacity();
-    let stack =
-        if std::env::var_os("BACKSTOP_ADAPTIVE_BUCKET").is_some() && setup != Setup::Baseline {
-            ClientStack::with_adaptive_bucket()?
-        } else if setup != Setup::Baseline {
-            ClientStack::recommended()?
-        } else {
-            ClientStack::plain(PATIENCE)
-        };
-    let client = stack.build(transport())?;
-    let max = (capacity * SURGE * RUN.as_secs_f64() * 1.1) as u64;
-    let tally = drive(
-        &client,
+    let mut stack = match (setup, adaptive) {
+        (Setup::Baseline, _) => ClientStack::plain(PATIENCE),
+        (_, false) => ClientStack::recommended()?,
+        (_, true) => ClientStack::with_adaptive_bucket()?,
+    };
+    if std::env::var_os("BACKSTOP_SHARED_BUCKET").is_some()
+        && let Some(spec) = &stack.bucket
+    {
+        stack.bucket = Some(BucketSpec::Shared(spec.make()?));
+    }
+    let clients = stack.build_clients(transport(), CLIENTS)?;
+    let buckets: Vec<TokenBucket> = clients.iter().filter_map(|c| c.bucket.clone()).collect();
+    let services: Vec<_> = clients.into_iter().map(|c| c.service).collect();
+    let run = run_length();
+    let sampler = {
+        let stats = server.workers.stats.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let end = Instant::now() + run;
+            let mut tick = tokio::time::interval(SAMPLE);
+            while Instant::now() < end {
+                tick.tick().await;
+                let rates = buckets.iter().map(TokenBucket::rate).collect();
+                samples.push((stats.completed.load(Relaxed), rates));
+            }
+            samples
+        })
+    };
+    let max = (capacity * SURGE * run.as_secs_f64() * 1.1) as u64;
+    let tally = drive_clients(
+        &services,
         &server.url("/work"),
         capacity * SURGE,
-        RUN,
+        run,
         max,
         PATIENCE * 10,
     )
     .await;
+    let trajectory = sampler.await?;
     // Let abandoned handler work finish or be dropped before reading the server's figures.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stats = &server.workers.stats;
@@ -116,7 +157,59 @@ async fn crush(setup: Setup) -> Result<Run, BoxError> {
         started: stats.started.load(Relaxed),
         completed: stats.completed.load(Relaxed),
         abandoned: stats.abandoned.load(Relaxed),
+        trajectory,
     })
+}
+
+/// The run's trajectory: every half second, what the server completed in it (per second) and
+/// the sum of the clients' bucket rates (∞ while any client is unlimited), with the lowest,
+/// median and highest client rate.
+fn print_trajectory(run: &Run) {
+    let Some((mut done_before, _)) = run.trajectory.first().cloned() else {
+        return;
+    };
+    let step = (Duration::from_millis(500).as_millis() / SAMPLE.as_millis()) as usize;
+    let mut line = String::from("  t(s)  served/s  sum of client rates (min/median/max)\n");
+    for (i, (done, rates)) in run.trajectory.iter().enumerate() {
+        if i == 0 || i % step != 0 {
+            continue;
+        }
+        let served = (done - done_before) as f64 / (SAMPLE * step as u32).as_secs_f64();
+        done_before = *done;
+        let unlimited = rates.iter().filter(|r| r.is_none()).count();
+        let mut limited: Vec<f64> = rates.iter().flatten().copied().collect();
+        limited.sort_by(f64::total_cmp);
+        let t = SAMPLE.as_secs_f64() * i as f64;
+        let sum = if rates.is_empty() {
+            "no bucket".to_owned()
+        } else if unlimited > 0 {
+            format!("∞ ({unlimited} unlimited)")
+        } else {
+            format!("{:.0}", limited.iter().sum::<f64>())
+        };
+        let spread = match limited.len() {
+            0 => String::new(),
+            n => format!(
+                " ({:.1}/{:.1}/{:.1})",
+                limited[0],
+                limited[n / 2],
+                limited[n - 1]
+            ),
+        };
+        line += &format!("  {t:>4.1}  {served:>8.0}  {sum}{spread}\n");
+    }
+    print!("{line}");
+    if std::env::var_os("BACKSTOP_TRAJECTORY").is_some() {
+        let clients = run.trajectory[0].1.len();
+        for c in 0..clients {
+            let rates: Vec<String> = run
+                .trajectory
+                .iter()
+                .map(|(_, r)| r[c].map_or("∞".to_owned(), |r| format!("{r:.1}")))
+                .collect();
+            println!("  client-{c:<2} {}", rates.join(" "));
+        }
+    }
 }
 
 fn print(name: &str, run: &Run, capacity: f64) {
@@ -204,44 +297,64 @@ async fn main() -> Result<(), BoxError> {
         return serve(seconds, setup).await;
     }
     let capacity = WORKERS as f64 / SERVICE_TIME.as_secs_f64();
+    let run = run_length();
     println!(
-        "server: {WORKERS} workers x {} ms = {capacity:.0} requests/s; load {SURGE}x = {:.0}/s for {} s; callers give up after {} s",
+        "server: {WORKERS} workers x {} ms = {capacity:.0} requests/s; load {SURGE}x = {:.0}/s for {} s from {CLIENTS} clients; callers give up after {} s",
         SERVICE_TIME.as_millis(),
         capacity * SURGE,
-        RUN.as_secs(),
+        run.as_secs(),
         PATIENCE.as_secs()
     );
-    let baseline = crush(Setup::Baseline).await?;
-    print("baseline", &baseline, capacity);
-    let queue = crush(Setup::QueueOnly).await?;
-    print("queue", &queue, capacity);
-    let full = crush(Setup::Full).await?;
-    print("full", &full, capacity);
-    let runs = [("baseline", &baseline), ("queue", &queue), ("full", &full)];
-    for (name, run) in runs {
+    let rows = [
+        ("baseline", Setup::Baseline, false),
+        ("queue", Setup::QueueOnly, false),
+        ("queue+ab", Setup::QueueOnly, true),
+        ("full", Setup::Full, false),
+        ("full+ab", Setup::Full, true),
+    ];
+    let mut runs = Vec::new();
+    for (name, setup, adaptive) in rows {
+        let run = crush(setup, adaptive).await?;
+        print(name, &run, capacity);
+        if adaptive || std::env::var_os("BACKSTOP_TRAJECTORY").is_some() {
+            print_trajectory(&run);
+        }
         assert_eq!(
             run.tally.outcomes(),
             run.tally.sent,
             "{name}: every request has one outcome"
         );
+        runs.push((name, run));
     }
+    let shared = if std::env::var_os("BACKSTOP_SHARED_BUCKET").is_some() {
+        "one bucket shared by all 32 clients"
+    } else {
+        "a bucket per client"
+    };
     println!(
         "\nbaseline: no backstop layer (an unbounded FIFO line; callers with a plain 1 s timeout).\n\
          queue:    server LIFO queue -> deadline timeout; client metrics -> 1 s -> retry budget -> hedge\n          \
-         -> token bucket (1000/s) -> 400 ms.\n\
+         -> token bucket (fixed: 1000/s over the 32 clients) -> 400 ms; {shared}.\n\
          full:     server throttle (a quota per client, and the share of clients to shed set by the PID\n          \
-         admission controller from the queue's expected wait) -> LIFO queue -> deadline timeout; same client."
+         admission controller from the queue's expected wait) -> LIFO queue -> deadline timeout; same client.\n\
+         +ab:      the same with the AWS adaptive rate on the bucket (at most 1000/s over the 32 clients)."
     );
-    println!(
-        "summary: capacity={capacity:.0} offered={:.0} baseline_goodput={:.2} queue_goodput={:.2} full_goodput={:.2} baseline_p99_ms={} queue_p99_ms={} full_p99_ms={} hung={}",
-        full.tally.offered(),
-        baseline.tally.goodput() / capacity,
-        queue.tally.goodput() / capacity,
-        full.tally.goodput() / capacity,
-        baseline.tally.ok_quantile(0.99).as_millis(),
-        queue.tally.ok_quantile(0.99).as_millis(),
-        full.tally.ok_quantile(0.99).as_millis(),
-        runs.iter().map(|(_, r)| r.tally.hung).sum::<u64>(),
+    let mut summary = format!(
+        "summary: capacity={capacity:.0} offered={:.0}",
+        runs[0].1.tally.offered()
     );
+    for (name, run) in &runs {
+        let key = name.replace("+ab", "_adaptive");
+        summary += &format!(
+            " {key}_goodput={:.2} {key}_p99_ms={}",
+            run.tally.goodput() / capacity,
+            run.tally.ok_quantile(0.99).as_millis()
+        );
+    }
+    summary += &format!(
+        " hung={}",
+        runs.iter().map(|(_, r)| r.tally.hung).sum::<u64>()
+    );
+    println!("{summary}");
     Ok(())
 }
