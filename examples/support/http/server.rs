@@ -256,7 +256,7 @@ impl ServerStack {
     /// queue's expected wait) near the setpoint: with the default 1024 waiting, a 3× surge moves
     /// it by 25× the setpoint within one 100 ms tick, the P and D terms slam the shed fraction
     /// between 0 and 0.95, and the integral, frozen by the anti-windup while the output is
-    /// pinned, never takes over (goodput 0.60–0.66 of capacity in about one run in four).
+    /// pinned, never takes over (goodput 0.60–0.66 of capacity in about one run in five).
     pub fn with_pid_short_line(
         workers: usize,
         mode: PidMode,
