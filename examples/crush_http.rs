@@ -246,10 +246,12 @@ fn print_trajectory(run: &Run) {
                 terms.i
             )
         });
-        line += &format!(
-            "  {t:>4.1}  {served:>8.0}  {sum:<30}{shed}\n",
+        let row = format!(
+            "  {t:>4.1}  {served:>8.0}  {sum:<30}{shed}",
             sum = sum + &spread
         );
+        line += row.trim_end();
+        line += "\n";
     }
     print!("{line}");
     if std::env::var_os("BACKSTOP_TRAJECTORY").is_some() {
