@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use backstop::BoxError;
 use backstop::token_bucket::TokenBucket;
-use support::client::{ClientStack, transport};
+use support::client::{BucketSpec, ClientStack, transport};
 use support::load::drive;
 use support::server::{ServerStack, Workers, start};
 
@@ -37,7 +37,7 @@ async fn main() -> Result<(), BoxError> {
         .capacity(10.0)
         .build()?;
     let stack = ClientStack {
-        bucket: Some(bucket.clone()),
+        bucket: Some(BucketSpec::Shared(bucket.clone())),
         ..ClientStack::plain(Duration::from_secs(1))
     };
     let client = stack.build(transport())?;

@@ -5,7 +5,7 @@
 #
 # Installs wrk from Debian's packages when it is missing (needs root and apt-get), starts the
 # example server (examples/crush_http.rs --serve: 4 workers x 20 ms = 200 requests/s) on a port
-# the OS picks, and drives it with wrk paced to 3x its capacity (64 connections, each waiting
+# the OS picks, and drives it with wrk paced to 3x its capacity (96 connections, each waiting
 # 80 ms before every request; 1 s timeout like the callers of the tokio run). wrk is a closed-loop
 # generator: when the server slows down, so does wrk (coordinated omission), so against the FIFO
 # baseline it offers less than 3x. The open-loop figures come from

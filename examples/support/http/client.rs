@@ -60,12 +60,57 @@ pub fn transport() -> HttpClient {
     )
 }
 
-/// The client-wide rate limit of the recommended stack, in attempts per second: a ceiling the
-/// examples' load stays under, there to bound what one client can send (retries and hedges
-/// included) whatever its callers do.
+/// The rate limit of the recommended stack's bucket, in attempts per second, for all the clients
+/// of a run together: a ceiling the examples' load stays under, there to bound what a client can
+/// send (retries and hedges included) whatever its callers do. Each of `n` clients gets 1/n.
 pub const CLIENT_RATE: f64 = 1000.0;
-/// The bucket's burst.
+/// The bucket's burst, for all the clients of a run together (each of `n` gets 1/n).
 pub const CLIENT_BURST: f64 = 100.0;
+
+/// How a client's token bucket is made. Each client (each `x-client-id`) is a process of its
+/// own with a bucket of its own, so a client slows down for its own throttles only; one bucket
+/// shared by many clients would take every client's 429s as separate congestion events and cut
+/// again and again.
+#[derive(Debug, Clone)]
+pub enum BucketSpec {
+    /// This one bucket, shared by every client built from the stack.
+    Shared(TokenBucket),
+    /// A fixed rate and burst.
+    Fixed { rate: f64, burst: f64 },
+    /// The AWS SDKs' adaptive rate, unlimited until the first throttle, never above `max_rate`.
+    Adaptive { max_rate: f64 },
+}
+
+impl BucketSpec {
+    /// The same bucket sized for one of `clients` clients sharing the whole (a shared bucket
+    /// stays as it is).
+    pub fn share(&self, clients: u64) -> Self {
+        let n = clients.max(1) as f64;
+        match self.clone() {
+            BucketSpec::Shared(bucket) => BucketSpec::Shared(bucket),
+            BucketSpec::Fixed { rate, burst } => BucketSpec::Fixed {
+                rate: rate / n,
+                burst: (burst / n).max(1.0),
+            },
+            BucketSpec::Adaptive { max_rate } => BucketSpec::Adaptive {
+                max_rate: max_rate / n,
+            },
+        }
+    }
+
+    /// A new bucket (`name="http_client"`: every client's bucket writes the same series), or
+    /// the shared one.
+    pub fn make(&self) -> Result<TokenBucket, BoxError> {
+        let builder = TokenBucket::builder("http_client");
+        Ok(match *self {
+            BucketSpec::Shared(ref bucket) => bucket.clone(),
+            BucketSpec::Fixed { rate, burst } => builder.rate(rate).capacity(burst).build()?,
+            BucketSpec::Adaptive { max_rate } => builder
+                .adaptive(AdaptiveRate::aws().max_rate(max_rate).build()?)
+                .build()?,
+        })
+    }
+}
 
 /// The client stack's settings; `None` leaves a layer out.
 pub struct ClientStack {
@@ -77,15 +122,23 @@ pub struct ClientStack {
     pub budget: Option<RetryBudget>,
     /// One duplicate of a slow request (at most 5% extra), below the retry.
     pub hedge: Option<HedgeLayer<HttpClassifier>>,
-    /// The client's one token bucket: every attempt (retries and hedges included) takes a token.
-    pub bucket: Option<TokenBucket>,
+    /// The client's token bucket: every attempt (retries and hedges included) takes a token.
+    /// Each client [`build`](Self::build) or [`build_clients`](Self::build_clients) makes gets
+    /// a new bucket, unless the spec is [`BucketSpec::Shared`].
+    pub bucket: Option<BucketSpec>,
     /// Each attempt's timeout, just above the transport.
     pub attempt: Option<Duration>,
 }
 
+/// One client built by [`ClientStack::build_clients`]: its stack, and its own bucket.
+pub struct BuiltClient {
+    pub service: HttpClient,
+    pub bucket: Option<TokenBucket>,
+}
+
 impl ClientStack {
-    /// metrics → overall timeout 1 s → retry with a shared budget → hedge → adaptive token
-    /// bucket → per-attempt timeout 400 ms.
+    /// metrics → overall timeout 1 s → retry with a shared budget → hedge → token bucket
+    /// (1000/s, burst 100) → per-attempt timeout 400 ms.
     pub fn recommended() -> Result<Self, BoxError> {
         Ok(ClientStack {
             meter: Some(
@@ -101,26 +154,22 @@ impl ClientStack {
                     .classifier(HttpClassifier)
                     .build()?,
             ),
-            bucket: Some(
-                TokenBucket::builder("http_client")
-                    .rate(CLIENT_RATE)
-                    .capacity(CLIENT_BURST)
-                    .build()?,
-            ),
+            bucket: Some(BucketSpec::Fixed {
+                rate: CLIENT_RATE,
+                burst: CLIENT_BURST,
+            }),
             attempt: Some(Duration::from_millis(400)),
         })
     }
 
     /// The recommended stack with the AWS SDKs' adaptive rate on the bucket: unlimited until
-    /// the first 429/503, then cut to 0.7 x the measured rate at each one and grown back along
-    /// CUBIC.
+    /// the first 429/503, then cut to 0.7 x the measured rate at each congestion event and grown
+    /// back along CUBIC, never above [`CLIENT_RATE`].
     pub fn with_adaptive_bucket() -> Result<Self, BoxError> {
         Ok(ClientStack {
-            bucket: Some(
-                TokenBucket::builder("http_client")
-                    .adaptive(AdaptiveRate::aws().build()?)
-                    .build()?,
-            ),
+            bucket: Some(BucketSpec::Adaptive {
+                max_rate: CLIENT_RATE,
+            }),
             ..Self::recommended()?
         })
     }
@@ -137,14 +186,47 @@ impl ClientStack {
         }
     }
 
-    /// Builds the stack over `transport`:
+    /// Builds one client over `transport`:
     /// metrics → overall timeout → retry (budget) → hedge → token bucket → attempt timeout.
     pub fn build(&self, transport: HttpClient) -> Result<HttpClient, BoxError> {
+        let bucket = self.bucket.as_ref().map(BucketSpec::make).transpose()?;
+        self.build_with(transport, bucket.as_ref())
+    }
+
+    /// Builds `clients` clients over one `transport`, each with a bucket of its own sized for
+    /// 1/`clients` of the whole ([`BucketSpec::share`]). The meter, retry budget and hedge
+    /// stay shared: the meter sees all the callers, and the budget and hedge bound extra load
+    /// as ratios of the requests, so sharing them changes little.
+    pub fn build_clients(
+        &self,
+        transport: HttpClient,
+        clients: u64,
+    ) -> Result<Vec<BuiltClient>, BoxError> {
+        (0..clients.max(1))
+            .map(|_| {
+                let bucket = self
+                    .bucket
+                    .as_ref()
+                    .map(|spec| spec.share(clients).make())
+                    .transpose()?;
+                Ok(BuiltClient {
+                    service: self.build_with(transport.clone(), bucket.as_ref())?,
+                    bucket,
+                })
+            })
+            .collect()
+    }
+
+    fn build_with(
+        &self,
+        transport: HttpClient,
+        bucket: Option<&TokenBucket>,
+    ) -> Result<HttpClient, BoxError> {
         let mut svc = transport;
         if let Some(attempt) = self.attempt {
             svc = wrap(svc, TimeoutLayer::new(attempt)?);
         }
-        if let Some(bucket) = &self.bucket {
+        if let Some(bucket) = bucket {
             let layer = TokenBucketLayer::builder(bucket.clone())
                 .classifier(HttpClassifier)
                 .build()?;

@@ -139,12 +139,12 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 /// whole-client throttle has clients to choose among.
 pub const CLIENTS: u64 = 32;
 
-/// One request through `client`, from client `id % CLIENTS`, read to the end of its body,
+/// One request through `client`, from client `client_id`, read to the end of its body,
 /// classified.
-pub async fn one(mut client: HttpClient, url: String, id: u64, bound: Duration) -> Outcome {
+pub async fn one(mut client: HttpClient, url: String, client_id: u64, bound: Duration) -> Outcome {
     let start = Instant::now();
     let mut req = get(&url);
-    let client_id = format!("client-{}", id % CLIENTS);
+    let client_id = format!("client-{client_id}");
     req.headers_mut().insert(
         "x-client-id",
         client_id.parse().expect("a valid header value"),
@@ -173,9 +173,32 @@ pub async fn one(mut client: HttpClient, url: String, id: u64, bound: Duration) 
 
 /// Sends GETs of `url` at `rate` per second for `duration` (at most `max_requests`), each
 /// bounded by `hang_bound`, and waits for every outcome. Open loop: the rate does not slow down
-/// when the server does, as real users' requests do not.
+/// when the server does, as real users' requests do not. Every request goes through `client`,
+/// from client `i % CLIENTS` in turn.
 pub async fn drive(
     client: &HttpClient,
+    url: &str,
+    rate: f64,
+    duration: Duration,
+    max_requests: u64,
+    hang_bound: Duration,
+) -> Tally {
+    drive_clients(
+        std::slice::from_ref(client),
+        url,
+        rate,
+        duration,
+        max_requests,
+        hang_bound,
+    )
+    .await
+}
+
+/// [`drive`], with request `i` from client `i % CLIENTS` going through that client's own stack,
+/// `clients[i % CLIENTS % clients.len()]` (one stack per client: each client is a process of its
+/// own, with a token bucket of its own).
+pub async fn drive_clients(
+    clients: &[HttpClient],
     url: &str,
     rate: f64,
     duration: Duration,
@@ -189,7 +212,9 @@ pub async fn drive(
     let start = Instant::now();
     while start.elapsed() < duration && tally.sent < max_requests {
         tick.tick().await;
-        tasks.spawn(one(client.clone(), url.to_owned(), tally.sent, hang_bound));
+        let id = tally.sent % CLIENTS;
+        let client = clients[id as usize % clients.len()].clone();
+        tasks.spawn(one(client, url.to_owned(), id, hang_bound));
         tally.sent += 1;
         // Collect finished ones as we go, so the set does not grow without bound.
         while let Some(done) = tasks.try_join_next() {
