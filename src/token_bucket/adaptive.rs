@@ -195,6 +195,8 @@ pub(crate) struct Controller {
     measured: f64,
     /// Whether one measurement bucket has closed since the start.
     measured_once: bool,
+    /// Whether any response has been counted; the first window starts at the first one.
+    counting: bool,
     last_bucket: f64,
     count: u64,
     w_max: f64,
@@ -212,6 +214,7 @@ impl Controller {
             enabled: false,
             measured: 0.0,
             measured_once: false,
+            counting: false,
             last_bucket: (now / cfg.measure_window).floor() * cfg.measure_window,
             count: 0,
             w_max: 0.0,
@@ -255,11 +258,28 @@ impl Controller {
 
     fn measure(&mut self, now: f64) {
         let w = self.cfg.measure_window;
+        if !self.counting {
+            // The first window opens at the first response, not when the bucket was built: a
+            // client that starts sending later would otherwise measure idle time as a low rate.
+            // It opens the window as the first of a row of fence posts: the gaps after it are
+            // what the window counts.
+            self.counting = true;
+            self.last_bucket = now;
+            return;
+        }
         let bucket = (now / w).floor() * w;
         self.count += 1;
-        if bucket > self.last_bucket {
+        // A first window shorter than half a window waits for the next boundary: one response
+        // over a millisecond is not a rate.
+        if bucket - self.last_bucket >= w / 2.0 {
             let current = self.count as f64 / (bucket - self.last_bucket);
-            let s = self.cfg.smoothing;
+            // The first measurement is taken whole; the AWS SDKs blend it with 0, which reads
+            // a client's first half second at 0.8 of its real rate and cuts from there.
+            let s = if self.measured_once {
+                self.cfg.smoothing
+            } else {
+                1.0
+            };
             self.measured = current * s + self.measured * (1.0 - s);
             self.count = 0;
             self.last_bucket = bucket;
@@ -316,6 +336,27 @@ mod tests {
     #[test]
     fn k_for_wmax_10_is_the_published_constant() {
         assert_eq!(cubic_k(10.0, 0.7, 0.4), 1.9574338205844317);
+    }
+
+    #[test]
+    fn the_first_window_starts_at_the_first_response_and_counts_whole() {
+        let cfg = AdaptiveRate::aws().build().unwrap();
+        let mut c = Controller::new(cfg, 0.0);
+        // Idle for 2.1 s, then 20/s: the first closed window (2.1 s to 2.5 s, 8 responses)
+        // reads 20/s, not 0.8 × 20 and not diluted by the idle time.
+        let mut ms = 2100;
+        while c.measured_rate() == 0.0 {
+            let t = f64::from(ms) / 1000.0;
+            c.on_response(t, t, false, None);
+            ms += 50;
+        }
+        let m = c.measured_rate();
+        assert!((m - 20.0).abs() < 1e-9, "measured {m} at {ms} ms");
+        // A first response just before a boundary waits for the next one.
+        let mut c = Controller::new(cfg, 0.0);
+        c.on_response(0.499, 0.499, false, None);
+        c.on_response(0.501, 0.501, false, None);
+        assert_eq!(c.measured_rate(), 0.0);
     }
 
     #[test]
@@ -385,8 +426,9 @@ mod tests {
             c.on_response(f64::from(i) * 0.01, 0.0, false, None); // 100/s for 0.3 s
         }
         let cut = c.on_response(0.3, 0.1, true, None).unwrap();
-        // 31 answers in 0.3 s: about 103/s, cut to 0.7 of it, not to the 0.5/s floor.
-        assert!((cut - 0.7 * 31.0 / 0.3).abs() < 1e-9, "{cut}");
+        // 31 answers 10 ms apart, the first opening the count: 100/s, cut to 0.7 of it, not
+        // to the 0.5/s floor.
+        assert!((cut - 70.0).abs() < 1e-9, "{cut}");
     }
 
     #[test]

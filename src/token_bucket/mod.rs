@@ -30,7 +30,7 @@
 //! [`Outcome::Overload`](crate::classify::Outcome::Overload) (a 429, an `Overloaded` from below)
 //! cuts the rate to β = 0.7 of the measured send rate, and other outcomes let it climb back along
 //! the CUBIC curve `C (t − K)³ + Wmax` with C = 0.4 and `K = ∛(Wmax (1 − β) / C)`. The send rate
-//! is measured in 0.5 s buckets smoothed with 0.8; the rate stays within `[min_rate, max_rate]`
+//! is measured in 0.5 s buckets smoothed with 0.8 (the first taken whole, from the first response); the rate stays within `[min_rate, max_rate]`
 //! (at least 0.5/s by default) and never above twice the measured send rate. The bucket is
 //! unlimited until the first throttle, or starts at a configured rate.
 //!
