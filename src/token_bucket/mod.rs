@@ -19,8 +19,8 @@
 //!
 //! A grant reads the clock once, and that read is a large part of its cost. The default
 //! [`Clock::tokio`] reads [`tokio::time::Instant`], so tests that pause tokio's clock drive the
-//! bucket; [`Clock::cpu_counter`] reads the CPU's counter through `quanta`, as governor does, for hot
-//! paths in production. `cargo bench --bench token_bucket` measures both against governor's
+//! bucket; [`Clock::cpu_counter`] reads the CPU's counter through `quanta`, as governor does,
+//! for hot paths in production. `cargo bench --bench token_bucket` measures both against governor's
 //! direct `RateLimiter::check` with the same quota, each on the same kind of clock; the figures
 //! are in the README's overhead table.
 //!
@@ -30,8 +30,9 @@
 //! [`Outcome::Overload`](crate::classify::Outcome::Overload) (a 429, an `Overloaded` from below)
 //! cuts the rate to β = 0.7 of the measured send rate, and other outcomes let it climb back along
 //! the CUBIC curve `C (t − K)³ + Wmax` with C = 0.4 and `K = ∛(Wmax (1 − β) / C)`. The send rate
-//! is measured in 0.5 s buckets smoothed with 0.8 (the first taken whole, from the first response); the rate stays within `[min_rate, max_rate]`
-//! (at least 0.5/s by default) and never above twice the measured send rate. The bucket is
+//! is measured in 0.5 s buckets smoothed with 0.8 (the first taken whole, from the first
+//! response); the rate stays within `[min_rate, max_rate]` (at least 0.5/s by default) and
+//! never above twice the measured send rate. The bucket is
 //! unlimited until the first throttle, or starts at a configured rate.
 //!
 //! The rate is cut once per congestion event, as TCP cuts once per round trip: the layer tells
