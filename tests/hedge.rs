@@ -290,11 +290,26 @@ async fn non_idempotent_requests_are_never_hedged() {
         .build_with()
         .unwrap()
         .layer(backend.clone());
-    let mut get = http::Request::get("/orders/7").body(()).unwrap();
-    get.extensions_mut().insert(Idempotent);
-    let (call, req) = send(&mut svc, get).await.unwrap();
+    let mut post = http::Request::post("/orders").body(()).unwrap();
+    post.extensions_mut().insert(Idempotent);
+    let (call, req) = send(&mut svc, post).await.unwrap();
     assert_eq!((call, backend.calls()), (1, 2), "marked idempotent: hedged");
     assert_eq!(req.extensions().get::<HedgeCopy>(), Some(&HedgeCopy(1)));
+
+    let backend = Scripted::new(vec![Step::Ok(100), Step::Ok(1)]);
+    let mut svc = HedgeLayer::builder()
+        .fixed_delay(Duration::from_millis(10))
+        .budget(Unlimited)
+        .build_with()
+        .unwrap()
+        .layer(backend.clone());
+    let get = http::Request::get("/orders/7").body(()).unwrap();
+    let (call, _) = send(&mut svc, get).await.unwrap();
+    assert_eq!(
+        (call, backend.calls()),
+        (1, 2),
+        "a GET is idempotent: hedged"
+    );
 }
 
 #[tokio::test(start_paused = true)]

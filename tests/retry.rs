@@ -356,6 +356,27 @@ async fn an_idempotency_predicate_decides_for_http() {
     assert_eq!(sends_http(&log), 3, "GET is");
 }
 
+/// Without a predicate, an HTTP request's own method decides: a plain GET is retried, a plain
+/// POST is not, a POST marked `Idempotent` is.
+#[tokio::test(start_paused = true)]
+async fn http_requests_are_idempotent_by_method_by_default() {
+    let (svc, log) = http_service(500, false);
+    let layer = RetryLayer::builder(budget_with(5.0))
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let post = http::Request::post("/").body(()).unwrap();
+    layer.layer(svc.clone()).oneshot(post).await.unwrap();
+    assert_eq!(sends_http(&log), 1, "POST is not retried");
+    let get = http::Request::get("/").body(()).unwrap();
+    layer.layer(svc.clone()).oneshot(get).await.unwrap();
+    assert_eq!(sends_http(&log), 3, "GET is");
+    let mut marked = http::Request::post("/").body(()).unwrap();
+    marked.extensions_mut().insert(Idempotent);
+    layer.layer(svc).oneshot(marked).await.unwrap();
+    assert_eq!(sends_http(&log), 5, "a marked POST is");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_retry_never_runs_past_the_deadline() {
     let min_left = Duration::from_millis(10);

@@ -20,8 +20,9 @@ pub struct HedgeCopy(pub u8);
 /// A request the [`HedgeLayer`](super::HedgeLayer) can duplicate: it says whether it is
 /// idempotent and can be marked with its [`HedgeCopy`].
 ///
-/// Implemented for `http::Request<B>` (feature `http`: idempotent when its extensions hold
-/// [`Idempotent`], the retry layer's marker; copies get a [`HedgeCopy`] extension) and for the
+/// Implemented for `http::Request<B>` (feature `http`: idempotent when its method is, GET, HEAD,
+/// OPTIONS, TRACE, PUT or DELETE, or its extensions hold [`Idempotent`], the retry layer's
+/// marker; copies get a [`HedgeCopy`] extension) and for the
 /// simulator's requests. For your own type both methods have defaults:
 ///
 /// ```
@@ -49,7 +50,7 @@ pub trait HedgeRequest {
 #[cfg(feature = "http")]
 impl<B> HedgeRequest for http::Request<B> {
     fn is_idempotent(&self) -> bool {
-        self.extensions().get::<Idempotent>().is_some()
+        self.method().is_idempotent() || self.extensions().get::<Idempotent>().is_some()
     }
     fn mark_copy(&mut self, copy: HedgeCopy) {
         self.extensions_mut().insert(copy);

@@ -13,8 +13,9 @@ pub const ATTEMPT_HEADER: &str = "backstop-attempt";
 /// The header on a response meaning "already retried below, do not retry again".
 pub const RETRIED_HEADER: &str = "backstop-retried";
 
-/// Marks a request as safe to send twice. Put it in an `http::Request`'s extensions, or return
-/// true from [`RetryRequest::is_idempotent`] for your own request type.
+/// Marks a request as safe to send twice. Put it in an `http::Request`'s extensions (needed for a
+/// POST or PATCH; idempotent methods are safe without it), or return true from
+/// [`RetryRequest::is_idempotent`] for your own request type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Idempotent;
 
@@ -26,8 +27,11 @@ pub struct Attempt(pub u32);
 /// A request the [`RetryLayer`](super::RetryLayer) can retry: it carries its deadline, says
 /// whether it is idempotent, and can be marked as a retry.
 ///
-/// Implemented for `http::Request<B>` (feature `http`): idempotent when its extensions hold
-/// [`Idempotent`]; the retry gets an [`Attempt`] extension and the [`ATTEMPT_HEADER`] header.
+/// Implemented for `http::Request<B>` (feature `http`): idempotent when its method is (GET, HEAD,
+/// OPTIONS, TRACE, PUT, DELETE, as RFC 9110 defines them) or its extensions hold [`Idempotent`],
+/// so a POST is retried only when marked. For a stricter rule (say, only marked requests), give
+/// [`RetryLayerBuilder::idempotent_if`](super::RetryLayerBuilder::idempotent_if) a predicate.
+/// The retry gets an [`Attempt`] extension and the [`ATTEMPT_HEADER`] header.
 /// For your own type, both methods have defaults:
 ///
 /// ```
@@ -60,7 +64,7 @@ pub trait RetryRequest: HasDeadline {
 #[cfg(feature = "http")]
 impl<B> RetryRequest for http::Request<B> {
     fn is_idempotent(&self) -> bool {
-        self.extensions().get::<Idempotent>().is_some()
+        self.method().is_idempotent() || self.extensions().get::<Idempotent>().is_some()
     }
     fn set_attempt(&mut self, attempt: u32) {
         self.extensions_mut().insert(Attempt(attempt));
@@ -218,7 +222,8 @@ where
 
 /// For [`RetryLayerBuilder::idempotent_if`](super::RetryLayerBuilder::idempotent_if): an HTTP
 /// request is idempotent when its method is (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or it
-/// carries the [`Idempotent`] extension.
+/// carries the [`Idempotent`] extension. This is also what `http::Request` answers by default,
+/// so the predicate is only needed to combine with your own rules.
 #[cfg(feature = "http")]
 pub fn http_method_is_idempotent<B>(req: &http::Request<B>) -> bool {
     req.method().is_idempotent() || req.is_idempotent()
