@@ -14,15 +14,19 @@ use super::gate::{Admission, Permit, Ticket, Turn};
 use super::permit::Hold;
 use crate::error::{BoxError, OverloadReason, Overloaded};
 
+// The inner future is a type parameter of its own, not `S::Future`: a field typed by a
+// projection through `S` makes rustc prove `S`'s `Service` bounds with erased lifetimes when
+// it checks that a task holding this future is `Send`, which fails for a `BoxError` inner
+// error (rust-lang/rust#64552; tests/spawn_send.rs).
 #[pin_project]
-pub(crate) struct Admit<S: Service<Req>, Req, H> {
+pub(crate) struct Admit<S, F, Req, H> {
     #[pin]
-    state: State<S, Req>,
+    state: State<S, F, Req>,
     _hold: PhantomData<fn() -> H>,
 }
 
 #[pin_project(project = StateProj)]
-enum State<S: Service<Req>, Req> {
+enum State<S, F, Req> {
     Waiting {
         ticket: Ticket,
         // Boxed because only waiters need it: the fast path allocates nothing.
@@ -37,7 +41,7 @@ enum State<S: Service<Req>, Req> {
     },
     Running {
         #[pin]
-        future: S::Future,
+        future: F,
         permit: Option<Permit>,
     },
     Refused {
@@ -46,7 +50,7 @@ enum State<S: Service<Req>, Req> {
     Done,
 }
 
-impl<S: Service<Req>, Req, H> Admit<S, Req, H> {
+impl<S, F, Req, H> Admit<S, F, Req, H> {
     /// Starts from what the gate decided. `service` is a clone of the layer's inner service: it
     /// is made ready only once the permit is ours, so waiting never holds a slot below us.
     pub(crate) fn new(admission: Admission, service: S, request: Req) -> Self {
@@ -71,9 +75,10 @@ impl<S: Service<Req>, Req, H> Admit<S, Req, H> {
     }
 }
 
-impl<S, Req, H> Future for Admit<S, Req, H>
+impl<S, F, Req, H> Future for Admit<S, F, Req, H>
 where
-    S: Service<Req>,
+    S: Service<Req, Future = F>,
+    F: Future<Output = Result<S::Response, S::Error>>,
     S::Error: Into<BoxError>,
     H: Hold<S::Response>,
 {
@@ -170,7 +175,7 @@ fn arm(sleep: &mut Option<Pin<Box<Sleep>>>, at: Instant) -> Pin<&mut Sleep> {
     sleep.as_mut().expect("armed above").as_mut()
 }
 
-impl<S: Service<Req>, Req, H> std::fmt::Debug for Admit<S, Req, H> {
+impl<S, F, Req, H> std::fmt::Debug for Admit<S, F, Req, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
             State::Waiting { .. } => "waiting",

@@ -25,22 +25,26 @@ struct Spare<S, Req> {
 ///
 /// Dropping it drops both copies, which cancels them, and refunds a duplicate that was paid for
 /// but not sent yet.
+///
+/// `F` and `Res` are the inner service's future and response, type parameters of their own
+/// rather than `S::Future` and `S::Response` so that a task holding this future is `Send`
+/// whatever the inner error type (a field typed by a projection through `S` trips
+/// rust-lang/rust#64552 for a `BoxError`; tests/spawn_send.rs).
 #[pin_project(PinnedDrop)]
-pub struct ResponseFuture<S, Req, C, B, P>
+pub struct ResponseFuture<S, F, Req, Res, C, B, P>
 where
-    S: Service<Req>,
     B: HedgeBudget,
 {
     #[pin]
-    first: Option<S::Future>,
+    first: Option<F>,
     #[pin]
-    second: Option<S::Future>,
+    second: Option<F>,
     /// The hedge delay; `None` once it fired, or when there is none (constant work).
     #[pin]
     timer: Option<Sleep>,
     spare: Option<Spare<S, Req>>,
     /// The first non-success outcome, kept while the other copy may still succeed.
-    failure: Option<Result<S::Response, BoxError>>,
+    failure: Option<Result<Res, BoxError>>,
     started: Instant,
     /// The first copy's latency is already in the tracker (as censored, when its duplicate was
     /// refused): it must not be recorded again when it completes.
@@ -48,12 +52,11 @@ where
     shared: Arc<Shared<C, B, P>>,
 }
 
-impl<S, Req, C, B, P> ResponseFuture<S, Req, C, B, P>
+impl<S, F, Req, Res, C, B, P> ResponseFuture<S, F, Req, Res, C, B, P>
 where
-    S: Service<Req>,
     B: HedgeBudget,
 {
-    pub(super) fn single(first: S::Future, started: Instant, shared: Arc<Shared<C, B, P>>) -> Self {
+    pub(super) fn single(first: F, started: Instant, shared: Arc<Shared<C, B, P>>) -> Self {
         ResponseFuture {
             first: Some(first),
             second: None,
@@ -68,7 +71,7 @@ where
 
     /// `delay: None` sends the duplicate at the first poll, without asking the budget.
     pub(super) fn hedged(
-        first: S::Future,
+        first: F,
         started: Instant,
         service: S,
         request: Req,
@@ -92,9 +95,10 @@ where
     }
 }
 
-impl<S, Req, C, B, P> Future for ResponseFuture<S, Req, C, B, P>
+impl<S, F, Req, C, B, P> Future for ResponseFuture<S, F, Req, S::Response, C, B, P>
 where
-    S: Service<Req>,
+    S: Service<Req, Future = F>,
+    F: Future<Output = Result<S::Response, S::Error>>,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, BoxError>,
     B: HedgeBudget,
@@ -214,9 +218,8 @@ where
 }
 
 #[pinned_drop]
-impl<S, Req, C, B, P> PinnedDrop for ResponseFuture<S, Req, C, B, P>
+impl<S, F, Req, Res, C, B, P> PinnedDrop for ResponseFuture<S, F, Req, Res, C, B, P>
 where
-    S: Service<Req>,
     B: HedgeBudget,
 {
     fn drop(self: Pin<&mut Self>) {

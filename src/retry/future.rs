@@ -19,15 +19,19 @@ use crate::error::{BoxError, is_timeout};
 ///
 /// Cancel-safe: dropping it during the delay before the retry cancels the retry and refunds the
 /// token it had withdrawn, so a retry that was never sent costs the budget nothing.
+///
+/// `F` and `Res` are the inner service's future and response, type parameters of their own
+/// rather than `S::Future` and `S::Response` so that a task holding this future is `Send`
+/// whatever the inner error type (a field typed by a projection through `S` trips
+/// rust-lang/rust#64552 for a `BoxError`; tests/spawn_send.rs).
 #[pin_project(PinnedDrop)]
-pub struct ResponseFuture<S, Req, B, C>
+pub struct ResponseFuture<S, F, Req, Res, B, C>
 where
-    S: Service<Req>,
     B: Budget,
 {
     shared: Arc<Shared<B, C>>,
     #[pin]
-    state: State<S::Future, S, Req, S::Response>,
+    state: State<F, S, Req, Res>,
     /// The price of a retry withdrawn from the budget but not sent yet.
     unsent: Option<RetryKind>,
 }
@@ -57,16 +61,11 @@ enum State<F, S, Req, Res> {
     },
 }
 
-impl<S, Req, B, C> ResponseFuture<S, Req, B, C>
+impl<S, F, Req, Res, B, C> ResponseFuture<S, F, Req, Res, B, C>
 where
-    S: Service<Req>,
     B: Budget,
 {
-    pub(super) fn new(
-        first: S::Future,
-        backup: Option<(S, Req)>,
-        shared: Arc<Shared<B, C>>,
-    ) -> Self {
+    pub(super) fn new(first: F, backup: Option<(S, Req)>, shared: Arc<Shared<B, C>>) -> Self {
         ResponseFuture {
             shared,
             state: State::First {
@@ -78,9 +77,10 @@ where
     }
 }
 
-impl<S, Req, B, C> Future for ResponseFuture<S, Req, B, C>
+impl<S, F, Req, B, C> Future for ResponseFuture<S, F, Req, S::Response, B, C>
 where
-    S: Service<Req>,
+    S: Service<Req, Future = F>,
+    F: Future<Output = Result<S::Response, S::Error>>,
     S::Error: Into<BoxError>,
     Req: RetryRequest,
     B: Budget,
@@ -239,9 +239,8 @@ fn mark<Res, B, C: RetriedMarker<Res>>(
 }
 
 #[pinned_drop]
-impl<S, Req, B, C> PinnedDrop for ResponseFuture<S, Req, B, C>
+impl<S, F, Req, Res, B, C> PinnedDrop for ResponseFuture<S, F, Req, Res, B, C>
 where
-    S: Service<Req>,
     B: Budget,
 {
     fn drop(self: Pin<&mut Self>) {
@@ -252,9 +251,8 @@ where
     }
 }
 
-impl<S, Req, B, C> fmt::Debug for ResponseFuture<S, Req, B, C>
+impl<S, F, Req, Res, B, C> fmt::Debug for ResponseFuture<S, F, Req, Res, B, C>
 where
-    S: Service<Req>,
     B: Budget,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -5,7 +5,6 @@ use std::task::{Context, Poll};
 
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
-use tower::util::Oneshot;
 use tower_service::Service;
 
 use super::TokenBucket;
@@ -164,25 +163,34 @@ impl Drop for Acquire {
 /// The response future of [`TokenBucketService`](super::TokenBucketService): waits for a token
 /// (or fails with `RateLimited`), runs the request, and feeds its outcome to the bucket's
 /// adaptive rate.
+///
+/// `F` is the inner service's future, a type parameter of its own rather than `S::Future` so
+/// that a task holding this future is `Send` whatever the inner error type (a field typed by a
+/// projection through `S` trips rust-lang/rust#64552 for a `BoxError`; tests/spawn_send.rs).
 #[pin_project]
-pub struct ResponseFuture<S: Service<Req>, Req, C> {
+pub struct ResponseFuture<S, F, Req, C> {
     #[pin]
-    state: State<S, Req>,
+    state: State<S, F, Req>,
     bucket: TokenBucket,
     classifier: C,
 }
 
 #[pin_project(project = StateProj)]
-enum State<S: Service<Req>, Req> {
+enum State<S, F, Req> {
     Waiting {
         acquire: Acquire,
         give_up: Option<Pin<Box<Sleep>>>,
         service: Option<S>,
         request: Option<Req>,
     },
+    /// The token is ours: waiting for the inner service to be ready.
+    Readying {
+        service: S,
+        request: Option<Req>,
+    },
     Running {
         #[pin]
-        call: Oneshot<S, Req>,
+        future: F,
         /// When the request went on: tells the adaptive rate which congestion event an
         /// overload answer belongs to.
         sent_at: Instant,
@@ -192,12 +200,12 @@ enum State<S: Service<Req>, Req> {
     },
 }
 
-impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
+impl<S, F, Req, C> ResponseFuture<S, F, Req, C> {
     pub(super) fn running(bucket: TokenBucket, classifier: C, service: S, request: Req) -> Self {
         ResponseFuture {
-            state: State::Running {
-                call: Oneshot::new(service, request),
-                sent_at: Instant::now(),
+            state: State::Readying {
+                service,
+                request: Some(request),
             },
             bucket,
             classifier,
@@ -232,9 +240,10 @@ impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
     }
 }
 
-impl<S, Req, C> Future for ResponseFuture<S, Req, C>
+impl<S, F, Req, C> Future for ResponseFuture<S, F, Req, C>
 where
-    S: Service<Req>,
+    S: Service<Req, Future = F>,
+    F: Future<Output = Result<S::Response, S::Error>>,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, BoxError>,
 {
@@ -256,14 +265,9 @@ where
                 } => {
                     match Pin::new(acquire).poll(cx) {
                         Poll::Ready(Ok(())) => {
-                            let call = Oneshot::new(
-                                service.take().expect("polled after completion"),
-                                request.take().expect("polled after completion"),
-                            );
-                            this.state.set(State::Running {
-                                call,
-                                sent_at: Instant::now(),
-                            });
+                            let service = service.take().expect("polled after completion");
+                            let request = request.take();
+                            this.state.set(State::Readying { service, request });
                             continue;
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
@@ -284,12 +288,19 @@ where
                     }
                     return Poll::Pending;
                 }
-                StateProj::Running { call, sent_at } => {
-                    let result = std::task::ready!(call.poll(cx)).map_err(Into::into);
-                    if this.bucket.is_adaptive() {
-                        let outcome = this.classifier.classify(result.as_ref());
-                        this.bucket.on_outcome(outcome, *sent_at);
+                StateProj::Readying { service, request } => {
+                    let sent_at = Instant::now();
+                    if let Err(e) = std::task::ready!(service.poll_ready(cx)) {
+                        let result = Err(e.into());
+                        feed(this.bucket, this.classifier, &result, sent_at);
+                        return Poll::Ready(result);
                     }
+                    let future = service.call(request.take().expect("polled after completion"));
+                    this.state.set(State::Running { future, sent_at });
+                }
+                StateProj::Running { future, sent_at } => {
+                    let result = std::task::ready!(future.poll(cx)).map_err(Into::into);
+                    feed(this.bucket, this.classifier, &result, *sent_at);
                     return Poll::Ready(result);
                 }
             }
@@ -297,7 +308,19 @@ where
     }
 }
 
-impl<S: Service<Req>, Req, C> std::fmt::Debug for ResponseFuture<S, Req, C> {
+/// Tells an adaptive bucket how a request sent at `sent_at` ended.
+fn feed<Res, C: Classify<Res, BoxError>>(
+    bucket: &TokenBucket,
+    classifier: &C,
+    result: &Result<Res, BoxError>,
+    sent_at: Instant,
+) {
+    if bucket.is_adaptive() {
+        bucket.on_outcome(classifier.classify(result.as_ref()), sent_at);
+    }
+}
+
+impl<S, F, Req, C> std::fmt::Debug for ResponseFuture<S, F, Req, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("bucket", &self.bucket.name())
