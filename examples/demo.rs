@@ -80,9 +80,15 @@ fn main() -> Result<(), BoxError> {
     for r in [&naive, &timeouts, &backstop] {
         print!("[{}]\n{}", r.name, r.hop_table());
     }
+    println!(
+        "  in_flight: time-average requests in the server (queue and service); little: arrival \
+         rate x mean latency of the requests that left / in_flight - 1 (Little's law, 0 when it \
+         holds); it is negative when many requests are still inside at the end (at_end): their \
+         time counts in in_flight but has no latency yet"
+    );
     if let Some(l) = little {
         println!(
-            "\nbackstop's LittleLayer on the web server over the run: {} arrivals ({:.1}/s), {:.1} in flight on average (waiters included), mean latency {:.0} ms; against {} workers that is a utilization of {:.2}",
+            "\nbackstop's LittleLayer on the web server over the run (outermost, so it counts the queue's waiters too): {} arrivals ({:.1}/s), {:.1} in flight on average, mean latency {:.0} ms; average concurrency / {} workers (waiters included, so it can exceed 1) = {:.2}",
             l.arrivals,
             l.arrival_rate,
             l.average_concurrency,

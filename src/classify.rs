@@ -66,6 +66,14 @@ impl Outcome {
 }
 
 /// Maps the outcome of a call to what it means for retries, hedges, buckets and metrics.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot classify a `Result<{Res}, {E}>`",
+    label = "not a classifier for `{Res}` responses",
+    note = "`HttpClassifier` reads `http::Response<B>`; `ErrorClassifier` reads any response with \
+            `BoxError` errors; `classify_fn` wraps a closure for other types; layers need the inner \
+            service's `Error` to be `BoxError` or to convert into it \
+            (https://docs.rs/backstop/latest/backstop/classify/trait.Classify.html)"
+)]
 pub trait Classify<Res, E> {
     /// Classifies one finished call.
     fn classify(&self, outcome: Result<&Res, &E>) -> Outcome;

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backstop::BoxError;
-use backstop::timeout::{Deadline, Elapsed, ElapsedCause, HasDeadline, TimeoutLayer};
+use backstop::timeout::{Deadline, Elapsed, ElapsedCause, HasDeadline, TimeoutLayer, WithDeadline};
 use http::Request;
 use tokio::time::{Instant, advance, sleep};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -109,6 +109,30 @@ async fn an_expired_deadline_never_reaches_the_inner_service() {
     assert_eq!(e.budget(), Duration::ZERO);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     assert!(backstop::is_timeout(err.as_ref()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_request_in_with_deadline_gets_the_same_treatment() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let mut svc = layer(1_000, 0.5).layer(service_fn(move |req: WithDeadline<u32>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, BoxError>((*req, req.deadline().map(Deadline::remaining))) }
+    }));
+
+    // A caller's deadline is read and shrunk by the fraction, like an http::Request's.
+    let mut req = WithDeadline::new(7);
+    req.set_deadline(Deadline::after(Duration::from_millis(400)));
+    let (value, left) = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!((value, left), (7, Some(Duration::from_millis(200))));
+
+    // An expired one fails before the inner service.
+    let mut req = WithDeadline::from(8);
+    req.set_deadline(Deadline::after(Duration::from_millis(50)));
+    advance(Duration::from_millis(50)).await;
+    let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+    assert_eq!(elapsed(&err).cause(), ElapsedCause::CallerDeadline);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]

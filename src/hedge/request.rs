@@ -36,6 +36,9 @@ pub struct HedgeCopy(pub u8);
 ///     fn mark_copy(&mut self, copy: HedgeCopy) { self.copy = copy.0 }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `HedgeRequest`, which `HedgeLayer` needs by default (or use `hedge_if`); it is implemented for `http::Request<B>` (https://docs.rs/backstop/latest/backstop/hedge/trait.HedgeRequest.html)"
+)]
 pub trait HedgeRequest {
     /// True when the request may safely be sent twice. Default: false.
     fn is_idempotent(&self) -> bool {

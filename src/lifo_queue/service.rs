@@ -9,6 +9,12 @@ use crate::error::BoxError;
 use crate::timeout::{Deadline, HasDeadline};
 
 /// Where a [`LifoQueue`] reads a request's deadline from.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot read the deadline of a `{Req}` request",
+    note = "`FromRequest` (the default of `LifoQueueLayer`, and of `TokenBucketLayer` after \
+            `wait_until_deadline`) needs `{Req}: HasDeadline`; `NoDeadline` (`ignore_deadlines()`) \
+            reads none (https://docs.rs/backstop/latest/backstop/lifo_queue/trait.DeadlineOf.html)"
+)]
 pub trait DeadlineOf<Req> {
     /// The request's deadline, if it has one. Read only when the request has to wait.
     fn deadline_of(&self, request: &Req) -> Option<Deadline>;

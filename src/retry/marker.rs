@@ -50,6 +50,9 @@ pub struct Attempt(pub u32);
 ///     fn set_attempt(&mut self, attempt: u32) { self.attempt = attempt }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `RetryRequest`, which `RetryLayer` needs (with `HasDeadline` and `Clone`); it is implemented for `http::Request<B>` (https://docs.rs/backstop/latest/backstop/retry/trait.RetryRequest.html)"
+)]
 pub trait RetryRequest: HasDeadline {
     /// True when the request may safely be sent twice. Default: false.
     fn is_idempotent(&self) -> bool {

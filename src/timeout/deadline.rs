@@ -51,8 +51,9 @@ impl Deadline {
 
 /// A request that can carry a [`Deadline`].
 ///
-/// Implemented for `http::Request<B>` and `http::Extensions` (feature `http`). For your own
-/// request type, store an `Option<Deadline>` in it:
+/// Implemented for `http::Request<B>` and `http::Extensions` (feature `http`) and for any
+/// request wrapped in [`WithDeadline`](super::WithDeadline). For your own request type, store an
+/// `Option<Deadline>` in it:
 ///
 /// ```
 /// use backstop::timeout::{Deadline, HasDeadline};
@@ -64,6 +65,14 @@ impl Deadline {
 ///     fn set_deadline(&mut self, deadline: Deadline) { self.deadline = Some(deadline) }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `HasDeadline`: backstop's layers cannot read or set its deadline",
+    label = "this request type carries no `Deadline`",
+    note = "`TimeoutLayer`, `RetryLayer`, `LifoQueueLayer` (unless `ignore_deadlines()`) and `TokenBucketLayer` \
+            with `wait_until_deadline()` need `HasDeadline` on the request; it is implemented for \
+            `http::Request<B>`; wrap other types in `backstop::timeout::WithDeadline` or implement it \
+            (https://docs.rs/backstop/latest/backstop/timeout/trait.HasDeadline.html)"
+)]
 pub trait HasDeadline {
     /// The deadline the request carries, if any.
     fn deadline(&self) -> Option<Deadline>;

@@ -53,9 +53,11 @@ mod future;
 pub mod headers;
 mod layer;
 mod service;
+mod with_deadline;
 
 pub use self::deadline::{Deadline, HasDeadline};
 pub use self::error::{Elapsed, ElapsedCause};
 pub use self::future::ResponseFuture;
 pub use self::layer::{TimeoutLayer, TimeoutLayerBuilder};
 pub use self::service::Timeout;
+pub use self::with_deadline::WithDeadline;

@@ -12,7 +12,7 @@ use crate::lifo_queue::{FromRequest, NoDeadline};
 pub(crate) enum Mode {
     /// Refuse at once with `RateLimited` and the time until the next token.
     FailFast,
-    /// Wait in line up to this long (and never past the request's deadline).
+    /// Wait in line up to this long (and never past the request's deadline when `D` reads one).
     Wait(Duration),
 }
 
