@@ -369,6 +369,10 @@ fn bad_configuration_is_a_config_error_naming_the_field() {
         field(b().dead_band(f64::INFINITY).build()),
         "dead_band.above"
     );
+    assert_eq!(field(b().error_limit(0.0).build()), "error_limit");
+    assert_eq!(field(b().error_limit(f64::NAN).build()), "error_limit");
+    let err = b().error_limit(-1.0).build().unwrap_err();
+    assert!(err.to_string().contains("> 0"), "{err}");
     let err = b().tick(Duration::ZERO).build().unwrap_err();
     assert!(err.to_string().contains("greater than zero"), "{err}");
 }
