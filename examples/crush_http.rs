@@ -22,8 +22,9 @@
 //! `BACKSTOP_PID_MODE=admission` to have its admission layer refuse requests instead, or `both`.
 //! Its LIFO queue has the short line the PID's documentation recommends (2 × setpoint ×
 //! capacity = 8 waiting) and a dead band of setpoint / 2; `BACKSTOP_LONG_LINE=1` gives it the
-//! queue-only row's 1024 waiting and no band instead, where the controller can slam between
-//! shedding nothing and shedding 95% (see `ServerStack::with_pid_short_line`).
+//! queue-only row's 1024 waiting and no band instead, where one tick's sample can jump by 25
+//! setpoints and only the controller's error bound keeps it from slamming between shedding
+//! nothing and shedding 95% (see `ServerStack::with_pid_short_line`).
 //!
 //! With `--serve SECONDS [baseline|queue|full]` it only serves, for an external load generator;
 //! `scripts/crush_http.sh` installs wrk and drives it that way.

@@ -42,6 +42,8 @@ impl Signal for Knob {
 fn controller(knob: &Knob) -> AdmissionController {
     AdmissionController::builder(knob.clone())
         .setpoint(0.05)
+        // Unbounded: the arithmetic below reads the terms of errors of many setpoints.
+        .error_limit(f64::INFINITY)
         .gains(2.0, 0.0, 0.0)
         .min_admission(0.0)
         .tick(TICK)
@@ -101,6 +103,8 @@ async fn below_the_floor_every_request_is_admitted_whatever_the_probability() {
     let queue = Queue::default();
     let ctl = AdmissionController::builder(queue.clone())
         .setpoint(0.05)
+        // Unbounded: the arithmetic below reads the terms of errors of many setpoints.
+        .error_limit(f64::INFINITY)
         .gains(2.0, 0.0, 0.0)
         .min_admission(0.0)
         .draw(Draw::Even)
@@ -238,6 +242,8 @@ async fn the_callback_hands_every_new_shed_fraction_to_a_throttle() {
     let knob = Knob::default();
     let ctl = AdmissionController::builder(knob.clone())
         .setpoint(0.05)
+        // Unbounded: the arithmetic below reads the terms of errors of many setpoints.
+        .error_limit(f64::INFINITY)
         .gains(2.0, 0.0, 0.0)
         .min_admission(0.0)
         .on_shed_fraction(move |shed| seen.lock().unwrap().push(shed))
@@ -306,6 +312,8 @@ async fn gauges_are_registered_at_build_and_follow_the_terms() {
         AdmissionController::builder(knob.clone())
             .name("pid_gauges")
             .setpoint(0.05)
+            // Unbounded: the arithmetic below reads the terms of errors of many setpoints.
+            .error_limit(f64::INFINITY)
             .gains(1.0, 2.0, 0.0)
             .build()
             .unwrap()
@@ -353,6 +361,25 @@ async fn gauges_are_registered_at_build_and_follow_the_terms() {
     assert!((read(&snap, names::ADMISSION_PROBABILITY) - 0.76).abs() < 1e-9);
 }
 
+#[tokio::test(start_paused = true)]
+async fn by_default_one_sample_of_many_setpoints_moves_p_by_three_setpoints_at_most() {
+    let knob = Knob::default();
+    let ctl = AdmissionController::builder(knob.clone())
+        .setpoint(0.05)
+        .gains(2.0, 0.0, 0.0)
+        .tick(TICK)
+        .build()
+        .unwrap();
+    ctl.try_admit();
+    knob.set(1.0); // 20 setpoints
+    advance(TICK).await;
+    ctl.try_admit();
+    // The error is bounded at 3 × 0.05: P = 2 × 0.15, not the cap (unbounded: 1.9).
+    let t = ctl.terms();
+    assert!((t.error - 0.15).abs() < 1e-12, "{t:?}");
+    assert!((ctl.admission_probability() - 0.7).abs() < 1e-12, "{t:?}");
+}
+
 #[test]
 fn bad_configuration_is_a_config_error_naming_the_field() {
     let b = || AdmissionController::builder(signal_fn(|_| None));
@@ -369,6 +396,10 @@ fn bad_configuration_is_a_config_error_naming_the_field() {
         field(b().dead_band(f64::INFINITY).build()),
         "dead_band.above"
     );
+    assert_eq!(field(b().error_limit(0.0).build()), "error_limit");
+    assert_eq!(field(b().error_limit(f64::NAN).build()), "error_limit");
+    let err = b().error_limit(-1.0).build().unwrap_err();
+    assert!(err.to_string().contains("> 0"), "{err}");
     let err = b().tick(Duration::ZERO).build().unwrap_err();
     assert!(err.to_string().contains("greater than zero"), "{err}");
 }

@@ -123,6 +123,11 @@ pub enum Draw {
     Even,
 }
 
+/// The default [`error_limit`](AdmissionControllerBuilder::error_limit), in setpoints: above
+/// what a short line lets the signal reach (so the recommended configuration never meets it),
+/// far below the 15–25 setpoints a long queue reaches within one tick of a 3× surge.
+const DEFAULT_ERROR_LIMIT: f64 = 3.0;
+
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 fn splitmix(mut z: u64) -> u64 {
@@ -146,6 +151,7 @@ impl AdmissionController {
             measurement_filter: Duration::ZERO,
             adaptive_filter: 0.0,
             dead_band: 0.0,
+            error_limit: None,
             seed: None,
             draw: Draw::Random,
             floor: None,
@@ -357,6 +363,7 @@ pub struct AdmissionControllerBuilder {
     measurement_filter: Duration,
     adaptive_filter: f64,
     dead_band: f64,
+    error_limit: Option<f64>,
     seed: Option<u64>,
     draw: Draw,
     floor: Option<f64>,
@@ -373,6 +380,7 @@ impl fmt::Debug for AdmissionControllerBuilder {
             .field("gains", &self.gains)
             .field("min_admission", &self.min_admission)
             .field("dead_band", &self.dead_band)
+            .field("error_limit", &self.error_limit)
             .field("floor", &self.floor)
             .finish_non_exhaustive()
     }
@@ -452,6 +460,22 @@ impl AdmissionControllerBuilder {
         self
     }
 
+    /// Bounds the error the controller sees to `±limit`, in the signal's unit (see
+    /// [`PidControllerBuilder::error_limit`](super::PidControllerBuilder::error_limit)): behind
+    /// a long line, the queue's expected wait can jump from 0 to 25 setpoints within one tick
+    /// of a surge, and unbounded, the P and D terms then slam the shed fraction between 0 and
+    /// its cap while the anti-windup holds the integral still. Bounded, the output stays
+    /// where the integral can learn the share to shed. Greater than 0 (NaN refused); infinity
+    /// means no bound. Default: 3 × the setpoint (no bound with a setpoint of 0 or less), which
+    /// the recommended short line never reaches. A tighter bound (1 × setpoint: the error then
+    /// lies in ±setpoint, so the integral steers the signal's median rather than its mean)
+    /// served more behind a long line under a closed-loop generator (wrk) but let the
+    /// admission probability swing more in the `pid_step` step scenario.
+    pub fn error_limit(mut self, limit: f64) -> Self {
+        self.error_limit = Some(limit);
+        self
+    }
+
     /// Seeds the admission draws, so that a simulation is repeatable. Default: a random seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -527,6 +551,11 @@ impl AdmissionControllerBuilder {
             .measurement_filter(self.measurement_filter)
             .adaptive_filter(self.adaptive_filter)
             .dead_band(0.0, self.dead_band)
+            .error_limit(self.error_limit.unwrap_or(if self.setpoint > 0.0 {
+                DEFAULT_ERROR_LIMIT * self.setpoint
+            } else {
+                f64::INFINITY
+            }))
             .build()?;
         let (shed_tx, _) = watch::channel(0.0);
         Ok(AdmissionController {

@@ -52,6 +52,10 @@
 //!   to the queue between the floor and the line, while a load step (a jump of several
 //!   setpoints) passes the filter within a tick or two;
 //! - gains (2, 26, 0.4) × 50 ms / setpoint;
+//! - the default [`error_limit`](AdmissionControllerBuilder::error_limit) of 3 × the setpoint:
+//!   the short line keeps the signal below it, and should the line be long after all, one
+//!   sample of a queue filling within a tick moves P and D by at most that much, not to the
+//!   shed fraction's cap;
 //! - the default [`floor`](AdmissionControllerBuilder::floor) (the setpoint): a request that
 //!   would wait less than the setpoint is always admitted, so the controller never idles a
 //!   worker; the integral tracks what the floor let in, slowly

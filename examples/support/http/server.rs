@@ -254,9 +254,10 @@ impl ServerStack {
     /// that serve `capacity` requests/s: a short line of 2 × setpoint × capacity waiting (8 at
     /// 200/s) and a dead band of setpoint / 2. The short line bounds the controller's signal (the
     /// queue's expected wait) near the setpoint: with the default 1024 waiting, a 3× surge moves
-    /// it by 25× the setpoint within one 100 ms tick, the P and D terms slam the shed fraction
-    /// between 0 and 0.95, and the integral, frozen by the anti-windup while the output is
-    /// pinned, never takes over (goodput 0.60–0.66 of capacity in about one run in five).
+    /// it by 25× the setpoint within one 100 ms tick. The controller's error bound (3 × the
+    /// setpoint by default) keeps P and D from slamming the shed fraction on that (open loop:
+    /// 0.88–0.95 of capacity, where unbounded about one run in five fell to 0.60–0.66), but
+    /// under a closed-loop generator the long line still serves less (wrk: 0.63–0.64).
     pub fn with_pid_short_line(
         workers: usize,
         mode: PidMode,
