@@ -25,8 +25,9 @@ fn idempotent() -> Request<()> {
     req
 }
 
+/// A POST without the `Idempotent` marker: never hedged.
 fn plain() -> Request<()> {
-    Request::new(())
+    Request::post("/").body(()).unwrap()
 }
 
 #[derive(Clone)]

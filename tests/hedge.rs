@@ -310,6 +310,22 @@ async fn non_idempotent_requests_are_never_hedged() {
         (1, 2),
         "a GET is idempotent: hedged"
     );
+
+    // A PUT is retried by its method, but not hedged: both copies would run at once.
+    let backend = Scripted::new(vec![Step::Ok(100), Step::Ok(1)]);
+    let mut svc = HedgeLayer::builder()
+        .fixed_delay(Duration::from_millis(10))
+        .budget(Unlimited)
+        .build_with()
+        .unwrap()
+        .layer(backend.clone());
+    let put = http::Request::put("/orders/7").body(()).unwrap();
+    let (call, _) = send(&mut svc, put).await.unwrap();
+    assert_eq!(
+        (call, backend.calls()),
+        (0, 1),
+        "a PUT is not hedged unless marked"
+    );
 }
 
 #[tokio::test(start_paused = true)]

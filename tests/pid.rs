@@ -396,6 +396,9 @@ fn bad_configuration_is_a_config_error_naming_the_field() {
         field(b().dead_band(f64::INFINITY).build()),
         "dead_band.above"
     );
+    assert_eq!(field(b().floor(f64::NAN).build()), "floor");
+    assert_eq!(field(b().floor(-1.0).build()), "floor");
+    assert_eq!(field(b().floor(f64::INFINITY).build()), "floor");
     assert_eq!(field(b().error_limit(0.0).build()), "error_limit");
     assert_eq!(field(b().error_limit(f64::NAN).build()), "error_limit");
     let err = b().error_limit(-1.0).build().unwrap_err();

@@ -12,7 +12,7 @@ use backstop::{BoxError, OverloadReason, Overloaded, find_overload};
 use futures::FutureExt;
 use proptest::prelude::*;
 use tokio::time::{Instant, advance};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 fn reason(err: &BoxError) -> OverloadReason {
     find_overload(err.as_ref()).expect("an Overloaded").reason()
@@ -152,6 +152,91 @@ async fn a_rate_change_wakes_the_head_of_the_line() {
 
 fn echo() -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone + Send {
     tower::service_fn(|x: u32| async move { Ok::<_, BoxError>(x) })
+}
+
+/// An inner service that is not ready for its first `not_ready` polls, then answers its
+/// readiness with `ready` (calls counted).
+#[derive(Clone)]
+struct Slow {
+    not_ready: Arc<AtomicU64>,
+    fail: bool,
+    calls: Arc<AtomicU64>,
+}
+
+impl Service<u32> for Slow {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.not_ready.load(Ordering::SeqCst) > 0 {
+            self.not_ready.fetch_sub(1, Ordering::SeqCst);
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        if self.fail {
+            return std::task::Poll::Ready(Err(Overloaded::new(OverloadReason::Throttled).into()));
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, x: u32) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(x))
+    }
+}
+
+fn slow(not_ready: u64, fail: bool) -> (Slow, Arc<AtomicU64>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let svc = Slow {
+        not_ready: Arc::new(AtomicU64::new(not_ready)),
+        fail,
+        calls: calls.clone(),
+    };
+    (svc, calls)
+}
+
+/// The layer takes its token, then waits for the inner service to be ready: a slow service
+/// costs one token and one call; a readiness error is returned without a call and counts as
+/// the server's answer (an overload cuts an adaptive rate); a future dropped while the inner
+/// service is not ready spends its token and never calls.
+#[tokio::test(start_paused = true)]
+async fn the_layer_readies_the_inner_service_after_the_token() {
+    let bucket = TokenBucket::builder("readying")
+        .capacity(5.0)
+        .rate(0.0)
+        .build()
+        .unwrap();
+    let (inner, calls) = slow(2, false);
+    let svc = TokenBucketLayer::new(bucket.clone()).layer(inner);
+    assert_eq!(svc.oneshot(7).await.unwrap(), 7);
+    assert_eq!((bucket.tokens(), calls.load(Ordering::SeqCst)), (4.0, 1));
+
+    let (inner, calls) = slow(1, false);
+    let mut svc = TokenBucketLayer::new(bucket.clone()).layer(inner);
+    let pending = svc.ready().await.unwrap().call(1);
+    assert!(
+        pending.now_or_never().is_none(),
+        "the inner service is not ready yet"
+    );
+    assert_eq!((bucket.tokens(), calls.load(Ordering::SeqCst)), (3.0, 0));
+
+    let adaptive = TokenBucket::builder("readying-adaptive")
+        .adaptive(AdaptiveRate::aws().build().unwrap())
+        .build()
+        .unwrap();
+    let (inner, calls) = slow(0, true);
+    let svc = TokenBucketLayer::new(adaptive.clone()).layer(inner);
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(reason(&err), OverloadReason::Throttled);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(
+        adaptive.rate().is_some(),
+        "the readiness overload cut the rate"
+    );
 }
 
 #[tokio::test(start_paused = true)]

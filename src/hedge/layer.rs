@@ -104,8 +104,10 @@ impl HedgeLayer {
     /// Starts a builder with the defaults: name `hedge`, delay = p95 of the last 10–20 s of
     /// first-copy latencies but at least 1 ms, no hedge before 100 samples, a [`HedgeBucket`]
     /// earning 0.05 hedge per request (burst: what 10,000 requests earn, 500; full at the start),
-    /// hedge only requests marked idempotent, outcomes
-    /// read by [`ErrorClassifier`].
+    /// hedge only requests that say they may run twice
+    /// ([`HedgeRequest::is_idempotent`](super::HedgeRequest::is_idempotent): for HTTP a safe
+    /// method or the [`Idempotent`](super::Idempotent) marker), outcomes read by
+    /// [`ErrorClassifier`].
     pub fn builder() -> HedgeLayerBuilder {
         HedgeLayerBuilder {
             name: "hedge".to_owned(),

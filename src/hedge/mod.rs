@@ -10,8 +10,9 @@
 //!   microseconds, over the last one to two windows), never below a floor (1 ms); no hedge at
 //!   all before the tracker holds `min_samples` latencies. Or a [fixed
 //!   delay](HedgeLayerBuilder::fixed_delay).
-//! - **One duplicate at most**, sent only when the request is idempotent (the retry layer's
-//!   [`Idempotent`] extension, [`HedgeRequest::is_idempotent`], or a
+//! - **One duplicate at most**, sent only when the request may run twice at once (for HTTP a
+//!   safe method or the retry layer's [`Idempotent`] extension, [`HedgeRequest::is_idempotent`],
+//!   or a
 //!   [predicate](HedgeLayerBuilder::hedge_if)) and the [`HedgeBudget`] pays for it: the default
 //!   [`HedgeBucket`] earns 0.05 hedge per request and saves up to 500 (what 10,000 requests
 //!   earn; it starts full), so over any stretch of requests hedges ≤ 5% × requests + 500,

@@ -7,8 +7,8 @@ pub use crate::retry::AnyRequest;
 /// The marker of a request safe to send twice: the retry layer's, so one mark allows both a
 /// retry and a hedge.
 pub use crate::retry::Idempotent;
-/// Hedge the requests marked idempotent: the retry layer's policy, read through
-/// [`HedgeRequest::is_idempotent`] (the [`Idempotent`] extension for HTTP).
+/// Hedge the requests that say they may be sent twice, through
+/// [`HedgeRequest::is_idempotent`] (for HTTP: a safe method, or the [`Idempotent`] extension).
 pub use crate::retry::MarkedIdempotent;
 
 /// Which copy of a hedged request this is: 0 for the first, 1 for the duplicate. The layer puts
@@ -20,10 +20,11 @@ pub struct HedgeCopy(pub u8);
 /// A request the [`HedgeLayer`](super::HedgeLayer) can duplicate: it says whether it is
 /// idempotent and can be marked with its [`HedgeCopy`].
 ///
-/// Implemented for `http::Request<B>` (feature `http`: idempotent when its method is, GET, HEAD,
-/// OPTIONS, TRACE, PUT or DELETE, or its extensions hold [`Idempotent`], the retry layer's
-/// marker; copies get a [`HedgeCopy`] extension) and for the
-/// simulator's requests. For your own type both methods have defaults:
+/// Implemented for `http::Request<B>` (feature `http`: hedged when its method is safe, GET,
+/// HEAD, OPTIONS or TRACE, or its extensions hold [`Idempotent`], the retry layer's marker;
+/// copies get a [`HedgeCopy`] extension) and for the simulator's requests. A PUT or DELETE,
+/// retried by method, is not hedged unless marked: the two copies run at once, and the one that
+/// answers first may see the other's effect. For your own type both methods have defaults:
 ///
 /// ```
 /// use backstop::hedge::{HedgeCopy, HedgeRequest};
@@ -53,7 +54,10 @@ pub trait HedgeRequest {
 #[cfg(feature = "http")]
 impl<B> HedgeRequest for http::Request<B> {
     fn is_idempotent(&self) -> bool {
-        self.method().is_idempotent() || self.extensions().get::<Idempotent>().is_some()
+        // Safe methods only, where the retry layer takes every idempotent one: a hedge runs
+        // both copies at once, so a duplicate PUT or DELETE could answer first with what the
+        // original's effect made of it (a 404, a 412), or land after a later write.
+        self.method().is_safe() || self.extensions().get::<Idempotent>().is_some()
     }
     fn mark_copy(&mut self, copy: HedgeCopy) {
         self.extensions_mut().insert(copy);

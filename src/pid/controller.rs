@@ -115,7 +115,8 @@ struct PidConfig {
 
 impl PidController {
     /// Starts a builder. Defaults: setpoint 0, kp 1, ki 0, kd 0, output in [0, 1], bias 0,
-    /// [`Action::Reverse`], [`AntiWindup::Clamp`], derivative filter 0.2 s.
+    /// [`Action::Reverse`], [`AntiWindup::Clamp`], derivative filter 0.2 s, no measurement
+    /// filter (0 s, so no adaptive filter either), no dead band, no error limit (infinite).
     pub fn builder() -> PidControllerBuilder {
         PidControllerBuilder {
             config: PidConfig {

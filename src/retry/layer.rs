@@ -63,7 +63,9 @@ impl<B: Budget> RetryLayer<B> {
 
     /// Starts a builder drawing on `budget`, with the defaults: one retry, a full-jitter delay
     /// from [0, 100 ms] (base 50 ms, cap 1 s), no retry with less than 10 ms left before the
-    /// deadline, [`ErrorClassifier`], only requests marked idempotent, markers honoured and set
+    /// deadline, [`ErrorClassifier`], only requests that say they are idempotent
+    /// ([`RetryRequest::is_idempotent`](super::RetryRequest::is_idempotent): for HTTP an idempotent
+    /// method or the [`Idempotent`](super::Idempotent) marker), markers honoured and set
     /// after a retry ([`MarkRetried::AfterRetry`]), and the thread-local random generator.
     pub fn builder(budget: B) -> RetryLayerBuilder<B> {
         RetryLayerBuilder {
@@ -224,9 +226,10 @@ impl<B, C, I> RetryLayerBuilder<B, C, I> {
         }
     }
 
-    /// Retries only the requests for which `is_idempotent` returns true, instead of those
-    /// marked [`Idempotent`](super::Idempotent). For HTTP,
-    /// [`http_method_is_idempotent`](super::http_method_is_idempotent) goes by the method.
+    /// Retries only the requests for which `is_idempotent` returns true, instead of asking
+    /// [`RetryRequest::is_idempotent`](super::RetryRequest::is_idempotent). For HTTP,
+    /// [`http_method_is_idempotent`](super::http_method_is_idempotent) is that default rule
+    /// (method or marker), to combine with your own.
     pub fn idempotent_if<F>(self, is_idempotent: F) -> RetryLayerBuilder<B, C, IdempotentFn<F>> {
         self.with_idempotency(IdempotentFn(is_idempotent))
     }

@@ -184,7 +184,8 @@ pub trait Idempotency<Req> {
 }
 
 /// The default: a request may be retried when it says it is idempotent
-/// ([`RetryRequest::is_idempotent`], the [`Idempotent`] extension for HTTP).
+/// ([`RetryRequest::is_idempotent`]; for HTTP an idempotent method or the [`Idempotent`]
+/// extension).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MarkedIdempotent;
 

@@ -14,7 +14,9 @@
 //!   [`Retryable`](crate::classify::Outcome::Retryable). An overload (an
 //!   [`Overloaded`](crate::Overloaded) error, a 429, a 503 with `Retry-After`) goes straight back
 //!   to the caller;
-//! - the request is idempotent: it carries the [`Idempotent`] marker, or passes the predicate
+//! - the request is idempotent: its [`RetryRequest::is_idempotent`] says so (for HTTP an
+//!   idempotent method, GET, HEAD, OPTIONS, TRACE, PUT or DELETE, or the [`Idempotent`]
+//!   marker), or it passes the predicate
 //!   given to [`idempotent_if`](RetryLayerBuilder::idempotent_if), or the user opted in with
 //!   [`retry_non_idempotent`](RetryLayerBuilder::retry_non_idempotent);
 //! - the failure is not marked "already retried below" ([`AlreadyRetried`] on an error, the

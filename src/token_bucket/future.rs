@@ -187,6 +187,8 @@ enum State<S, F, Req> {
     Readying {
         service: S,
         request: Option<Req>,
+        /// When the token was granted, the request's send time for the adaptive rate.
+        sent_at: Instant,
     },
     Running {
         #[pin]
@@ -198,6 +200,8 @@ enum State<S, F, Req> {
     Refused {
         error: Option<Overloaded>,
     },
+    /// The answer went out; polling again is a bug in the caller.
+    Done,
 }
 
 impl<S, F, Req, C> ResponseFuture<S, F, Req, C> {
@@ -206,6 +210,7 @@ impl<S, F, Req, C> ResponseFuture<S, F, Req, C> {
             state: State::Readying {
                 service,
                 request: Some(request),
+                sent_at: Instant::now(),
             },
             bucket,
             classifier,
@@ -267,7 +272,11 @@ where
                         Poll::Ready(Ok(())) => {
                             let service = service.take().expect("polled after completion");
                             let request = request.take();
-                            this.state.set(State::Readying { service, request });
+                            this.state.set(State::Readying {
+                                service,
+                                request,
+                                sent_at: Instant::now(),
+                            });
                             continue;
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
@@ -288,11 +297,16 @@ where
                     }
                     return Poll::Pending;
                 }
-                StateProj::Readying { service, request } => {
-                    let sent_at = Instant::now();
+                StateProj::Readying {
+                    service,
+                    request,
+                    sent_at,
+                } => {
+                    let sent_at = *sent_at;
                     if let Err(e) = std::task::ready!(service.poll_ready(cx)) {
                         let result = Err(e.into());
                         feed(this.bucket, this.classifier, &result, sent_at);
+                        this.state.set(State::Done);
                         return Poll::Ready(result);
                     }
                     let future = service.call(request.take().expect("polled after completion"));
@@ -301,8 +315,10 @@ where
                 StateProj::Running { future, sent_at } => {
                     let result = std::task::ready!(future.poll(cx)).map_err(Into::into);
                     feed(this.bucket, this.classifier, &result, *sent_at);
+                    this.state.set(State::Done);
                     return Poll::Ready(result);
                 }
+                StateProj::Done => panic!("token bucket ResponseFuture polled after completion"),
             }
         }
     }

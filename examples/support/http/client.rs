@@ -254,7 +254,8 @@ impl ClientStack {
     }
 }
 
-/// A GET of `url`, marked idempotent so the retry layer may resend it.
+/// A GET of `url`. A GET is idempotent by its method already; the marker also lets a stack
+/// with a stricter `idempotent_if` rule resend it.
 pub fn get(url: &str) -> ClientRequest {
     let mut req = Request::get(url)
         .body(Full::new(Bytes::new()))
