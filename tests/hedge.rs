@@ -266,66 +266,40 @@ async fn no_hedge_before_enough_samples() {
     );
 }
 
+/// Sends `req` through a hedge layer with a 10 ms delay over a backend whose first copy takes
+/// 100 ms: (the copy that answered, the copies sent, the request the winner saw).
+async fn hedge_once(req: http::Request<()>) -> (u32, u32, http::Request<()>) {
+    let backend = Scripted::new(vec![Step::Ok(100), Step::Ok(1)]);
+    let mut svc = HedgeLayer::builder()
+        .fixed_delay(Duration::from_millis(10))
+        .budget(Unlimited)
+        .build_with()
+        .unwrap()
+        .layer(backend.clone());
+    let (call, seen) = send(&mut svc, req).await.unwrap();
+    (call, backend.calls(), seen)
+}
+
 #[tokio::test(start_paused = true)]
 async fn non_idempotent_requests_are_never_hedged() {
-    let backend = Scripted::new(vec![Step::Ok(100), Step::Ok(1)]);
-    let mut svc = HedgeLayer::builder()
-        .fixed_delay(Duration::from_millis(10))
-        .budget(Unlimited)
-        .build_with()
-        .unwrap()
-        .layer(backend.clone());
     let post = http::Request::post("/orders").body(()).unwrap();
-    let (call, _) = send(&mut svc, post).await.unwrap();
-    assert_eq!(
-        (call, backend.calls()),
-        (0, 1),
-        "not marked idempotent: one copy"
-    );
+    let (call, calls, _) = hedge_once(post).await;
+    assert_eq!((call, calls), (0, 1), "not marked idempotent: one copy");
 
-    let backend = Scripted::new(vec![Step::Ok(100), Step::Ok(1)]);
-    let mut svc = HedgeLayer::builder()
-        .fixed_delay(Duration::from_millis(10))
-        .budget(Unlimited)
-        .build_with()
-        .unwrap()
-        .layer(backend.clone());
     let mut post = http::Request::post("/orders").body(()).unwrap();
     post.extensions_mut().insert(Idempotent);
-    let (call, req) = send(&mut svc, post).await.unwrap();
-    assert_eq!((call, backend.calls()), (1, 2), "marked idempotent: hedged");
+    let (call, calls, req) = hedge_once(post).await;
+    assert_eq!((call, calls), (1, 2), "marked idempotent: hedged");
     assert_eq!(req.extensions().get::<HedgeCopy>(), Some(&HedgeCopy(1)));
 
-    let backend = Scripted::new(vec![Step::Ok(100), Step::Ok(1)]);
-    let mut svc = HedgeLayer::builder()
-        .fixed_delay(Duration::from_millis(10))
-        .budget(Unlimited)
-        .build_with()
-        .unwrap()
-        .layer(backend.clone());
     let get = http::Request::get("/orders/7").body(()).unwrap();
-    let (call, _) = send(&mut svc, get).await.unwrap();
-    assert_eq!(
-        (call, backend.calls()),
-        (1, 2),
-        "a GET is idempotent: hedged"
-    );
+    let (call, calls, _) = hedge_once(get).await;
+    assert_eq!((call, calls), (1, 2), "a GET is safe: hedged");
 
     // A PUT is retried by its method, but not hedged: both copies would run at once.
-    let backend = Scripted::new(vec![Step::Ok(100), Step::Ok(1)]);
-    let mut svc = HedgeLayer::builder()
-        .fixed_delay(Duration::from_millis(10))
-        .budget(Unlimited)
-        .build_with()
-        .unwrap()
-        .layer(backend.clone());
     let put = http::Request::put("/orders/7").body(()).unwrap();
-    let (call, _) = send(&mut svc, put).await.unwrap();
-    assert_eq!(
-        (call, backend.calls()),
-        (0, 1),
-        "a PUT is not hedged unless marked"
-    );
+    let (call, calls, _) = hedge_once(put).await;
+    assert_eq!((call, calls), (0, 1), "a PUT is not hedged unless marked");
 }
 
 #[tokio::test(start_paused = true)]
