@@ -169,7 +169,7 @@ impl PidController {
                     let z = (measurement - prev).abs() / c.filter_scale;
                     tau /= 1.0 + z * z;
                 }
-                prev + secs / (tau + secs) * (measurement - prev)
+                finite(prev + secs / (tau + secs) * (measurement - prev))
             }
             None => measurement,
         };
@@ -179,22 +179,24 @@ impl PidController {
         let (below, above) = c.dead_band;
         let reference = measurement.clamp(c.setpoint - below, c.setpoint + above);
         let error = sign * (reference - measurement);
-        let p = c.kp * error;
+        let p = finite(c.kp * error);
 
         // The derivative of the measurement, not of the error: a setpoint step moves the error
         // but not the measurement, so it does not kick. Filtered: alpha = dt / (tau + dt).
-        let rate = self
-            .last_measurement
-            .map_or(0.0, |prev| (raw - prev) / secs);
+        let rate = finite(
+            self.last_measurement
+                .map_or(0.0, |prev| (raw - prev) / secs),
+        );
         let tau = c.derivative_filter.as_secs_f64();
         let alpha = secs / (tau + secs);
         if self.last_measurement.is_some() {
-            self.filtered_rate += alpha * (rate - self.filtered_rate);
+            self.filtered_rate = finite(self.filtered_rate + alpha * (rate - self.filtered_rate));
         }
         self.last_measurement = Some(raw);
-        let d = -sign * c.kd * self.filtered_rate;
+        let d = finite(-sign * c.kd * self.filtered_rate);
 
-        let mut integral = self.integral + c.ki * error * secs;
+        let mut integral = finite(self.integral + c.ki * error * secs);
+        // Each term is finite, so the sum may overflow to ±∞ (clamped below) but never be NaN.
         let unsaturated = c.bias + p + integral + d;
         let output = unsaturated.clamp(c.min, c.max);
         match c.anti_windup {
@@ -215,7 +217,7 @@ impl PidController {
                 integral += (output - unsaturated) / tt * secs;
             }
         }
-        self.integral = integral;
+        self.integral = finite(integral);
         self.last = PidTerms {
             error,
             p,
@@ -440,9 +442,58 @@ impl PidControllerBuilder {
     }
 }
 
+/// `x` with the infinities brought back to the largest finite values: a measurement near
+/// `f64::MAX` (a broken signal) overflows a difference or a product to ±∞, and ∞ − ∞ in a later
+/// sum is NaN, which no clamp can bring back into the output range.
+fn finite(x: f64) -> f64 {
+    x.clamp(-f64::MAX, f64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A broken signal swinging between the largest finite values never makes the output NaN
+    /// or leaves its range, with either anti-windup and large gains, and the controller
+    /// recovers on normal samples afterwards.
+    #[test]
+    fn extreme_measurements_saturate_instead_of_making_nan() {
+        for anti_windup in [
+            AntiWindup::Clamp,
+            AntiWindup::BackCalculation {
+                tracking: Duration::from_millis(100),
+            },
+        ] {
+            let mut pid = PidController::builder()
+                .setpoint(0.05)
+                .gains(1e6, 1e6, 1e6)
+                .anti_windup(anti_windup)
+                .build()
+                .unwrap();
+            let dt = Duration::from_millis(100);
+            for m in [
+                f64::MAX,
+                -f64::MAX,
+                f64::MAX,
+                1e300,
+                -1e300,
+                f64::MIN_POSITIVE,
+            ] {
+                let out = pid.update(m, dt);
+                assert!((0.0..=1.0).contains(&out), "{anti_windup:?} {m}: {out}");
+            }
+            let t = pid.terms();
+            assert!(
+                t.p.is_finite() && t.i.is_finite() && t.d.is_finite(),
+                "{t:?}"
+            );
+            let mut out = f64::NAN;
+            for _ in 0..50 {
+                out = pid.update(0.05, dt);
+            }
+            assert!(out.is_finite(), "{anti_windup:?}: {out}");
+        }
+    }
 
     const DT: Duration = Duration::from_millis(10);
 
