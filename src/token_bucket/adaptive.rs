@@ -215,7 +215,8 @@ impl Controller {
             measured: 0.0,
             measured_once: false,
             counting: false,
-            last_bucket: (now / cfg.measure_window).floor() * cfg.measure_window,
+            // Set by the first response, which opens the first window.
+            last_bucket: now,
             count: 0,
             w_max: 0.0,
             k: 0.0,
