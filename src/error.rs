@@ -209,6 +209,16 @@ impl fmt::Display for ConfigError {
 
 impl StdError for ConfigError {}
 
+/// The longest duration a builder keeps: about a century (100 × 365 days). A longer one, up to
+/// `Duration::MAX`, means "never" to every layer, and is clamped to this so that adding it to an
+/// `Instant` (which `Duration::MAX` overflows) cannot panic.
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `d`, or [`FOREVER`] when it is longer.
+pub(crate) fn clamp_forever(d: Duration) -> Duration {
+    d.min(FOREVER)
+}
+
 /// Checks a value against a predicate for a builder, naming the field when it fails.
 pub(crate) fn check<T: fmt::Debug>(
     field: &'static str,

@@ -23,7 +23,9 @@ use crate::error::{OverloadReason, Overloaded};
 use crate::metrics::names;
 use crate::timeout::Deadline;
 
-/// CoDel-style shedding and the adaptive LIFO switch (absent for plain backpressure).
+/// CoDel-style shedding and the adaptive LIFO switch (absent for plain backpressure). Each
+/// duration is at most a century (the builder clamps it), so adding it to an `Instant` cannot
+/// overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Shedding {
     /// How long a waiter may wait once the queue is behind.

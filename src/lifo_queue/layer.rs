@@ -6,7 +6,7 @@ use tower_layer::Layer;
 use super::{AdaptiveQueue, FromRequest, LifoQueue, NoDeadline};
 use crate::backpressure::UntilResponse;
 use crate::backpressure::gate::{Config, Shedding};
-use crate::error::{ConfigError, check};
+use crate::error::{ConfigError, check, clamp_forever};
 
 /// A wait queue in front of a concurrency limit that serves oldest-first while healthy,
 /// newest-first once behind, and sheds stale waiters; see the [module docs](super).
@@ -84,22 +84,23 @@ impl<H, D> LifoQueueLayerBuilder<H, D> {
     }
 
     /// The most requests that may wait (main list and sideline together); one more is refused
-    /// with `QueueFull`. Default 1024. (The CoDel bound usually sheds long before this.)
+    /// with `QueueFull`. Any value, 0 (none wait) to `usize::MAX` (the CoDel bound alone limits
+    /// the queue). Default 1024. (The CoDel bound usually sheds long before this.)
     pub fn max_waiting(mut self, max_waiting: usize) -> Self {
         self.max_waiting = max_waiting;
         self
     }
 
     /// The longest a waiter may wait once the queue is behind. Greater than zero and at most
-    /// `interval`. Default 5 ms.
+    /// `interval`; past a century (up to `Duration::MAX`) it is kept as a century. Default 5 ms.
     pub fn target(mut self, target: Duration) -> Self {
         self.target = target;
         self
     }
 
     /// How long the queue must stay non-empty before it counts as behind (and switches to LIFO);
-    /// also the longest a waiter may wait while it is not behind. Greater than zero. Default
-    /// 100 ms.
+    /// also the longest a waiter may wait while it is not behind. Greater than zero; past a
+    /// century (up to `Duration::MAX`, "never behind") it is kept as a century. Default 100 ms.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
@@ -107,8 +108,8 @@ impl<H, D> LifoQueueLayerBuilder<H, D> {
 
     /// Turns sidelining on: a waiter past the CoDel bound moves to a low-priority list, served
     /// (newest first) only when the main list is empty, and is shed once it has waited
-    /// `max_total_wait` in all (or its deadline passes). Greater than `interval`. Default off:
-    /// such waiters are shed at once.
+    /// `max_total_wait` in all (or its deadline passes). Greater than `interval`; past a century
+    /// it is kept as a century. Default off: such waiters are shed at once.
     pub fn sideline(mut self, max_total_wait: Duration) -> Self {
         self.sideline = Some(max_total_wait);
         self
@@ -171,13 +172,14 @@ impl<H, D> LifoQueueLayerBuilder<H, D> {
             )?),
             None => None,
         };
+        // Checked as given, then kept at most a century: the gate adds them to instants.
         let config = Config {
             limit,
             max_waiting: self.max_waiting,
             shedding: Some(Shedding {
-                target,
-                interval,
-                sideline,
+                target: clamp_forever(target),
+                interval: clamp_forever(interval),
+                sideline: sideline.map(clamp_forever),
             }),
         };
         Ok(LifoQueueLayer {

@@ -17,6 +17,9 @@ const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
 const TIME_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
 // A time difference past half the 44-bit range means the other thread's event came later.
 const TIME_HALF: u64 = 1 << (64 - COUNT_BITS - 1);
+// The longest window: far inside the 44-bit µs range (about 203 days), so the end of a window
+// is never confused with a wrapped time.
+const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// A Little's-law meter: how many requests are in flight, how long they take, and what that
 /// means for concurrency and headroom.
@@ -391,7 +394,8 @@ impl LittleMeterBuilder {
     }
 
     /// The window over which [`LittleMeter::report`] and the average-concurrency and
-    /// utilization gauges are computed. At least 1 ms. Default 10 s.
+    /// utilization gauges are computed. Between 1 ms and 1 day (the meter's time field wraps
+    /// after about 200 days, so a longer window could never end cleanly). Default 10 s.
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self
@@ -417,8 +421,8 @@ impl LittleMeterBuilder {
         let window = check(
             "window",
             self.window,
-            |w| *w >= Duration::from_millis(1),
-            "at least 1 ms",
+            |w| *w >= Duration::from_millis(1) && *w <= MAX_WINDOW,
+            "between 1 ms and 1 day",
         )?;
         let epoch = Instant::now();
         let series = Series::register(&name);

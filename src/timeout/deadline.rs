@@ -25,10 +25,9 @@ impl Deadline {
     }
 
     pub(crate) fn after_from(now: Instant, budget: Duration) -> Self {
-        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
         Deadline(
             now.checked_add(budget)
-                .or_else(|| now.checked_add(CENTURY))
+                .or_else(|| now.checked_add(crate::error::FOREVER))
                 .unwrap_or(now),
         )
     }

@@ -62,15 +62,17 @@ impl Default for TimeoutLayerBuilder {
 
 impl TimeoutLayerBuilder {
     /// The layer's own timeout, counted from the moment the service is first polled for
-    /// readiness for this request. Must be greater than zero. Default 1 s.
+    /// readiness for this request. Must be greater than zero. Any longer value is accepted:
+    /// past about a century (up to `Duration::MAX`) the timer is set a century out, which no
+    /// request reaches. Default 1 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
     /// The share of the caller's remaining time that this layer allows: the effective timeout is
-    /// `min(timeout, remaining × fraction)`. Must be in (0, 1]. Default 0.9, which leaves a
-    /// tenth of the caller's time for the answer to travel back.
+    /// `min(timeout, remaining × fraction)`. Must be in (0, 1] (NaN is refused). Default 0.9,
+    /// which leaves a tenth of the caller's time for the answer to travel back.
     pub fn fraction(mut self, fraction: f64) -> Self {
         self.fraction = fraction;
         self

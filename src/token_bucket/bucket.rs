@@ -639,7 +639,8 @@ impl TokenBucketBuilder {
         self
     }
 
-    /// The most tokens the bucket holds, in (0, 1e6]. Default 100.
+    /// The most tokens the bucket holds, in [1, 1e6]. Default 100. Below 1 a bucket could never
+    /// hold the token a request costs, and would refuse everything, so it is an error.
     pub fn capacity(mut self, capacity: f64) -> Self {
         self.capacity = capacity;
         self
@@ -683,8 +684,8 @@ impl TokenBucketBuilder {
         let capacity = check(
             "capacity",
             capacity,
-            |c| *c > 0.0 && *c <= MAX_CAPACITY,
-            "in (0, 1e6] tokens",
+            |c| *c >= 1.0 && *c <= MAX_CAPACITY,
+            "in [1, 1e6] tokens (a request costs 1)",
         )?;
         if let Some(r) = rate {
             check(

@@ -85,7 +85,8 @@ pub struct TokenBucketLayerBuilder<C = ErrorClassifier, D = NoDeadline> {
 
 impl<C, D> TokenBucketLayerBuilder<C, D> {
     /// Waits up to `max_wait` for a token instead of refusing at once (first come, first
-    /// served); greater than zero.
+    /// served); greater than zero. `Duration::MAX` waits as long as it takes (or, with
+    /// [`wait_until_deadline`](Self::wait_until_deadline), until the request's deadline).
     ///
     /// (The wait sleeps on tokio's timer: under `tokio::time::pause`, keep the bucket on the
     /// default [`Clock`](super::Clock), which paused time moves too.)
