@@ -34,6 +34,7 @@ pub const F64S: &[f64] = &[
     f64::NAN,
     f64::INFINITY,
     f64::NEG_INFINITY,
+    f64::MIN_POSITIVE,
     1e-300,
     0.5,
     1.0,
@@ -737,6 +738,7 @@ fn little(s: &Settings<'_>) -> Result<Built, ConfigError> {
             r.arrival_rate,
         ]
         .iter()
+        .chain(&r.utilization)
         .all(|x| x.is_finite())
     };
     if !finite(&whole) || !finite(&window) || whole.arrivals != REQUESTS {
