@@ -153,7 +153,10 @@ fn any_case() -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // 256 combinations by default; PROPTEST_CASES asks for more on a longer run.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256)
+    ))]
 
     /// Several fields at once: combinations neither panic nor misbehave either.
     #[test]

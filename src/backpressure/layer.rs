@@ -67,13 +67,15 @@ impl<H> BackpressureLayerBuilder<H> {
         self
     }
 
-    /// The most requests that may hold a slot at once. At least 1. Default 64.
+    /// The most requests that may hold a slot at once. At least 1 (up to `usize::MAX`). Default
+    /// 64.
     pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
         self.max_in_flight = max_in_flight;
         self
     }
 
-    /// The most requests that may wait for a slot; 0 means none wait. Default 64.
+    /// The most requests that may wait for a slot; 0 means none wait, and any value up to
+    /// `usize::MAX` is accepted (the wait list grows only as requests arrive). Default 64.
     pub fn max_waiting(mut self, max_waiting: usize) -> Self {
         self.max_waiting = max_waiting;
         self

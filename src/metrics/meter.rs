@@ -387,7 +387,8 @@ pub struct LittleMeterBuilder {
 
 impl LittleMeterBuilder {
     /// The concurrency the measured resource can sustain (workers, connections; 1 for a lock).
-    /// Must be finite and greater than zero. Without it the meter reports no utilization.
+    /// Must be finite and greater than zero (NaN, 0, negatives and infinities are refused).
+    /// Without it the meter reports no utilization.
     pub fn capacity(mut self, capacity: f64) -> Self {
         self.capacity = Some(capacity);
         self
