@@ -4,6 +4,7 @@
 
 pub mod backpressure;
 pub mod classify;
+pub mod context;
 pub mod error;
 pub mod hedge;
 pub mod lifo_queue;
