@@ -7,6 +7,8 @@ pub mod classify;
 pub mod context;
 pub mod error;
 pub mod hedge;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod lifo_queue;
 pub mod metrics;
 pub mod pid;
