@@ -125,6 +125,16 @@ pub trait RetriedMarker<Res> {
 }
 
 impl<Res> RetriedMarker<Res> for ErrorClassifier {}
+impl<Res: crate::classify::DefaultClassify> RetriedMarker<Res>
+    for crate::classify::DefaultClassifier
+{
+    fn is_retried(&self, res: &Res) -> bool {
+        res.carries_retried_marker()
+    }
+    fn mark_retried(&self, res: &mut Res) {
+        res.set_retried_marker()
+    }
+}
 impl<F, Res> RetriedMarker<Res> for ClassifyFn<F> {}
 
 #[cfg(feature = "http")]
