@@ -8,6 +8,11 @@
 //! retryable. Throttling answers go straight back to the caller.
 //!
 //! Classifiers provided:
+//! - [`DefaultClassifier`], what every layer uses unless told otherwise: HTTP semantics for an
+//!   `http::Response` (feature `http`), and for any other response type what its
+//!   [`DefaultClassify`] implementation says (for std types: every `Ok` is a success, errors are
+//!   read as [`ErrorClassifier`] reads them). An HTTP stack therefore needs no `.classifier(...)`
+//!   call to treat a 429 as an overload and a 5xx as retryable.
 //! - [`ErrorClassifier`] for plain `Result<T, BoxError>`: any `Ok` is a success, an
 //!   [`Overloaded`](crate::Overloaded) anywhere in the error's chain is an overload, timeouts and
 //!   other (transport) errors are retryable, and a [`ConfigError`] is final.
@@ -110,6 +115,105 @@ impl<Res> Classify<Res, BoxError> for ErrorClassifier {
     }
 }
 
+/// The classifier every layer uses unless given another: it asks the response type.
+///
+/// For `http::Response<B>` (feature `http`) that is [`HttpClassifier`]'s mapping; for the std
+/// types (`()`, numbers, `String`, `Vec<T>`, `Option<T>`, tuples, ...) every `Ok` is a success.
+/// Errors are read by [`ErrorClassifier`] whatever the response type. A response type of your
+/// own opts in with an empty `impl DefaultClassify for MyResponse {}` (every `Ok` a success) or
+/// a method that reads it; or give the layer a classifier of its own.
+///
+/// ```
+/// use backstop::classify::{Classify, DefaultClassifier, DefaultClassify, Outcome};
+/// use backstop::BoxError;
+///
+/// // HTTP answers are read as HTTP.
+/// let busy = http::Response::builder().status(429).body(()).unwrap();
+/// assert_eq!(DefaultClassifier.classify(Ok::<_, &BoxError>(&busy)), Outcome::Overload(None));
+///
+/// // A response type of your own.
+/// struct Reply { code: u8 }
+/// impl DefaultClassify for Reply {
+///     fn default_outcome(&self) -> Outcome {
+///         if self.code == 0 { Outcome::Success } else { Outcome::Final }
+///     }
+/// }
+/// assert_eq!(DefaultClassifier.classify(Ok::<_, &BoxError>(&Reply { code: 2 })), Outcome::Final);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultClassifier;
+
+/// How a response type is classified by [`DefaultClassifier`], the layers' default.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no default classification",
+    label = "the layer's default classifier cannot read `{Self}` responses",
+    note = "add `impl backstop::classify::DefaultClassify for {Self} {{}}` (every `Ok` is then a \
+            success), or give the layer a classifier with `.classifier(...)` / \
+            `.with_classifier(...)` (`ErrorClassifier` reads any response type)"
+)]
+pub trait DefaultClassify {
+    /// What a successful call that returned `self` means. Default: a success.
+    fn default_outcome(&self) -> Outcome {
+        Outcome::Success
+    }
+    /// True when the response says a retry layer below already decided about it (HTTP: the
+    /// `backstop-retried` header). Default: false.
+    fn carries_retried_marker(&self) -> bool {
+        false
+    }
+    /// Marks the response as decided about by a retry layer. Default: does nothing (errors are
+    /// marked whatever the response type).
+    fn set_retried_marker(&mut self) {}
+}
+
+impl<Res: DefaultClassify> Classify<Res, BoxError> for DefaultClassifier {
+    fn classify(&self, outcome: Result<&Res, &BoxError>) -> Outcome {
+        match outcome {
+            Ok(res) => res.default_outcome(),
+            Err(err) => ErrorClassifier.classify_error(err),
+        }
+    }
+}
+
+macro_rules! success_by_default {
+    ($($t:ty),* $(,)?) => { $(impl DefaultClassify for $t {})* };
+}
+
+success_by_default!(
+    (),
+    bool,
+    char,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    String,
+    &'static str,
+    Duration,
+    std::time::Instant,
+    tokio::time::Instant,
+);
+
+impl<T> DefaultClassify for Vec<T> {}
+impl<T> DefaultClassify for Option<T> {}
+impl<T: ?Sized> DefaultClassify for Box<T> {}
+impl<T: ?Sized> DefaultClassify for std::sync::Arc<T> {}
+impl<A, B> DefaultClassify for (A, B) {}
+impl<A, B, C> DefaultClassify for (A, B, C) {}
+impl<A, B, C, D> DefaultClassify for (A, B, C, D) {}
+#[cfg(feature = "http")]
+impl DefaultClassify for bytes::Bytes {}
+
 /// A classifier made from a closure; see [`classify_fn`].
 #[derive(Debug, Clone, Copy)]
 pub struct ClassifyFn<F>(F);
@@ -189,6 +293,21 @@ mod http_classify {
                 Ok(res) => self.classify_status(res.status(), res.headers()),
                 Err(err) => ErrorClassifier.classify_error(err),
             }
+        }
+    }
+
+    impl<B> DefaultClassify for Response<B> {
+        fn default_outcome(&self) -> Outcome {
+            HttpClassifier.classify_status(self.status(), self.headers())
+        }
+        fn carries_retried_marker(&self) -> bool {
+            self.headers().contains_key(crate::retry::RETRIED_HEADER)
+        }
+        fn set_retried_marker(&mut self) {
+            self.headers_mut().insert(
+                ::http::HeaderName::from_static(crate::retry::RETRIED_HEADER),
+                ::http::HeaderValue::from_static("1"),
+            );
         }
     }
 

@@ -4,13 +4,18 @@
 
 pub mod backpressure;
 pub mod classify;
+pub mod context;
 pub mod error;
 pub mod hedge;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 pub mod lifo_queue;
 pub mod metrics;
 pub mod pid;
 pub mod retry;
 #[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod throttle;
 pub mod timeout;

@@ -49,6 +49,12 @@ pub trait HedgeRequest {
     fn mark_copy(&mut self, copy: HedgeCopy) {
         let _ = copy;
     }
+    /// True while a copy of the request can still be sent in full. Default: true. An HTTP
+    /// request whose body is a [`ReplayBody`](crate::http::ReplayBody) that outgrew its limit
+    /// or failed answers false, and is then not hedged.
+    fn can_replay(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(feature = "http")]
@@ -61,6 +67,9 @@ impl<B> HedgeRequest for http::Request<B> {
     }
     fn mark_copy(&mut self, copy: HedgeCopy) {
         self.extensions_mut().insert(copy);
+    }
+    fn can_replay(&self) -> bool {
+        crate::http::replay::can_replay(self.extensions())
     }
 }
 
@@ -93,7 +102,7 @@ pub trait Hedgeable<Req> {
 /// The default: a request may be hedged when it says it is idempotent.
 impl<Req: HedgeRequest> Hedgeable<Req> for MarkedIdempotent {
     fn allows(&self, req: &Req) -> bool {
-        req.is_idempotent()
+        req.is_idempotent() && req.can_replay()
     }
     fn mark(&self, req: &mut Req, copy: HedgeCopy) {
         req.mark_copy(copy)

@@ -236,3 +236,18 @@ pub fn describe_token_bucket() {
         "Refusals of the token bucket."
     );
 }
+
+/// Counter: requests whose body could no longer be replayed, so they were not retried or hedged
+/// again, by [`REASON_LABEL`] (`too_large` or `body_error`).
+#[cfg(feature = "http")]
+pub const REPLAY_ABANDONED: &str = "backstop_replay_abandoned_total";
+
+/// Describes the replayable body's series.
+#[cfg(feature = "http")]
+pub fn describe_replay() {
+    metrics::describe_counter!(
+        REPLAY_ABANDONED,
+        metrics::Unit::Count,
+        "Request bodies that could no longer be replayed (not retried or hedged again), by reason."
+    );
+}

@@ -187,7 +187,7 @@ fn plan_retry<Req: RetryRequest, Res, B: Budget, C>(
     request: &Req,
     result: &Result<Res, BoxError>,
 ) -> Option<(RetryKind, Duration)> {
-    if !enough_time_left(shared, request) {
+    if !request.can_replay() || !enough_time_left(shared, request) {
         return None;
     }
     let limit = request.deadline().map_or(Duration::MAX, |d| {

@@ -62,6 +62,12 @@ pub trait RetryRequest: HasDeadline {
     fn set_attempt(&mut self, attempt: u32) {
         let _ = attempt;
     }
+    /// True while a copy of the request can still be sent in full. Default: true. An HTTP
+    /// request whose body is a [`ReplayBody`](crate::http::ReplayBody) that outgrew its limit
+    /// or failed answers false, and is then not retried.
+    fn can_replay(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(feature = "http")]
@@ -75,6 +81,9 @@ impl<B> RetryRequest for http::Request<B> {
             http::HeaderName::from_static(ATTEMPT_HEADER),
             http::HeaderValue::from(attempt),
         );
+    }
+    fn can_replay(&self) -> bool {
+        crate::http::replay::can_replay(self.extensions())
     }
 }
 
@@ -116,6 +125,16 @@ pub trait RetriedMarker<Res> {
 }
 
 impl<Res> RetriedMarker<Res> for ErrorClassifier {}
+impl<Res: crate::classify::DefaultClassify> RetriedMarker<Res>
+    for crate::classify::DefaultClassifier
+{
+    fn is_retried(&self, res: &Res) -> bool {
+        res.carries_retried_marker()
+    }
+    fn mark_retried(&self, res: &mut Res) {
+        res.set_retried_marker()
+    }
+}
 impl<F, Res> RetriedMarker<Res> for ClassifyFn<F> {}
 
 #[cfg(feature = "http")]

@@ -97,6 +97,9 @@ pub struct SimResponse {
     pub service: Duration,
 }
 
+/// A simulated answer is always a success: the simulated servers fail with errors.
+impl crate::classify::DefaultClassify for SimResponse {}
+
 /// The chain of "caller stopped waiting" flags of an attempt: its own and its ancestors'.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Abandoned(Vec<Arc<AtomicBool>>);

@@ -122,12 +122,13 @@ pub fn inherit_deadline<B>(mut req: Request<B>) -> Request<B> {
     req
 }
 
-/// For clients: writes the request's [`Deadline`] into its headers, so the server inherits it.
+/// For clients: writes the request's [`Deadline`] (or, when it carries none, the deadline of the
+/// [scope](crate::context) it is sent from) into its headers, so the server inherits it.
 ///
 /// Put it below the timeout layers, just above the transport, with
 /// `tower::util::MapRequestLayer::new(send_deadline::<B>)`.
 pub fn send_deadline<B>(mut req: Request<B>) -> Request<B> {
-    if let Some(deadline) = req.deadline() {
+    if let Some(deadline) = req.deadline().or_else(crate::context::current_deadline) {
         write_deadline(req.headers_mut(), deadline, Instant::now());
     }
     req

@@ -15,6 +15,11 @@
 //! has already passed fails at once with [`Elapsed`] and never reaches the inner service. The
 //! error says which limit ran out ([`ElapsedCause`]).
 //!
+//! When the request carries no deadline, the deadline of the [request context](crate::context)
+//! it is sent from counts as the caller's: a handler's outgoing calls inherit the deadline of the
+//! request it serves (precedence: the request's own deadline, then the scope's, then the layer's
+//! own timeout).
+//!
 //! Across the network, [`headers`] writes the remaining time as `grpc-timeout` (and a plain
 //! milliseconds header) on the client and reads it back into a [`Deadline`] on the server.
 //!

@@ -138,7 +138,9 @@ where
             ReadyWait::Idle => now,
         };
         let own = Deadline::after_from(since, self.timeout).instant();
-        let caller = req.deadline();
+        // Precedence: the request's own deadline, then the scope of the request being served.
+        let explicit = req.deadline();
+        let caller = explicit.or_else(crate::context::current_deadline);
         let (deadline, cause) = match caller {
             Some(caller) => {
                 let remaining = caller.instant().saturating_duration_since(now);
@@ -157,7 +159,7 @@ where
             }
             None => (own, ElapsedCause::OwnTimeout),
         };
-        if caller != Some(Deadline::at(deadline)) {
+        if explicit != Some(Deadline::at(deadline)) {
             req.set_deadline(Deadline::at(deadline));
         }
         let budget = deadline.saturating_duration_since(since);

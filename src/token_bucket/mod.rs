@@ -22,7 +22,7 @@
 //! bucket; [`Clock::cpu_counter`] reads the CPU's counter through `quanta`, as governor does,
 //! for hot paths in production. `cargo bench --bench token_bucket` measures both against governor's
 //! direct `RateLimiter::check` with the same quota, each on the same kind of clock; the figures
-//! are in the README's overhead table.
+//! are in the overhead table of docs/results.md.
 //!
 //! # The adaptive rate
 //! Built with [`adaptive`](TokenBucketBuilder::adaptive)([`AdaptiveRate::aws`]), the layer reads

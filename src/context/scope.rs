@@ -1,0 +1,95 @@
+//! The task-local scope and the context it holds.
+
+use std::future::Future;
+
+use crate::timeout::{Deadline, HasDeadline};
+
+use super::ScopedFuture;
+
+tokio::task_local! {
+    static CONTEXT: RequestContext;
+}
+
+/// What a request carries that the calls made while serving it inherit: today its deadline.
+///
+/// Small and `Copy`; open a scope with [`scope`](Self::scope), read it with [`current`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestContext {
+    deadline: Option<Deadline>,
+}
+
+impl RequestContext {
+    /// An empty context: no deadline.
+    pub fn new() -> Self {
+        RequestContext::default()
+    }
+
+    /// The context a request carries.
+    pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Self {
+        RequestContext {
+            deadline: req.deadline(),
+        }
+    }
+
+    /// This context with `deadline`.
+    pub fn with_deadline(mut self, deadline: Deadline) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The deadline, if any.
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+
+    /// This context as seen inside `outer`: the earlier deadline wins, so a nested scope never
+    /// gives its calls more time than the scope around it has.
+    pub fn within(self, outer: RequestContext) -> Self {
+        RequestContext {
+            deadline: match (self.deadline, outer.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+
+    /// Runs `fut` with this context as the current one (nested in the current scope, if any).
+    pub fn scope<F: Future>(self, fut: F) -> ScopedFuture<F> {
+        CONTEXT.scope(self.within(current()), fut)
+    }
+
+    /// Runs `f` with this context as the current one (nested in the current scope, if any).
+    pub fn sync_scope<T>(self, f: impl FnOnce() -> T) -> T {
+        CONTEXT.sync_scope(self.within(current()), f)
+    }
+}
+
+/// The context of the scope this code runs in; empty outside any scope.
+pub fn current() -> RequestContext {
+    CONTEXT.try_with(|c| *c).unwrap_or_default()
+}
+
+/// The current scope's deadline, if any.
+pub fn current_deadline() -> Option<Deadline> {
+    CONTEXT.try_with(|c| c.deadline).ok().flatten()
+}
+
+/// `fut` carrying the current context, for any executor: the scope is captured now and entered
+/// on every poll.
+pub fn in_current_scope<F: Future>(fut: F) -> ScopedFuture<F> {
+    CONTEXT.scope(current(), fut)
+}
+
+/// `tokio::spawn` for a task that belongs to the request being served: it inherits the current
+/// context, so its calls keep the request's deadline. Use `tokio::spawn` for work that should
+/// outlive the request.
+///
+/// Needs a tokio runtime, as `tokio::spawn` does.
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(in_current_scope(fut))
+}

@@ -1,0 +1,5 @@
+//! How the primitives meet HTTP (feature `http`).
+
+pub mod replay;
+
+pub use self::replay::{ReplayBody, ReplayBodyLayer};
