@@ -15,6 +15,9 @@
 //!
 //! Deterministic: a fixed-seed xorshift generator, paused time.
 
+// The assembled example may call only `measure`; the rest is for `describe` and the runner.
+#![allow(dead_code)]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
