@@ -1026,8 +1026,8 @@ async fn the_normal_tail_still_hedges() {
 }
 
 /// After a normal stretch, the server slows for everyone: 100 requests, all past the delay.
-/// Returns the duplicates sent for them.
-async fn duplicates_in_a_global_slowdown(max_late_share: Option<f64>) -> u32 {
+/// Returns the duplicates sent for them and the late requests the layer stood down for.
+async fn duplicates_in_a_global_slowdown(max_late_share: Option<f64>) -> (u32, u64) {
     let backend = Tail::default();
     let layer = tail_layer(max_late_share);
     let svc = layer.layer(backend.clone());
@@ -1035,18 +1035,26 @@ async fn duplicates_in_a_global_slowdown(max_late_share: Option<f64>) -> u32 {
     backend.all_slow.store(true, SeqCst);
     let before = backend.calls.load(SeqCst);
     drive_tail(&svc, 1_000..1_100).await;
-    backend.calls.load(SeqCst) - before - 100
+    (
+        backend.calls.load(SeqCst) - before - 100,
+        layer.stood_down(),
+    )
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_global_slowdown_sends_few_duplicates() {
     // The share of late requests climbs from ~4% past 25% within four late requests in a row.
-    let ours = duplicates_in_a_global_slowdown(None).await;
+    let (ours, stood_down) = duplicates_in_a_global_slowdown(None).await;
     assert!(ours <= 4, "{ours} duplicates");
+    assert_eq!(
+        u64::from(100 - ours),
+        stood_down,
+        "every other one stood down"
+    );
     // Control: the same traffic with the bound off hedges every one of them (the budget has
     // the tokens).
-    let unbounded = duplicates_in_a_global_slowdown(Some(1.0)).await;
-    assert_eq!(unbounded, 100);
+    let (unbounded, none) = duplicates_in_a_global_slowdown(Some(1.0)).await;
+    assert_eq!((unbounded, none), (100, 0));
     println!("global slowdown: {ours} duplicates for 100 requests, {unbounded} without the bound");
 }
 

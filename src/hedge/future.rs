@@ -185,11 +185,14 @@ where
                     let calm = shared.late.observe(true) <= shared.max_late_share;
                     if !calm {
                         shared.late.stand_down();
+                        shared.series.stood_down.increment(1);
                     }
                     if calm && shared.budget.try_withdraw() {
                         spare.paid = true;
                     } else {
-                        shared.series.denied.increment(1);
+                        if calm {
+                            shared.series.denied.increment(1);
+                        }
                         *this.spare = None;
                         // Tell the tracker now that this copy is late, rather than when it
                         // completes, maybe much later: while the delay is too short (at start-up,

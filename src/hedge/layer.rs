@@ -59,6 +59,7 @@ pub(super) struct Series {
     pub(super) sent: Counter,
     pub(super) won: Counter,
     pub(super) denied: Counter,
+    pub(super) stood_down: Counter,
     pub(super) delay: Gauge,
 }
 
@@ -70,11 +71,13 @@ impl Series {
             sent: counter!(names::HEDGES_SENT, &label),
             won: counter!(names::HEDGE_WINS, &label),
             denied: counter!(names::HEDGES_DENIED, &label),
+            stood_down: counter!(names::HEDGES_STOOD_DOWN, &label),
             delay: gauge!(names::HEDGE_DELAY_SECONDS, &label),
         };
         series.sent.increment(0);
         series.won.increment(0);
         series.denied.increment(0);
+        series.stood_down.increment(0);
         series.delay.set(0.0);
         series
     }
