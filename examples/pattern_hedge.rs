@@ -76,8 +76,8 @@ async fn main() -> Result<(), BoxError> {
     }
     let extra = duplicates as f64 / REQUESTS as f64;
     println!(
-        "\nThe hedge layer sent {duplicates} duplicates ({:.1}% extra load; its budget allows 5% plus a \
-         burst of 10) after a delay of {} ms, the p95 of the latencies it had seen. A stalled request's \
+        "\nThe hedge layer sent {duplicates} duplicates ({:.1}% extra load; its budget allows 5% plus \
+         5 tokens at the start) after a delay of {} ms, the p95 of the latencies it had seen. A stalled request's \
          duplicate usually lands on a healthy worker, so the caller waits about delay + 5 ms instead of 150.",
         extra * 100.0,
         layer.current_delay().unwrap_or_default().as_millis()

@@ -21,6 +21,9 @@ pub trait HedgeBudget {
     fn try_withdraw(&self) -> bool;
     /// Gives back the price of a hedge that was withdrawn but never sent.
     fn refund(&self);
+    /// Records an overload answer from downstream (either copy): the budget should pay for
+    /// fewer hedges while the downstream refuses work. Default: nothing.
+    fn overloaded(&self) {}
 }
 
 impl<T: HedgeBudget + ?Sized> HedgeBudget for Arc<T> {
@@ -33,25 +36,36 @@ impl<T: HedgeBudget + ?Sized> HedgeBudget for Arc<T> {
     fn refund(&self) {
         (**self).refund()
     }
+    fn overloaded(&self) {
+        (**self).overloaded()
+    }
 }
 
 /// Hedges at most a set fraction of requests: every request earns `fraction` of a token, a hedge
-/// costs one, and a hedge is sent only when a whole token is there.
+/// costs one, and a hedge is sent only when a whole token is there; every overload answer
+/// takes a whole token back.
 ///
-/// The bucket holds at most `burst` tokens and starts full, so over any stretch of requests
-/// (from the start or not), **hedges ≤ `fraction` × requests + `burst`**. Lock-free
-/// (compare-and-swap on fixed-point tokens, in millionths; no rounding of the fraction).
+/// The bucket holds at most `burst` tokens and starts with a few ([`STARTING_TOKENS`], 5, or
+/// the burst if smaller), so over any stretch of requests from the start, **hedges ≤
+/// `fraction` × requests + 5**, and over any later stretch ≤ `fraction` × requests + `burst`.
+/// Lock-free (compare-and-swap on fixed-point tokens, in millionths; no rounding of the
+/// fraction).
 ///
-/// Why a burst, and why start full: with the delay at the p95 and a 5% budget, hedges are
-/// wanted for 5% of requests on average, exactly what the bucket earns. A small bucket is then
-/// empty about as often as not, and every hedge refused leaves a slow request in the tail. The
-/// burst absorbs the short-run excess, and the first tokens cover the start, while the
-/// [`LatencyTracker`](super::LatencyTracker) has only seen the fast answers (the slow ones are
-/// still running) and its delay is too short. The default burst is what 10,000 requests earn
-/// (500 tokens at 5%, at least 1): in the `hedge_tail` example's heavy-tailed backend
-/// (lognormal, σ = 3.5), a burst of 10 refused 972 hedges in 120,000 requests and cut the
-/// p99.9 only 2.6×, against 11.7× with the default burst (5.6% extra requests over 100,000,
-/// the first 500 hedges included). A bucket with `fraction` 0 starts empty: no hedge at all.
+/// Why a large burst: with the delay at the p95 and a 5% budget, hedges are wanted for 5% of
+/// requests on average, exactly what the bucket earns. A small bucket is then empty about as
+/// often as not, and every hedge refused leaves a slow request in the tail. The default burst is
+/// what 10,000 requests earn (500 tokens at 5%, at least 1): in the `hedge_tail` example's
+/// heavy-tailed backend (lognormal, σ = 3.5), a burst of 10 refused 972 hedges in 120,000
+/// requests and cut the p99.9 only 2.6×, against 11.7× with the default burst.
+///
+/// Why it starts nearly empty and loses a token per overload answer: a full bucket at the
+/// start, or one saved up during calm traffic, is a stock of duplicates that a burst can spend
+/// at once, exactly when the downstream is full (a bucket starting with 500 tokens sent about
+/// 300 duplicates for a burst of 300 requests against a full server). Tokens are earned by
+/// requests that were sent, and an overload answer takes back what twenty requests earn (at
+/// 5%): while more than `fraction` of the answers are overload the bucket stays empty, and in
+/// between hedges fall smoothly, to about `fraction` − the overload share of requests. A
+/// bucket with `fraction` 0 starts empty: no hedge at all.
 ///
 /// A cheap [`Clone`] handle: clones share one bucket.
 ///
@@ -59,13 +73,16 @@ impl<T: HedgeBudget + ?Sized> HedgeBudget for Arc<T> {
 /// use backstop::hedge::{HedgeBucket, HedgeBudget};
 ///
 /// let bucket = HedgeBucket::with_burst(0.05, 10.0)?;
-/// // Full at the start: 10 hedges, then none.
-/// assert_eq!((0..20).filter(|_| bucket.try_withdraw()).count(), 10);
+/// // A few tokens at the start: 5 hedges, then none.
+/// assert_eq!((0..20).filter(|_| bucket.try_withdraw()).count(), 5);
 /// for _ in 0..100 {
 ///     bucket.deposit();
 /// }
+/// // 5% of 100 requests, less one token per overload answer.
+/// bucket.overloaded();
+/// bucket.overloaded();
 /// let granted = (0..10).filter(|_| bucket.try_withdraw()).count();
-/// assert_eq!(granted, 5); // 5% of 100 requests
+/// assert_eq!(granted, 3);
 /// # Ok::<(), backstop::ConfigError>(())
 /// ```
 #[derive(Clone)]
@@ -91,6 +108,10 @@ impl fmt::Debug for HedgeBucket {
     }
 }
 
+/// The tokens a [`HedgeBucket`] holds at the start (or its burst, if smaller): a few hedges for
+/// the first slow requests, not a stock a burst could spend at once.
+pub const STARTING_TOKENS: f64 = 5.0;
+
 /// The default burst is what this many requests earn.
 pub(super) const BURST_REQUESTS: f64 = 10_000.0;
 
@@ -112,8 +133,15 @@ impl HedgeBucket {
     }
 
     /// A bucket earning `fraction` per request and holding at most `burst` tokens (1 to 10⁶),
-    /// full at the start (empty when `fraction` is 0).
+    /// with [`STARTING_TOKENS`] (or `burst` if smaller) at the start (none when `fraction` is
+    /// 0).
     pub fn with_burst(fraction: f64, burst: f64) -> Result<Self, ConfigError> {
+        Self::with_start(fraction, burst, STARTING_TOKENS)
+    }
+
+    /// A bucket earning `fraction` per request, holding at most `burst` tokens (1 to 10⁶) and
+    /// `start` tokens at the start (0 to `burst`; none when `fraction` is 0).
+    pub fn with_start(fraction: f64, burst: f64, start: f64) -> Result<Self, ConfigError> {
         let fraction = check(
             "max_extra_load",
             fraction,
@@ -126,11 +154,19 @@ impl HedgeBucket {
             |b| (1.0..=1e6).contains(b),
             "between 1 and 1,000,000 tokens",
         )?;
+        let start = check(
+            "starting_tokens",
+            start,
+            |s| (0.0..=1e6).contains(s),
+            "between 0 and 1,000,000 tokens",
+        )?
+        .min(burst);
         let earn = (fraction * MICROS).round() as i64;
         let cap = (burst * MICROS).round() as i64;
+        let start = (start * MICROS).round() as i64;
         Ok(HedgeBucket {
             inner: Arc::new(BucketInner {
-                balance: AtomicI64::new(if earn > 0 { cap } else { 0 }),
+                balance: AtomicI64::new(if earn > 0 { start } else { 0 }),
                 earn,
                 cap,
                 granted: AtomicU64::new(0),
@@ -189,6 +225,16 @@ impl HedgeBudget for HedgeBucket {
             .granted
             .fetch_update(Relaxed, Relaxed, |g| g.checked_sub(1));
     }
+
+    fn overloaded(&self) {
+        // Never below zero: the debt of a long overload would keep hedging off long after the
+        // downstream recovered, a cliff of its own; the share of late requests guards the way
+        // back.
+        let _ = self
+            .inner
+            .balance
+            .fetch_update(Relaxed, Relaxed, |b| Some((b - ONE).max(0)));
+    }
 }
 
 /// Two budgets that must both pay for a hedge: `local` first, then `shared`; when `shared`
@@ -220,6 +266,10 @@ impl<A: HedgeBudget, B: HedgeBudget> HedgeBudget for Both<A, B> {
     fn refund(&self) {
         self.local.refund();
         self.shared.refund();
+    }
+    fn overloaded(&self) {
+        self.local.overloaded();
+        self.shared.overloaded();
     }
 }
 

@@ -117,9 +117,17 @@ where
                 this.first.set(None);
                 let result = result.map_err(Into::into);
                 let outcome = shared.classifier.classify(result.as_ref());
-                // An overload answer is a refusal, not a latency of the service.
-                if !outcome.is_overload() && !*this.recorded {
+                // An overload answer is a refusal, not a latency of the service; it costs the
+                // budget a hedge.
+                if outcome.is_overload() {
+                    shared.budget.overloaded();
+                } else if !*this.recorded {
                     shared.tracker.record(this.started.elapsed());
+                }
+                if this.timer.is_some() && !outcome.is_overload() {
+                    // Answered before its delay: on time. (A refusal says nothing of how
+                    // slow the service is; it costs the budget instead.)
+                    shared.late.observe(false);
                 }
                 if outcome == Outcome::Success || this.second.is_none() {
                     // A success wins. A failure with no duplicate in flight is returned as it
@@ -144,6 +152,9 @@ where
                 this.second.set(None);
                 let result = result.map_err(Into::into);
                 let outcome = shared.classifier.classify(result.as_ref());
+                if outcome.is_overload() {
+                    shared.budget.overloaded();
+                }
                 if outcome == Outcome::Success {
                     if this.first.is_some() && !*this.recorded {
                         // The first copy is cancelled: all we know is that it is slower than
@@ -168,10 +179,20 @@ where
                 }
                 this.timer.set(None);
                 if let Some(spare) = this.spare.as_mut() {
-                    if shared.budget.try_withdraw() {
+                    // Late: a duplicate only while few others are (slowness is then this
+                    // request's own, not everyone's), and the budget pays. The share is asked
+                    // first, so standing down costs no token.
+                    let calm = shared.late.observe(true) <= shared.max_late_share;
+                    if !calm {
+                        shared.late.stand_down();
+                        shared.series.stood_down.increment(1);
+                    }
+                    if calm && shared.budget.try_withdraw() {
                         spare.paid = true;
                     } else {
-                        shared.series.denied.increment(1);
+                        if calm {
+                            shared.series.denied.increment(1);
+                        }
                         *this.spare = None;
                         // Tell the tracker now that this copy is late, rather than when it
                         // completes, maybe much later: while the delay is too short (at start-up,

@@ -4,12 +4,20 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, counter, gauge};
 use tower_layer::Layer;
 
+use super::late::LateShare;
 use super::{
     AnyRequest, HedgeBucket, HedgeBudget, HedgeFn, HedgeService, LatencyTracker, MarkedIdempotent,
+    STARTING_TOKENS,
 };
 use crate::classify::ErrorClassifier;
 use crate::error::{ConfigError, check};
 use crate::metrics::names;
+
+/// The late share allowed above what the percentile predicts (see
+/// [`HedgeLayerBuilder::max_late_share`]).
+const LATE_MARGIN: f64 = 0.2;
+/// The late-share bound with a fixed delay, where no percentile predicts the share.
+const DEFAULT_LATE_SHARE: f64 = 0.25;
 
 /// When a duplicate goes out.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +39,9 @@ pub(super) struct Shared<C, B, P> {
     pub(super) tracker: LatencyTracker,
     pub(super) rule: DelayRule,
     pub(super) series: Series,
+    /// The share of recent requests still running at their delay, and its bound.
+    pub(super) late: LateShare,
+    pub(super) max_late_share: f64,
 }
 
 impl<C, B, P> Shared<C, B, P> {
@@ -48,6 +59,7 @@ pub(super) struct Series {
     pub(super) sent: Counter,
     pub(super) won: Counter,
     pub(super) denied: Counter,
+    pub(super) stood_down: Counter,
     pub(super) delay: Gauge,
 }
 
@@ -59,11 +71,13 @@ impl Series {
             sent: counter!(names::HEDGES_SENT, &label),
             won: counter!(names::HEDGE_WINS, &label),
             denied: counter!(names::HEDGES_DENIED, &label),
+            stood_down: counter!(names::HEDGES_STOOD_DOWN, &label),
             delay: gauge!(names::HEDGE_DELAY_SECONDS, &label),
         };
         series.sent.increment(0);
         series.won.increment(0);
         series.denied.increment(0);
+        series.stood_down.increment(0);
         series.delay.set(0.0);
         series
     }
@@ -103,7 +117,9 @@ impl HedgeLayer {
 
     /// Starts a builder with the defaults: name `hedge`, delay = p95 of the last 10–20 s of
     /// first-copy latencies but at least 1 ms, no hedge before 100 samples, a [`HedgeBucket`]
-    /// earning 0.05 hedge per request (burst: what 10,000 requests earn, 500; full at the start),
+    /// earning 0.05 hedge per request (burst: what 10,000 requests earn, 500; 5 at the start; a
+    /// token lost per overload answer), no duplicate while more than a quarter of recent
+    /// requests are late at once,
     /// hedge only requests that say they may run twice
     /// ([`HedgeRequest::is_idempotent`](super::HedgeRequest::is_idempotent): for HTTP a safe
     /// method or the [`Idempotent`](super::Idempotent) marker), outcomes read by
@@ -123,6 +139,8 @@ impl HedgeLayer {
             constant_work: false,
             max_extra_load: 0.05,
             burst: None,
+            starting_tokens: STARTING_TOKENS,
+            max_late_share: None,
         }
     }
 }
@@ -148,6 +166,19 @@ impl<C, B, P> HedgeLayer<C, B, P> {
     /// The budget hedges draw on.
     pub fn budget(&self) -> &B {
         &self.shared.budget
+    }
+
+    /// The share of recent requests that were still running at their delay (an average over
+    /// about the last 16), which must be at most
+    /// [`max_late_share`](HedgeLayerBuilder::max_late_share) for a duplicate to go out.
+    pub fn late_share(&self) -> f64 {
+        self.shared.late.get()
+    }
+
+    /// Duplicates not sent because too many requests were late at once (the budget's own
+    /// refusals are counted by the budget).
+    pub fn stood_down(&self) -> u64 {
+        self.shared.late.stood_down()
     }
 }
 
@@ -175,6 +206,8 @@ pub struct HedgeLayerBuilder<C = ErrorClassifier, B = HedgeBucket, P = MarkedIde
     constant_work: bool,
     max_extra_load: f64,
     burst: Option<f64>,
+    starting_tokens: f64,
+    max_late_share: Option<f64>,
 }
 
 impl<C, B, P> HedgeLayerBuilder<C, B, P> {
@@ -239,11 +272,30 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
         self
     }
 
-    /// The most hedges the default bucket can save up, and holds at the start: 1 to 10⁶.
-    /// Default: what 10,000 requests earn (`max_extra_load` × 10,000, at least 1; 500 at 5%).
-    /// Over any stretch of requests, hedges ≤ `max_extra_load` × requests + `burst`.
+    /// The most hedges the default bucket can save up: 1 to 10⁶. Default: what 10,000
+    /// requests earn (`max_extra_load` × 10,000, at least 1; 500 at 5%). Over any stretch of
+    /// requests, hedges ≤ `max_extra_load` × requests + `burst`.
     pub fn burst(mut self, burst: f64) -> Self {
         self.burst = Some(burst);
+        self
+    }
+
+    /// The hedges the default bucket holds at the start: 0 to 10⁶ (no more than the burst).
+    /// Default [`STARTING_TOKENS`] (5): a few for the first slow requests, not a stock for a
+    /// burst to spend. (Ignored with [`budget`](Self::budget).)
+    pub fn starting_tokens(mut self, tokens: f64) -> Self {
+        self.starting_tokens = tokens;
+        self
+    }
+
+    /// The largest share of recent requests still running at their delay (counting the one
+    /// asking) for which a duplicate is still sent, in `0.0..=1.0`. Default: 20 points above
+    /// the share the percentile predicts, 1 − `percentile` + 0.2 (0.25 at the p95), or 0.25
+    /// with a [fixed delay](Self::fixed_delay). When most requests are late at once the
+    /// downstream is slow for everyone and a duplicate only adds load. 1.0 turns the check off.
+    /// (Not asked in constant-work mode.)
+    pub fn max_late_share(mut self, share: f64) -> Self {
+        self.max_late_share = Some(share);
         self
     }
 
@@ -263,6 +315,8 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
             constant_work: self.constant_work,
             max_extra_load: self.max_extra_load,
             burst: self.burst,
+            starting_tokens: self.starting_tokens,
+            max_late_share: self.max_late_share,
         }
     }
 
@@ -283,6 +337,8 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
             constant_work: self.constant_work,
             max_extra_load: self.max_extra_load,
             burst: self.burst,
+            starting_tokens: self.starting_tokens,
+            max_late_share: self.max_late_share,
         }
     }
 
@@ -312,6 +368,8 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
             constant_work: self.constant_work,
             max_extra_load: self.max_extra_load,
             burst: self.burst,
+            starting_tokens: self.starting_tokens,
+            max_late_share: self.max_late_share,
         }
     }
 }
@@ -321,10 +379,16 @@ impl<C, P> HedgeLayerBuilder<C, HedgeBucket, P> {
     pub fn build(self) -> Result<HedgeLayer<C, HedgeBucket, P>, ConfigError> {
         let budget = match self.budget.clone() {
             Some(b) => b,
-            None => match self.burst {
-                Some(burst) => HedgeBucket::with_burst(self.max_extra_load, burst)?,
-                None => HedgeBucket::new(self.max_extra_load)?,
-            },
+            None => {
+                let burst = match self.burst {
+                    Some(burst) => burst,
+                    None if self.max_extra_load.is_finite() => {
+                        super::budget::default_burst(self.max_extra_load)
+                    }
+                    None => 1.0,
+                };
+                HedgeBucket::with_start(self.max_extra_load, burst, self.starting_tokens)?
+            }
         };
         self.budget(budget).build_with()
     }
@@ -367,6 +431,20 @@ impl<C, B: HedgeBudget, P> HedgeLayerBuilder<C, B, P> {
                 .watch(percentile)
                 .build()?,
         };
+        let max_late_share = match self.max_late_share {
+            Some(share) => check(
+                "max_late_share",
+                share,
+                |s| (0.0..=1.0).contains(s),
+                "a share in 0.0..=1.0",
+            )?,
+            // The margin over the share a percentile delay leaves late when slowness is per
+            // request: wide enough that an average over ~16 requests seldom crosses it by
+            // chance (about three standard deviations at p85), narrow enough that a burst where
+            // all are late crosses it within a handful of requests.
+            None if self.fixed.is_some() => DEFAULT_LATE_SHARE,
+            None => ((1.0 - tracker.quantile()) + LATE_MARGIN).min(1.0),
+        };
         let budget = self
             .budget
             .ok_or_else(|| ConfigError::new("budget", "none", "a budget"))?;
@@ -378,6 +456,8 @@ impl<C, B: HedgeBudget, P> HedgeLayerBuilder<C, B, P> {
                 tracker,
                 rule,
                 series: Series::register(&self.name),
+                late: LateShare::new(),
+                max_late_share,
             }),
         })
     }

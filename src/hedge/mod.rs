@@ -15,10 +15,27 @@
 //!   or a
 //!   [predicate](HedgeLayerBuilder::hedge_if)) and the [`HedgeBudget`] pays for it: the default
 //!   [`HedgeBucket`] earns 0.05 hedge per request and saves up to 500 (what 10,000 requests
-//!   earn; it starts full), so over any stretch of requests hedges ≤ 5% × requests + 500,
-//!   whatever the latency does. [`SharedWithRetries`] draws hedges from the retry layer's
-//!   budget instead, so retries and hedges share one cap on extra load (with [`Both`], from a
-//!   local bucket and the shared budget).
+//!   earn; it starts with 5), so over any stretch of requests hedges ≤ 5% × requests + 500
+//!   (+ 5 from the start), whatever the latency does. [`SharedWithRetries`] draws hedges from
+//!   the retry layer's budget instead, so retries and hedges share one cap on extra load (with
+//!   [`Both`], from a local bucket and the shared budget).
+//! - **Standing down under overload**: a duplicate adds load, so it must not go out when the
+//!   downstream is full. Two rules, both smooth rather than a switch:
+//!   - every overload answer ([`Outcome::Overload`](crate::classify::Outcome::Overload):
+//!     backstop's `Overloaded`, a 429, a 503 with `Retry-After`) takes a whole token from the
+//!     bucket ([`HedgeBudget::overloaded`]): while more than 5% of answers are overload it
+//!     stays empty, and in between hedges fall to about 5% − the overload share;
+//!   - a duplicate goes out only while the share of recent requests still running at their
+//!     delay (an average over about the last 16, counting the one asking) is at most
+//!     [`max_late_share`](HedgeLayerBuilder::max_late_share) (default 0.25 at the p95: 20
+//!     points above the 5% a p95 delay leaves late). Hedging helps a request that is slow on
+//!     its own ("The Tail at Scale": slowness is per request); when most requests are late at
+//!     once the downstream is slow for everyone, a duplicate cannot be faster, and it only
+//!     adds load. The share moves per request, so even a burst arriving all at once stops
+//!     after four or five duplicates, before any overload answer is back to drain the bucket.
+//!
+//!   With both, a burst of 300 requests into a full server, after calm traffic filled the
+//!   bucket to 499 tokens, sent 3 duplicates (against 300 with a bucket that ignores both).
 //! - **First success wins**; the other copy is dropped, which cancels it. A failure does not win
 //!   over a copy still running: it is kept, and returned only if the other copy fails too (the
 //!   first failure is returned). tower's `Hedge` returns whichever copy completes first, so a
@@ -85,12 +102,15 @@
 
 mod budget;
 mod future;
+mod late;
 mod layer;
 mod request;
 mod service;
 mod tracker;
 
-pub use self::budget::{Both, HedgeBucket, HedgeBudget, SharedWithRetries, Unlimited};
+pub use self::budget::{
+    Both, HedgeBucket, HedgeBudget, STARTING_TOKENS, SharedWithRetries, Unlimited,
+};
 pub use self::future::ResponseFuture;
 pub use self::layer::{HedgeLayer, HedgeLayerBuilder};
 pub use self::request::{

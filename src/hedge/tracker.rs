@@ -284,6 +284,11 @@ impl LatencyTracker {
         self.inner.current_len.load(Relaxed) + self.inner.previous_len.load(Relaxed)
     }
 
+    /// The quantile kept ready for [`watched`](Self::watched).
+    pub(super) fn quantile(&self) -> f64 {
+        self.inner.quantile
+    }
+
     /// The samples needed before the tracker answers.
     pub fn min_samples(&self) -> u64 {
         self.inner.min_samples

@@ -137,6 +137,8 @@ pub const HEDGE_WINS: &str = "backstop_hedge_wins_total";
 pub const HEDGES_DENIED: &str = "backstop_hedges_denied_total";
 /// Gauge: the hedge delay in use when the last duplicate went out, in seconds.
 pub const HEDGE_DELAY_SECONDS: &str = "backstop_hedge_delay_seconds";
+/// Counter: late requests not hedged because too many recent requests were late at once.
+pub const HEDGES_STOOD_DOWN: &str = "backstop_hedges_stood_down_total";
 
 /// Describes the hedge series. Calling it again is harmless.
 pub fn describe_hedge() {
@@ -156,6 +158,11 @@ pub fn describe_hedge() {
         HEDGE_DELAY_SECONDS,
         Unit::Seconds,
         "Hedge delay in use when the last duplicate went out."
+    );
+    describe_counter!(
+        HEDGES_STOOD_DOWN,
+        Unit::Count,
+        "Late requests not hedged because too many recent requests were late at once."
     );
 }
 
