@@ -399,3 +399,56 @@ async fn works_with_hyper_incoming() {
         "the first attempt failed and was retried"
     );
 }
+
+/// A hedge over a streamed body: the duplicate is sent while the body can be replayed, and not
+/// once it has outgrown the limit.
+async fn hedged_copies(limit: usize, chunks: &[&str]) -> (usize, Vec<Bytes>) {
+    use backstop::hedge::HedgeLayer;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen: Seen = Arc::default();
+    let server = {
+        let (calls, seen) = (calls.clone(), seen.clone());
+        tower::service_fn(move |req: http::Request<ReplayBody<_>>| {
+            let first = calls.fetch_add(1, SeqCst) == 0;
+            let seen = seen.clone();
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                seen.lock().unwrap().push(body.clone());
+                // The first copy is slow: the hedge fires at 10 ms.
+                if first {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok::<_, BoxError>(http::Response::new(body))
+            }
+        })
+    };
+    let hedge = HedgeLayer::builder()
+        .fixed_delay(Duration::from_millis(10))
+        .starting_tokens(5.0)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(ReplayBodyLayer::builder("hedged").limit(limit).build().unwrap())
+        .layer(hedge)
+        .service(server);
+    let req = http::Request::get("/").body(streamed(chunks)).unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    let whole: String = chunks.concat();
+    assert_eq!(res.into_body(), whole.as_str());
+    let seen = seen.lock().unwrap().clone();
+    (calls.load(SeqCst), seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_is_hedged_whole_within_the_limit() {
+    let (calls, seen) = hedged_copies(1024, &["hedge ", "me"]).await;
+    assert_eq!(calls, 2, "the duplicate was sent");
+    assert_eq!(seen, vec![Bytes::from("hedge me"); 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_over_the_limit_is_not_hedged() {
+    let (calls, seen) = hedged_copies(4, &["too ", "long"]).await;
+    assert_eq!(calls, 1, "no duplicate of a body that cannot be replayed");
+    assert_eq!(seen, vec![Bytes::from("too long")]);
+}

@@ -102,6 +102,7 @@ where
     S::Error: Into<BoxError>,
     C: Classify<S::Response, BoxError>,
     B: HedgeBudget,
+    P: super::Hedgeable<Req>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -178,6 +179,15 @@ where
                     return Poll::Pending;
                 }
                 this.timer.set(None);
+                // A body that can no longer be replayed (it outgrew its replay limit while the
+                // first copy streamed it) ends the hedge: nothing to pay, nothing to refund.
+                if this
+                    .spare
+                    .as_ref()
+                    .is_some_and(|spare| !shared.hedgeable.allows(&spare.request))
+                {
+                    *this.spare = None;
+                }
                 if let Some(spare) = this.spare.as_mut() {
                     // Late: a duplicate only while few others are (slowness is then this
                     // request's own, not everyone's), and the budget pays. The share is asked
