@@ -6,6 +6,8 @@ pub mod backpressure;
 pub mod classify;
 pub mod error;
 pub mod hedge;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod lifo_queue;
 pub mod metrics;
 pub mod pid;
