@@ -256,6 +256,7 @@ async fn other_errors_become_500_and_their_text_stays_private_unless_exposed() {
         .layer(failing(secret));
     let res = answer(svc, Request::new(String::new())).await;
     assert_eq!(res.status(), 500);
+    assert_eq!(res.headers()["content-type"], "text/plain; charset=utf-8");
     assert_eq!(
         res.body().size_hint().exact(),
         Some(secret().len() as u64 + 1)

@@ -24,7 +24,7 @@ impl ErrorToResponseLayer {
 }
 
 impl<H> ErrorToResponseLayer<H> {
-    /// Puts the error's `Display` in the answer's body, one line of text. Off by default: an
+    /// Puts the error's `Display` in the answer's body, one line of `text/plain`. Off by default: an
     /// error's text can name internal hosts, paths or queries that a caller should not see.
     /// Turn it on for services whose callers are your own (tests, internal tools).
     pub fn expose_error_text(mut self, expose: bool) -> Self {

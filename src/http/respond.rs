@@ -47,6 +47,10 @@ pub(crate) fn error_response<B>(err: &BoxError, expose_text: bool) -> Response<R
     };
     if expose_text {
         *res.body_mut() = ResponseBody::text(format!("{err}\n"));
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
     }
     res
 }
