@@ -11,10 +11,9 @@ mod support;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use backstop::{BoxError, OverloadReason, Overloaded};
+use backstop::BoxError;
 use support::client::{ClientStack, fetch_text, transport};
 use support::load::drive;
-use support::refusal::error_response;
 use support::server::{ServerStack, Workers, start};
 use tokio::time::Instant;
 
@@ -183,43 +182,4 @@ async fn crush() -> Result<(), BoxError> {
     let refused = support::series_value(&scrape, "backstop_requests_total", &overloads).unwrap();
     assert!(refused >= (tally.refused_503 + tally.refused_429) as f64);
     Ok(())
-}
-
-#[test]
-fn refusals_become_429_or_503_with_retry_after_in_whole_seconds() {
-    let cases = [
-        (OverloadReason::Throttled, None, 429, "1"),
-        (
-            OverloadReason::RateLimited,
-            Some(Duration::from_millis(1200)),
-            429,
-            "2",
-        ),
-        (OverloadReason::QueueFull, None, 503, "1"),
-        (OverloadReason::Shed, Some(Duration::from_secs(3)), 503, "3"),
-        (
-            OverloadReason::AdmissionDenied,
-            Some(Duration::from_millis(10)),
-            503,
-            "1",
-        ),
-    ];
-    for (reason, after, status, header) in cases {
-        let mut overload = Overloaded::new(reason);
-        if let Some(after) = after {
-            overload = overload.with_retry_after(after);
-        }
-        let res = error_response(&BoxError::from(overload));
-        assert_eq!(res.status().as_u16(), status, "{reason:?}");
-        assert_eq!(
-            res.headers()[http::header::RETRY_AFTER],
-            header,
-            "{reason:?}"
-        );
-    }
-    let timeout = error_response(&BoxError::from(std::io::Error::from(
-        std::io::ErrorKind::TimedOut,
-    )));
-    assert_eq!(timeout.status().as_u16(), 504);
-    assert!(!timeout.headers().contains_key(http::header::RETRY_AFTER));
 }

@@ -428,7 +428,12 @@ async fn hedged_copies(limit: usize, chunks: &[&str]) -> (usize, Vec<Bytes>) {
         .build()
         .unwrap();
     let svc = ServiceBuilder::new()
-        .layer(ReplayBodyLayer::builder("hedged").limit(limit).build().unwrap())
+        .layer(
+            ReplayBodyLayer::builder("hedged")
+                .limit(limit)
+                .build()
+                .unwrap(),
+        )
         .layer(hedge)
         .service(server);
     let req = http::Request::get("/").body(streamed(chunks)).unwrap();

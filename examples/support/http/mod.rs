@@ -1,13 +1,12 @@
 //! Shared parts of the examples that run backstop over real HTTP on loopback, and of
 //! `tests/http_services.rs`: the example server and client stacks, a bounded load generator,
-//! the Prometheus recorder, and a stand-in for the Overloaded → 429/503 helper.
+//! and the Prometheus recorder. (Errors become HTTP answers with `backstop::http`'s layer.)
 //!
 //! Each example uses some of these parts, so unused ones are not an error here.
 #![allow(dead_code)]
 
 pub mod client;
 pub mod load;
-pub mod refusal;
 pub mod server;
 
 use std::sync::OnceLock;

@@ -1,6 +1,5 @@
 //! The example server: a pool of workers behind backstop's server stack, on axum and hyper.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -11,6 +10,7 @@ use axum::body::Body;
 use axum::routing::get;
 use backstop::BoxError;
 use backstop::classify::HttpClassifier;
+use backstop::http::ErrorToResponseLayer;
 use backstop::lifo_queue::{AdaptiveQueue, LifoQueueLayer};
 use backstop::metrics::{LittleLayer, LittleMeter};
 use backstop::pid::{AdmissionController, AdmissionLayer, QueueDelay};
@@ -25,9 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceExt};
-
-use super::refusal::error_response;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// Every stage of the server stack has this type, so layers can be added one by one.
 pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
@@ -305,11 +303,6 @@ impl ServerStack {
     }
 }
 
-/// Every error becomes an HTTP answer, so the meter above sees the status a caller sees.
-fn answer(res: Result<Response<Body>, BoxError>) -> Result<Response<Body>, BoxError> {
-    Ok(res.unwrap_or_else(|e| error_response(&e)))
-}
-
 /// A running example server. Dropping it stops the server.
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -379,22 +372,12 @@ pub async fn start(
         svc = wrap(svc, throttle);
     }
     svc = BoxCloneSyncService::new(svc.map_request(inherit_deadline::<Body>));
-    // Refusals become 429/503 + Retry-After, then the meter counts them as overloads.
-    // (Boxed at each step: it keeps the futures' types simple enough for the `Send` checks.)
-    let answered: HttpService = BoxCloneSyncService::new(svc.map_result(answer));
-    let metered: HttpService = BoxCloneSyncService::new(
-        LittleLayer::new(meter.clone())
-            .with_classifier(HttpClassifier)
-            .layer(answered),
-    );
-    // axum wants a service that cannot fail.
-    let route = tower::service_fn(move |req: Request<Body>| {
-        let metered = metered.clone();
-        async move {
-            let res = metered.oneshot(req).await;
-            Ok::<_, Infallible>(res.unwrap_or_else(|e| error_response(&e)))
-        }
-    });
+    // The meter sees every outcome, refusals as overloads; then every error becomes its answer
+    // (429/503 + Retry-After, 504, 500), and the route cannot fail, as axum wants.
+    let route = ServiceBuilder::new()
+        .layer(ErrorToResponseLayer::new())
+        .layer(LittleLayer::new(meter.clone()).with_classifier(HttpClassifier))
+        .service(svc);
 
     let app = Router::new().route_service("/work", route).route(
         "/metrics",
