@@ -109,7 +109,7 @@ async fn send<S: Service<R>, R>(svc: &mut S, req: R) -> Result<S::Response, S::E
 
 fn fixed(
     delay_ms: u64,
-) -> HedgeLayer<backstop::classify::ErrorClassifier, Unlimited, backstop::hedge::AnyRequest> {
+) -> HedgeLayer<backstop::classify::DefaultClassifier, Unlimited, backstop::hedge::AnyRequest> {
     HedgeLayer::builder()
         .hedge_any()
         .fixed_delay(Duration::from_millis(delay_ms))
@@ -967,7 +967,7 @@ impl Service<u32> for Tail {
 /// with its timer), with 500 tokens at the start so the budget is not what limits duplicates.
 fn tail_layer(
     max_late_share: Option<f64>,
-) -> HedgeLayer<backstop::classify::ErrorClassifier, HedgeBucket, backstop::hedge::AnyRequest> {
+) -> HedgeLayer<backstop::classify::DefaultClassifier, HedgeBucket, backstop::hedge::AnyRequest> {
     let builder = HedgeLayer::builder()
         .hedge_any()
         .min_delay(Duration::from_millis(6))

@@ -9,7 +9,7 @@ use super::{
     AnyRequest, HedgeBucket, HedgeBudget, HedgeFn, HedgeService, LatencyTracker, MarkedIdempotent,
     STARTING_TOKENS,
 };
-use crate::classify::ErrorClassifier;
+use crate::classify::DefaultClassifier;
 use crate::error::{ConfigError, check};
 use crate::metrics::names;
 
@@ -87,7 +87,7 @@ impl Series {
 /// [module docs](super).
 ///
 /// Every service this layer makes shares one [`LatencyTracker`] and one budget.
-pub struct HedgeLayer<C = ErrorClassifier, B = HedgeBucket, P = MarkedIdempotent> {
+pub struct HedgeLayer<C = DefaultClassifier, B = HedgeBucket, P = MarkedIdempotent> {
     shared: Arc<Shared<C, B, P>>,
 }
 
@@ -123,11 +123,11 @@ impl HedgeLayer {
     /// hedge only requests that say they may run twice
     /// ([`HedgeRequest::is_idempotent`](super::HedgeRequest::is_idempotent): for HTTP a safe
     /// method or the [`Idempotent`](super::Idempotent) marker), outcomes read by
-    /// [`ErrorClassifier`].
+    /// [`DefaultClassifier`] (HTTP semantics for `http::Response`).
     pub fn builder() -> HedgeLayerBuilder {
         HedgeLayerBuilder {
             name: "hedge".to_owned(),
-            classifier: ErrorClassifier,
+            classifier: DefaultClassifier,
             budget: None,
             hedgeable: MarkedIdempotent,
             tracker: None,
@@ -192,7 +192,7 @@ impl<S, C, B, P> Layer<S> for HedgeLayer<C, B, P> {
 
 /// Builds a [`HedgeLayer`]; [`build`](Self::build) checks every value.
 #[derive(Debug, Clone)]
-pub struct HedgeLayerBuilder<C = ErrorClassifier, B = HedgeBucket, P = MarkedIdempotent> {
+pub struct HedgeLayerBuilder<C = DefaultClassifier, B = HedgeBucket, P = MarkedIdempotent> {
     name: String,
     classifier: C,
     budget: Option<B>,

@@ -1,15 +1,15 @@
 use tower_layer::Layer;
 
 use super::{Little, LittleMeter};
-use crate::classify::ErrorClassifier;
+use crate::classify::DefaultClassifier;
 
 /// Measures every request that passes with a [`LittleMeter`]; see the [module docs](super).
 ///
-/// Outcomes are read through a [`Classify`](crate::classify::Classify) (by default
-/// [`ErrorClassifier`]; use [`HttpClassifier`](crate::classify::HttpClassifier) to count 429 and
-/// 503 answers as overloads).
+/// Outcomes are read through a [`Classify`](crate::classify::Classify): by default
+/// [`DefaultClassifier`], so an `http::Response` counts as HTTP says (a 429, or a 503 with
+/// `Retry-After`, is an overload; a 5xx an error).
 #[derive(Debug, Clone)]
-pub struct LittleLayer<C = ErrorClassifier> {
+pub struct LittleLayer<C = DefaultClassifier> {
     meter: LittleMeter,
     classifier: C,
 }
@@ -19,7 +19,7 @@ impl LittleLayer {
     pub fn new(meter: LittleMeter) -> Self {
         LittleLayer {
             meter,
-            classifier: ErrorClassifier,
+            classifier: DefaultClassifier,
         }
     }
 }

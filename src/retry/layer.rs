@@ -8,7 +8,7 @@ use tower_layer::Layer;
 
 use super::marker::{AnyRequest, IdempotentFn, MarkedIdempotent};
 use super::{Budget, Retry};
-use crate::classify::ErrorClassifier;
+use crate::classify::DefaultClassifier;
 use crate::error::{ConfigError, check};
 
 /// What the layer marks as "already retried" on the failures it passes up, so layers above do
@@ -30,7 +30,7 @@ pub enum MarkRetried {
 /// [module docs](super).
 ///
 /// Build it with [`RetryLayer::builder`].
-pub struct RetryLayer<B, C = ErrorClassifier, I = MarkedIdempotent> {
+pub struct RetryLayer<B, C = DefaultClassifier, I = MarkedIdempotent> {
     pub(super) shared: Arc<Shared<B, C>>,
     pub(super) idempotency: I,
 }
@@ -63,14 +63,14 @@ impl<B: Budget> RetryLayer<B> {
 
     /// Starts a builder drawing on `budget`, with the defaults: one retry, a full-jitter delay
     /// from [0, 100 ms] (base 50 ms, cap 1 s), no retry with less than 10 ms left before the
-    /// deadline, [`ErrorClassifier`], only requests that say they are idempotent
+    /// deadline, [`DefaultClassifier`] (HTTP semantics for `http::Response`), only requests that say they are idempotent
     /// ([`RetryRequest::is_idempotent`](super::RetryRequest::is_idempotent): for HTTP an idempotent
     /// method or the [`Idempotent`](super::Idempotent) marker), markers honoured and set
     /// after a retry ([`MarkRetried::AfterRetry`]), and the thread-local random generator.
     pub fn builder(budget: B) -> RetryLayerBuilder<B> {
         RetryLayerBuilder {
             budget,
-            classifier: ErrorClassifier,
+            classifier: DefaultClassifier,
             idempotency: MarkedIdempotent,
             max_retries: 1,
             base: Duration::from_millis(50),
@@ -149,7 +149,7 @@ impl<B: fmt::Debug, C: fmt::Debug> fmt::Debug for Shared<B, C> {
 
 /// Builds a [`RetryLayer`]; [`build`](Self::build) checks every value.
 #[derive(Debug, Clone)]
-pub struct RetryLayerBuilder<B, C = ErrorClassifier, I = MarkedIdempotent> {
+pub struct RetryLayerBuilder<B, C = DefaultClassifier, I = MarkedIdempotent> {
     budget: B,
     classifier: C,
     idempotency: I,

@@ -3,7 +3,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::{TokenBucket, TokenBucketService};
-use crate::classify::ErrorClassifier;
+use crate::classify::DefaultClassifier;
 use crate::error::{ConfigError, check};
 use crate::lifo_queue::{FromRequest, NoDeadline};
 
@@ -23,7 +23,7 @@ pub(crate) enum Mode {
 /// is read from when it waits ([`NoDeadline`] by default, [`FromRequest`] after
 /// [`wait_until_deadline`](TokenBucketLayerBuilder::wait_until_deadline)).
 #[derive(Debug, Clone)]
-pub struct TokenBucketLayer<C = ErrorClassifier, D = NoDeadline> {
+pub struct TokenBucketLayer<C = DefaultClassifier, D = NoDeadline> {
     bucket: TokenBucket,
     mode: Mode,
     classifier: C,
@@ -32,22 +32,22 @@ pub struct TokenBucketLayer<C = ErrorClassifier, D = NoDeadline> {
 
 impl TokenBucketLayer {
     /// A layer that refuses at once when `bucket` is empty, reading outcomes with
-    /// [`ErrorClassifier`].
+    /// [`DefaultClassifier`] (HTTP semantics for `http::Response`).
     pub fn new(bucket: TokenBucket) -> Self {
         TokenBucketLayer {
             bucket,
             mode: Mode::FailFast,
-            classifier: ErrorClassifier,
+            classifier: DefaultClassifier,
             deadlines: NoDeadline,
         }
     }
 
-    /// Starts a builder around `bucket`: fail fast, [`ErrorClassifier`], no deadlines.
+    /// Starts a builder around `bucket`: fail fast, [`DefaultClassifier`] (HTTP semantics for `http::Response`), no deadlines.
     pub fn builder(bucket: TokenBucket) -> TokenBucketLayerBuilder {
         TokenBucketLayerBuilder {
             bucket,
             wait: None,
-            classifier: ErrorClassifier,
+            classifier: DefaultClassifier,
             deadlines: NoDeadline,
         }
     }
@@ -76,7 +76,7 @@ impl<S, C: Clone, D: Clone> Layer<S> for TokenBucketLayer<C, D> {
 
 /// Builds a [`TokenBucketLayer`]; [`build`](Self::build) checks every value.
 #[derive(Debug, Clone)]
-pub struct TokenBucketLayerBuilder<C = ErrorClassifier, D = NoDeadline> {
+pub struct TokenBucketLayerBuilder<C = DefaultClassifier, D = NoDeadline> {
     bucket: TokenBucket,
     wait: Option<Duration>,
     classifier: C,
