@@ -83,7 +83,7 @@ fn handler(
 type Svc = backstop::lifo_queue::LifoQueue<
     Box<dyn CloneService>,
     backstop::lifo_queue::UntilResponse,
-    backstop::lifo_queue::FromRequest,
+    backstop::timeout::FromRequest,
 >;
 
 // A boxed clonable service keeps the test helpers' types short.

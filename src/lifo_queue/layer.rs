@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::{AdaptiveQueue, FromRequest, LifoQueue, NoDeadline};
+use super::{AdaptiveQueue, LifoQueue};
+use crate::timeout::{FromRequest, NoDeadline};
 use crate::backpressure::UntilResponse;
 use crate::backpressure::gate::{Config, Shedding};
 use crate::error::{ConfigError, check, clamp_forever};

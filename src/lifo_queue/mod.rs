@@ -105,7 +105,7 @@ mod service;
 pub use self::future::ResponseFuture;
 pub use self::layer::{LifoQueueLayer, LifoQueueLayerBuilder};
 pub use self::queue::AdaptiveQueue;
-pub use self::service::{DeadlineOf, FromRequest, LifoQueue, NoDeadline};
+pub use self::service::LifoQueue;
 pub use crate::backpressure::{Hold, Permit, QueueStats, UntilResponse};
 #[cfg(feature = "http")]
 pub use crate::backpressure::{PermitBody, UntilBodyEnd};
