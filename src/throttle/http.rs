@@ -48,8 +48,12 @@ impl Overloaded {
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Whole seconds, rounded up, at least 1: a client told "0" would come straight back.
+/// Saturates at `u64::MAX` (`Duration::MAX` has `u64::MAX` whole seconds and a fraction).
 fn retry_after_seconds(after: Duration) -> u64 {
-    (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)
+    after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0))
+        .max(1)
 }
 
 /// Turns an [`Overloaded`] error (anywhere in the error's source chain) into its response and
@@ -99,6 +103,7 @@ mod tests {
         assert_eq!(retry_after_seconds(Duration::from_nanos(1)), 1);
         assert_eq!(retry_after_seconds(Duration::from_secs(3)), 3);
         assert_eq!(retry_after_seconds(Duration::from_millis(3001)), 4);
+        assert_eq!(retry_after_seconds(Duration::MAX), u64::MAX);
     }
 
     #[test]
