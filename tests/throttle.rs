@@ -434,9 +434,9 @@ async fn a_client_that_went_idle_and_was_swept_is_served_on_return() {
 
 #[tokio::test(start_paused = true)]
 async fn the_table_keeps_returning_clients_and_forgets_one_shot_keys() {
-    // 4,096 slots; 100 clients over their quota (1 per second, asking 10 a second), and 50,000
-    // one-shot keys, 1,000 every 100 ms, none of whose buckets is full again before the next
-    // 1,000 arrive.
+    // 4,096 slots; 100 clients over their quota (1 per second, asking 10 a second), and 49,000
+    // one-shot keys, 1,000 every 100 ms (about 2 a set), none of whose buckets is full again
+    // before the next 1,000 arrive.
     let quotas = ClientQuotas::builder("keep", per_second(1))
         .max_keys(4096)
         .build()
@@ -449,7 +449,9 @@ async fn the_table_keeps_returning_clients_and_forgets_one_shot_keys() {
         for r in &regulars {
             admitted += u32::from(quotas.check(r).is_ok());
         }
-        for k in 0..1000 {
+        // The flood starts once the regulars are known (a request each): on its first request
+        // a regular is a one-shot key like any other.
+        for k in (0..1000).filter(|_| round > 0) {
             assert!(quotas.check(&ClientId::from(round * 1000 + k)).is_ok());
         }
         tokio::time::advance(Duration::from_millis(100)).await;
@@ -461,6 +463,52 @@ async fn the_table_keeps_returning_clients_and_forgets_one_shot_keys() {
         quotas.forgotten() > 0,
         "the one-shot keys did replace each other"
     );
+}
+
+#[test]
+fn concurrent_requests_of_one_client_spend_its_burst_exactly_once() {
+    // A quota that never refills within the test (a year a request, burst 100), so the count
+    // does not depend on the wall clock: 4 threads ask 1,000 times each for the same client while
+    // each also brings 2,000 new clients into a table of 1,024 (inserts, replacements, write
+    // locks); and 4 more race to be the first request of another client.
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let quota = Quota::with_period(year)
+        .unwrap()
+        .allow_burst(NonZeroU32::new(100).unwrap());
+    let quotas = ClientQuotas::builder("threads", quota)
+        .max_keys(1024)
+        .build()
+        .unwrap();
+    let admitted = std::sync::atomic::AtomicU32::new(0);
+    let first = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (quotas, admitted) = (&quotas, &admitted);
+            s.spawn(move || {
+                let shared = ClientId::from("shared");
+                for i in 0..1000u64 {
+                    if quotas.check(&shared).is_ok() {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let _ = quotas.check(&ClientId::from(t * 1_000_000 + 2 * i));
+                    let _ = quotas.check(&ClientId::from(t * 1_000_000 + 2 * i + 1));
+                }
+            });
+        }
+        for _ in 0..4 {
+            let (quotas, first) = (&quotas, &first);
+            s.spawn(move || {
+                for _ in 0..50 {
+                    if quotas.check(&ClientId::from("race")).is_ok() {
+                        first.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.into_inner(), 100);
+    assert_eq!(first.into_inner(), 100, "the new client was added once");
+    assert!(quotas.tracked_keys() <= quotas.max_keys());
 }
 
 #[test]

@@ -17,6 +17,12 @@ use crate::metrics::names;
 /// holds each client to its [`ClientQuotas`]; see the [module docs](super).
 ///
 /// Every service this layer makes shares its handles.
+///
+/// A request whose key extractor finds no client is handled as
+/// [`missing_key`](ThrottleLayerBuilder::missing_key) says (by default all such requests are
+/// one shared client) and counted in `backstop_throttle_keyless_requests_total`. Over HTTP,
+/// [`HeaderKey`](super::HeaderKey) finds few such requests: it falls back to the remote
+/// address when the header is missing.
 pub struct ThrottleLayer<K> {
     policy: Arc<Policy<K>>,
 }
