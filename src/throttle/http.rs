@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::error::{BoxError, OverloadReason, Overloaded, find_overload};
+use super::error::MissingClientKey;
+use crate::error::{BoxError, OverloadReason, Overloaded, find_in_chain, find_overload};
 
 impl Overloaded {
     /// The status a server answers this refusal with: 429 Too Many Requests when the client is
@@ -56,10 +57,11 @@ fn retry_after_seconds(after: Duration) -> u64 {
         .max(1)
 }
 
-/// Turns an [`Overloaded`] error (anywhere in the error's source chain) into its response and
-/// passes everything else through. Put it outermost in a server stack with
-/// `ServiceBuilder::map_result(overload_to_response)`, so the refusals of every backstop layer
-/// below become 429/503 answers:
+/// Turns an [`Overloaded`] error (anywhere in the error's source chain) into its response, a
+/// [`MissingClientKey`] (a throttle set to [`MissingKey::Refuse`](super::MissingKey::Refuse))
+/// into 400 Bad Request, and passes everything else through. Put it outermost in a server stack
+/// with `ServiceBuilder::map_result(overload_to_response)`, so the refusals of every backstop
+/// layer below become 429/503 answers:
 ///
 /// ```
 /// use backstop::throttle::{overload_to_response, HeaderKey, ShedFraction, ThrottleLayer};
@@ -87,6 +89,12 @@ pub fn overload_to_response<B: Default>(
     match result {
         Err(err) => match find_overload(err.as_ref()) {
             Some(overload) => Ok(overload.to_http_response()),
+            None if find_in_chain::<MissingClientKey>(err.as_ref()).is_some() => {
+                let mut res = http::Response::new(B::default());
+                // Not an overload: the request cannot be served as sent, so no Retry-After.
+                *res.status_mut() = http::StatusCode::BAD_REQUEST;
+                Ok(res)
+            }
             None => Err(err),
         },
         ok => ok,
@@ -132,6 +140,13 @@ mod tests {
             let outcome = HttpClassifier.classify(Ok::<_, &BoxError>(&res));
             assert_eq!(outcome, Outcome::Overload(Some(Duration::from_secs(3))));
         }
+    }
+
+    #[test]
+    fn a_missing_client_key_is_a_bad_request() {
+        let res = overload_to_response::<()>(Err(MissingClientKey.into())).unwrap();
+        assert_eq!(res.status(), 400);
+        assert!(!res.headers().contains_key(http::header::RETRY_AFTER));
     }
 
     #[test]

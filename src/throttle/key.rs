@@ -172,7 +172,8 @@ pub enum MissingKey {
     /// the keyless series, or choose another variant).
     #[default]
     Shared,
-    /// Refuse them with [`MissingClientKey`](super::MissingClientKey).
+    /// Refuse them with [`MissingClientKey`](super::MissingClientKey) (which
+    /// `overload_to_response` answers with 400 Bad Request).
     Refuse,
     /// Let them through untouched: neither shed nor held to a quota. Only for callers that
     /// are trusted or bounded by another layer: a client escapes the throttle by sending no key.
