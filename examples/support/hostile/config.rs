@@ -338,14 +338,6 @@ pub struct KnownOpen {
 
 pub static KNOWN_OPEN: &[KnownOpen] = &[
     KnownOpen {
-        builder: "ThrottleLayer+ShedFraction+ClientQuotas",
-        field: "shed_retry_after",
-        value: |v| matches!(v, Value::Duration(d) if d.as_secs() == u64::MAX),
-        why: "shed_retry_after(Duration::MAX) is accepted; the first shed request's \
-              Overloaded::to_http_response (overload_to_response) overflows `as_secs() + 1` in \
-              retry_after_seconds (src/throttle/http.rs)",
-    },
-    KnownOpen {
         builder: "AdmissionLayer+AdmissionController",
         field: "setpoint",
         value: |v| matches!(v, Value::F64(x) if x < 0.0),
