@@ -26,8 +26,7 @@ const RUN: Duration = Duration::from_secs(3);
 async fn run(bounded: bool) -> Result<Tally, BoxError> {
     let mut stack = ServerStack::none();
     if bounded {
-        let layer = BackpressureLayer::builder()
-            .name("http_server")
+        let layer = BackpressureLayer::builder("http_server")
             .max_in_flight(WORKERS)
             .max_waiting(WAITING)
             .hold_until_body_end()

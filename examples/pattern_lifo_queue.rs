@@ -25,8 +25,7 @@ const RUN: Duration = Duration::from_secs(3);
 async fn run(lifo: bool) -> Result<(Tally, Option<backstop::lifo_queue::QueueStats>), BoxError> {
     let mut stack = ServerStack::none();
     if lifo {
-        let layer = LifoQueueLayer::builder()
-            .name("http_server")
+        let layer = LifoQueueLayer::builder("http_server")
             .max_in_flight(WORKERS)
             .hold_until_body_end()
             .build()?;

@@ -285,8 +285,7 @@ fn run(
             Control::Pid | Control::Line => setup.pid_line(row.setpoint),
             _ => 100_000,
         };
-        let queue = BackpressureLayer::builder()
-            .name(control.name())
+        let queue = BackpressureLayer::builder(control.name())
             .max_in_flight(setup.workers)
             .max_waiting(max_waiting)
             .build()

@@ -48,7 +48,7 @@ fn run(row: Row) -> [f64; 7] {
         .build();
     rt.expect("runtime").block_on(async move {
         let start = Instant::now();
-        let line = BackpressureLayer::builder()
+        let line = BackpressureLayer::builder("backpressure")
             .max_in_flight(10)
             .max_waiting(10)
             .build();
@@ -69,7 +69,7 @@ fn run(row: Row) -> [f64; 7] {
             tokio::spawn(controller.clone().run_ticker());
         }
         let key = |r: &SimRequest| Some(ClientId::from(r.client));
-        let throttle = ThrottleLayer::builder(key).shed(shed.clone());
+        let throttle = ThrottleLayer::builder("throttle", key).shed(shed.clone());
         let throttle = throttle.build().expect("valid");
         let seen = Arc::new(Mutex::new(Seen::new()));
         let (ctl, seen2) = (controller.clone(), seen.clone());

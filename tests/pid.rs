@@ -417,7 +417,7 @@ fn sleepy()
 
 #[tokio::test(start_paused = true)]
 async fn queue_delay_of_a_backpressure_queue_is_waiting_over_grant_rate() {
-    let bp = BackpressureLayer::builder()
+    let bp = BackpressureLayer::builder("backpressure")
         .max_in_flight(1)
         .max_waiting(100)
         .build()
@@ -450,7 +450,7 @@ async fn queue_delay_of_a_backpressure_queue_is_waiting_over_grant_rate() {
 #[tokio::test(start_paused = true)]
 async fn queue_delay_at_light_load_divides_by_the_drain_rate_not_the_arrival_rate() {
     // One slot, 100 ms each: the queue drains 10 per second.
-    let bp = BackpressureLayer::builder()
+    let bp = BackpressureLayer::builder("backpressure")
         .max_in_flight(1)
         .max_waiting(100)
         .build()
@@ -488,7 +488,10 @@ async fn queue_delay_at_light_load_divides_by_the_drain_rate_not_the_arrival_rat
 
 #[tokio::test(start_paused = true)]
 async fn queue_delay_of_a_lifo_queue_reads_its_waiters() {
-    let lifo = LifoQueueLayer::builder().max_in_flight(1).build().unwrap();
+    let lifo = LifoQueueLayer::builder("lifo_queue")
+        .max_in_flight(1)
+        .build()
+        .unwrap();
     let expected = QueueDelay::of_queue(lifo.queue());
     let oldest = QueueDelay::of_queue(lifo.queue()).oldest_waiter();
     let svc = lifo.layer(sleepy());
@@ -668,7 +671,7 @@ fn simulate(
         .unwrap();
     rt.block_on(async move {
         let start = Instant::now();
-        let queue = BackpressureLayer::builder()
+        let queue = BackpressureLayer::builder("backpressure")
             .max_in_flight(workers)
             .max_waiting(control.line)
             .build()
@@ -961,7 +964,7 @@ proptest! {
     fn every_call_has_one_outcome_and_permits_come_back(steps in script()) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         rt.block_on(async move {
-            let queue = BackpressureLayer::builder().max_in_flight(2).max_waiting(3).build().unwrap();
+            let queue = BackpressureLayer::builder("backpressure").max_in_flight(2).max_waiting(3).build().unwrap();
             let limiter = queue.limiter().clone();
             let knob = Knob::default();
             let ctl = AdmissionController::builder(knob.clone()).setpoint(0.05).gains(3.0, 5.0, 0.0)

@@ -152,7 +152,7 @@ async fn two_instances_with_one_seed_throttle_the_same_clients_for_every_p() {
     };
     let (shed_a, shed_b, other) = (handle(99), handle(99), handle(100));
     let layer = |shed: &ShedFraction| {
-        ThrottleLayer::builder(by_id)
+        ThrottleLayer::builder("throttle", by_id)
             .shed(shed.clone())
             .build()
             .unwrap()
@@ -259,7 +259,7 @@ proptest! {
 async fn clones_share_the_fraction_and_the_quotas() {
     let shed = ShedFraction::builder("s").build().unwrap();
     let quotas = ClientQuotas::builder("q", per_second(1)).build().unwrap();
-    let layer = ThrottleLayer::builder(by_id)
+    let layer = ThrottleLayer::builder("throttle", by_id)
         .shed(shed.clone())
         .quotas(quotas.clone())
         .build()
@@ -305,7 +305,7 @@ async fn a_client_over_quota_is_refused_with_governors_wait_until_back_under() {
         .override_key("vip", per_second(100))
         .build()
         .unwrap();
-    let mut svc = ThrottleLayer::builder(by_id)
+    let mut svc = ThrottleLayer::builder("throttle", by_id)
         .quotas(quotas.clone())
         .build()
         .unwrap()
@@ -349,7 +349,7 @@ async fn a_key_flood_locks_out_neither_a_newcomer_nor_known_clients() {
         .max_keys(10_000)
         .build()
         .unwrap();
-    let mut svc = ThrottleLayer::builder(HeaderKey::default())
+    let mut svc = ThrottleLayer::builder("throttle", HeaderKey::default())
         .quotas(quotas.clone())
         .build()
         .unwrap()
@@ -600,8 +600,7 @@ async fn requests_without_a_key_are_shared_refused_or_exempt_and_counted() {
     };
     let layer = |name: &str, missing| {
         metrics::with_local_recorder(&recorder, || {
-            ThrottleLayer::builder(no_key)
-                .name(name)
+            ThrottleLayer::builder(name, no_key)
                 .quotas(quotas())
                 .missing_key(missing)
                 .build()
@@ -653,7 +652,7 @@ async fn header_key_falls_back_to_the_remote_address() {
     let quotas = ClientQuotas::builder("addr", per_second(2))
         .build()
         .unwrap();
-    let svc = ThrottleLayer::builder(HeaderKey::default())
+    let svc = ThrottleLayer::builder("throttle", HeaderKey::default())
         .quotas(quotas)
         .build()
         .unwrap()
@@ -788,7 +787,7 @@ async fn throttled_http_clients_get_429_with_retry_after() {
     let svc = ServiceBuilder::new()
         .map_result(overload_to_response)
         .layer(
-            ThrottleLayer::builder(HeaderKey::default())
+            ThrottleLayer::builder("throttle", HeaderKey::default())
                 .quotas(quotas)
                 .build()
                 .unwrap(),
@@ -816,10 +815,12 @@ async fn throttled_http_clients_get_429_with_retry_after() {
 
 #[test]
 fn invalid_configuration_names_the_field() {
-    let err = ThrottleLayer::builder(by_id).build().unwrap_err();
+    let err = ThrottleLayer::builder("throttle", by_id)
+        .build()
+        .unwrap_err();
     assert_eq!(err.field(), "shed");
     let shed = || ShedFraction::builder("s").build().unwrap();
-    let err = ThrottleLayer::builder(by_id)
+    let err = ThrottleLayer::builder("throttle", by_id)
         .shed(shed())
         .shed_retry_after(Duration::ZERO)
         .build()
@@ -883,7 +884,7 @@ async fn extreme_builder_values_build_a_working_layer_or_name_the_field() {
         Duration::MAX,
         Duration::from_secs(u64::MAX),
     ] {
-        let layer = ThrottleLayer::builder(HeaderKey::default())
+        let layer = ThrottleLayer::builder("throttle", HeaderKey::default())
             .shed(shed_all())
             .shed_retry_after(after)
             .build()
@@ -952,7 +953,7 @@ async fn extreme_builder_values_build_a_working_layer_or_name_the_field() {
             .build()
             .unwrap();
         assert!(quotas.max_keys() >= max_keys);
-        let layer = ThrottleLayer::builder(HeaderKey::default())
+        let layer = ThrottleLayer::builder("throttle", HeaderKey::default())
             .quotas(quotas.clone())
             .build()
             .unwrap();
@@ -985,7 +986,7 @@ async fn extreme_builder_values_build_a_working_layer_or_name_the_field() {
                 b = b.epoch_origin(origin);
             }
             let shed = b.build().unwrap();
-            let layer = ThrottleLayer::builder(HeaderKey::default())
+            let layer = ThrottleLayer::builder("throttle", HeaderKey::default())
                 .shed(shed.clone())
                 .build()
                 .unwrap();
@@ -1067,8 +1068,7 @@ async fn decisions_are_counted_from_zero() {
     let (layer, shed) = metrics::with_local_recorder(&recorder, || {
         let shed = ShedFraction::builder("m").build().unwrap();
         let quotas = ClientQuotas::builder("m", per_second(1)).build().unwrap();
-        let layer = ThrottleLayer::builder(by_id)
-            .name("metrics_test")
+        let layer = ThrottleLayer::builder("metrics_test", by_id)
             .shed(shed.clone())
             .quotas(quotas)
             .build()
@@ -1149,7 +1149,7 @@ proptest! {
         rt.block_on(async move {
             let shed = ShedFraction::builder("prop").seed(5).epoch_origin(Instant::now()).build().unwrap();
             let quotas = ClientQuotas::builder("prop", per_second(4)).build().unwrap();
-            let mut svc = ThrottleLayer::builder(by_id)
+            let mut svc = ThrottleLayer::builder("throttle", by_id)
                 .shed(shed.clone())
                 .quotas(quotas)
                 .build()

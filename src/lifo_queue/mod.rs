@@ -63,7 +63,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), backstop::BoxError> {
-//! let layer = LifoQueueLayer::builder()
+//! let layer = LifoQueueLayer::builder("lifo_queue")
 //!     .max_in_flight(1)
 //!     .target(Duration::from_millis(30))
 //!     .interval(Duration::from_millis(100))

@@ -89,7 +89,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), backstop::BoxError> {
 //! // 4 workers of 40 ms drain 100 requests/s: a line of 1.8 × 50 ms × 100/s = 9.
-//! let queue = BackpressureLayer::builder().max_in_flight(4).max_waiting(9).build()?;
+//! let queue = BackpressureLayer::builder("backpressure").max_in_flight(4).max_waiting(9).build()?;
 //! let controller = AdmissionController::builder(QueueDelay::of_limiter(queue.limiter()))
 //!     .setpoint(0.050) // 50 ms of queue delay
 //!     .dead_band(0.015) // shed more only above 65 ms

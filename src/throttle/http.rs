@@ -73,7 +73,7 @@ fn retry_after_seconds(after: Duration) -> u64 {
 /// let shed = ShedFraction::builder("api").initial(1.0).build()?; // shed everyone
 /// let svc = ServiceBuilder::new()
 ///     .map_result(overload_to_response)
-///     .layer(ThrottleLayer::builder(HeaderKey::default()).shed(shed).build()?)
+///     .layer(ThrottleLayer::builder("throttle", HeaderKey::default()).shed(shed).build()?)
 ///     .service_fn(|_req: http::Request<String>| async {
 ///         Ok::<_, BoxError>(http::Response::new(String::from("hello")))
 ///     });

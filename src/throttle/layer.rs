@@ -42,11 +42,11 @@ impl<K> fmt::Debug for ThrottleLayer<K> {
 }
 
 impl<K> ThrottleLayer<K> {
-    /// Starts a builder that finds each request's client with `key`.
-    pub fn builder(key: K) -> ThrottleLayerBuilder<K> {
+    /// Starts a builder whose series carry `name`, finding each request's client with `key`.
+    pub fn builder(name: impl Into<String>, key: K) -> ThrottleLayerBuilder<K> {
         ThrottleLayerBuilder {
             key,
-            name: "throttle".to_owned(),
+            name: name.into(),
             missing: MissingKey::default(),
             shed: None,
             quotas: None,
@@ -85,12 +85,6 @@ pub struct ThrottleLayerBuilder<K> {
 }
 
 impl<K> ThrottleLayerBuilder<K> {
-    /// The name the layer's series carry. Default `throttle`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
     /// What to do with requests whose key extractor finds no client (see [`MissingKey`]).
     /// Default: [`MissingKey::Shared`], one client for all of them. Every such request is
     /// counted in `backstop_throttle_keyless_requests_total`.

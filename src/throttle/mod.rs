@@ -57,7 +57,7 @@
 //! let shed = ShedFraction::builder("api").seed(0x5eed).build()?;
 //! let quotas = ClientQuotas::builder("api", Quota::per_second(NonZeroU32::new(100).unwrap())).build()?;
 //! let mut svc = ServiceBuilder::new()
-//!     .layer(ThrottleLayer::builder(HeaderKey::default()).shed(shed.clone()).quotas(quotas).build()?)
+//!     .layer(ThrottleLayer::builder("throttle", HeaderKey::default()).shed(shed.clone()).quotas(quotas).build()?)
 //!     .service_fn(|_req: http::Request<()>| async { Ok::<_, BoxError>("ok") });
 //!
 //! let request = |client: &str| http::Request::builder().header("x-client-id", client).body(()).unwrap();

@@ -154,8 +154,7 @@ fn request(client: &str) -> http::Request<()> {
 async fn flood_run(key_len: usize, flood: bool) -> Run {
     let before = alloc::allocated_bytes();
     let quotas = quotas();
-    let layer = ThrottleLayer::builder(HeaderKey::default())
-        .name("hostile_throttle")
+    let layer = ThrottleLayer::builder("hostile_throttle", HeaderKey::default())
         .quotas(quotas.clone())
         .build()
         .expect("a valid layer");

@@ -266,8 +266,7 @@ impl ServerStack {
     }
 
     fn pid_stack(workers: usize, mode: PidMode, line: Option<usize>) -> Result<Self, BoxError> {
-        let mut lifo = LifoQueueLayer::builder()
-            .name("http_server")
+        let mut lifo = LifoQueueLayer::builder("http_server")
             .max_in_flight(workers)
             .hold_until_body_end();
         if let Some(line) = line {
@@ -276,8 +275,7 @@ impl ServerStack {
         let lifo = lifo.build()?;
         let shed = ShedFraction::builder("http_server").build()?;
         let quota = Quota::per_second(CLIENT_QUOTA_PER_SECOND.try_into()?);
-        let throttle = ThrottleLayer::builder(HeaderKey::default())
-            .name("http_server")
+        let throttle = ThrottleLayer::builder("http_server", HeaderKey::default())
             .shed(shed.clone())
             .quotas(ClientQuotas::builder("http_server", quota).build()?)
             .build()?;
