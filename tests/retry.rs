@@ -1173,5 +1173,30 @@ mod decided {
         let res = b.oneshot(idempotent_get()).await.unwrap();
         assert!(!res.headers().contains_key(RETRIED_HEADER));
         assert_eq!(sends_http(&b_log), 1);
+
+        // A handler whose call below answered 200 or 429 (an overload, never retried, so
+        // nothing was decided below) and that fails anyway.
+        for c_status in [200, 429] {
+            let (c, _) = http_service(c_status, true);
+            let client = RetryLayer::builder(budget_with(10.0))
+                .classifier(HttpClassifier)
+                .build()
+                .unwrap()
+                .layer(c);
+            let handler = tower::service_fn(move |req: http::Request<()>| {
+                let client = client.clone();
+                async move {
+                    client.oneshot(req).await?;
+                    Ok::<_, BoxError>(http::Response::builder().status(500).body(()).unwrap())
+                }
+            });
+            let b = PropagateRetriedLayer::new(HttpClassifier).layer(handler);
+            let res = b.oneshot(idempotent_get()).await.unwrap();
+            assert_eq!(res.status(), 500);
+            assert!(
+                !res.headers().contains_key(RETRIED_HEADER),
+                "C answered {c_status}"
+            );
+        }
     }
 }

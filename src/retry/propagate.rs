@@ -67,7 +67,8 @@ impl Drop for Enter {
 /// would retry (sending B, and so C, the request twice more). [`PropagateRetried`] closes that
 /// gap: it runs each request of a server in a small scope that the retry layers in the handler's
 /// calls report to; when the handler's own answer is a retryable failure and a call it made had
-/// a failure decided below it, the answer goes out marked too.
+/// a failure decided below it, the answer goes out marked too. (Even when the handler fails for
+/// another reason after such a call: the mark errs towards less work.)
 ///
 /// The scope is a thread-local set around each poll of the server's future (as tokio's task
 /// locals are), so it reaches every call the handler awaits, however deeply nested, but not a
