@@ -1,6 +1,6 @@
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use tokio::time::Instant;
 
@@ -26,6 +26,17 @@ pub trait Signal: Send + Sync + 'static {
     fn instant(&self) -> Option<f64> {
         None
     }
+
+    /// Whether the resource had room for every request from the previous
+    /// [`sample`](Self::sample) to the last one: for a queue, nobody waits at the last sample
+    /// and nobody had to wait in between. The controller reads it right after each sample, and
+    /// after such ticks it lets go of its shed fast (see
+    /// [`idle_release`](super::AdmissionControllerBuilder::idle_release)): a server that
+    /// idled through a whole tick is shedding work it could do. `None`, the default, when the
+    /// signal cannot tell; the shed then unwinds at the integral's own pace.
+    fn idle(&self) -> Option<bool> {
+        None
+    }
 }
 
 impl<S: Signal + ?Sized> Signal for Box<S> {
@@ -36,6 +47,10 @@ impl<S: Signal + ?Sized> Signal for Box<S> {
     fn instant(&self) -> Option<f64> {
         (**self).instant()
     }
+
+    fn idle(&self) -> Option<bool> {
+        (**self).idle()
+    }
 }
 
 impl<S: Signal + ?Sized> Signal for std::sync::Arc<S> {
@@ -45,6 +60,10 @@ impl<S: Signal + ?Sized> Signal for std::sync::Arc<S> {
 
     fn instant(&self) -> Option<f64> {
         (**self).instant()
+    }
+
+    fn idle(&self) -> Option<bool> {
+        (**self).idle()
     }
 }
 
@@ -68,6 +87,10 @@ pub struct QueueDelay {
     /// The drain rate of the last sample (f64 bits; 0 before one is known), for
     /// [`instant`](Signal::instant) readings between samples.
     drain: AtomicU64,
+    /// The queue's count of requests that had to wait, at the last sample (`u64::MAX` before
+    /// the first), and whether nobody waited between the last two samples.
+    queued: AtomicU64,
+    idle: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -100,6 +123,8 @@ impl QueueDelay {
             source: QueueSource::Backpressure(limiter.clone()),
             estimate: Some(Mutex::default()),
             drain: AtomicU64::new(0),
+            queued: AtomicU64::new(u64::MAX),
+            idle: AtomicBool::new(false),
         }
     }
 
@@ -110,6 +135,8 @@ impl QueueDelay {
             source: QueueSource::Lifo(queue.clone()),
             estimate: Some(Mutex::default()),
             drain: AtomicU64::new(0),
+            queued: AtomicU64::new(u64::MAX),
+            idle: AtomicBool::new(false),
         }
     }
 
@@ -149,6 +176,11 @@ impl fmt::Debug for QueueDelay {
 impl Signal for QueueDelay {
     fn sample(&self, now: Instant) -> Option<f64> {
         let stats = self.stats();
+        // Idle: nobody waits now, and the count of requests that had to wait has not moved
+        // since the last sample (never idle at the first, which has nothing to compare with).
+        let queued_before = self.queued.swap(stats.queued, Relaxed);
+        self.idle
+            .store(stats.waiting == 0 && queued_before == stats.queued, Relaxed);
         let oldest = stats.oldest_wait.map_or(0.0, |d| d.as_secs_f64());
         let Some(estimate) = &self.estimate else {
             return Some(oldest);
@@ -210,6 +242,12 @@ impl Signal for QueueDelay {
         }
         let drain = f64::from_bits(self.drain.load(Relaxed));
         (drain > f64::EPSILON).then(|| stats.waiting as f64 / drain)
+    }
+
+    /// True when nobody waited in the queue from the previous sample to the last one: every
+    /// request found a free slot at once.
+    fn idle(&self) -> Option<bool> {
+        Some(self.idle.load(Relaxed))
     }
 }
 
