@@ -1118,7 +1118,7 @@ async fn one_idle_tick_in_an_overload_releases_a_tenth_of_the_integral() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn queue_delay_is_idle_only_when_nobody_waited_since_the_last_sample() {
+async fn queue_delay_is_idle_only_when_fewer_than_half_waited_since_the_last_sample() {
     let bp = BackpressureLayer::builder()
         .max_in_flight(1)
         .max_waiting(100)
@@ -1145,13 +1145,28 @@ async fn queue_delay_is_idle_only_when_nobody_waited_since_the_last_sample() {
         Some(0.0),
         "empty at the sample"
     );
-    assert_eq!(signal.idle(), Some(false), "but one request waited since");
+    assert_eq!(
+        signal.idle(),
+        Some(false),
+        "but half the requests waited since"
+    );
     // One at a time: each finds the slot free.
     for _ in 0..3 {
         svc.clone().oneshot(http::Request::new(10)).await.unwrap();
     }
     signal.sample(Instant::now());
     assert_eq!(signal.idle(), Some(true));
+    // Two at once, then three one at a time: one of five waited, fewer than half.
+    let a = tokio::spawn(svc.clone().oneshot(http::Request::new(10)));
+    let b = tokio::spawn(svc.clone().oneshot(http::Request::new(10)));
+    sleep(Duration::from_millis(50)).await;
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    for _ in 0..3 {
+        svc.clone().oneshot(http::Request::new(10)).await.unwrap();
+    }
+    signal.sample(Instant::now());
+    assert_eq!(signal.idle(), Some(true), "one of five waited");
     // Someone waiting now is not idle.
     let tasks: Vec<_> = (0..2)
         .map(|_| tokio::spawn(svc.clone().oneshot(http::Request::new(100))))
