@@ -83,12 +83,12 @@ use tower::{Layer, Service, ServiceExt};
 const TICK: Duration = Duration::from_millis(100);
 /// The controller's [`idle_release`](backstop::pid::AdmissionControllerBuilder::idle_release):
 /// `BACKSTOP_IDLE_RELEASE=0` turns it off, to compare with the shed unwinding at the
-/// integral's own pace; default the library's (0.1).
+/// integral's own pace; default the library's (0.25).
 fn idle_release() -> f64 {
     std::env::var("BACKSTOP_IDLE_RELEASE")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.1)
+        .unwrap_or(0.25)
 }
 
 /// The seeds when `--seeds` is not given.

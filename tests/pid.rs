@@ -1063,11 +1063,11 @@ async fn shedding(knob: &IdleKnob, idle_release: Option<f64>) -> AdmissionContro
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_signal_releases_the_shed_in_a_few_ticks_not_at_the_integrals_pace() {
-    // The default: 0.1 of the integral at the first idle tick, doubling at each further one.
+    // The default: 0.25 of the integral at the first idle tick, doubling at each further one.
     let knob = IdleKnob::default();
     let fast = shedding(&knob, None).await;
     let fast_ticks = ticks_to_release(&fast, &knob, true).await;
-    assert!(fast_ticks <= 6, "released in {fast_ticks} ticks");
+    assert!(fast_ticks <= 4, "released in {fast_ticks} ticks");
     assert_eq!(
         fast.idle_releases() as usize,
         fast_ticks.min(fast_ticks),
@@ -1088,7 +1088,7 @@ async fn an_idle_signal_releases_the_shed_in_a_few_ticks_not_at_the_integrals_pa
 }
 
 #[tokio::test(start_paused = true)]
-async fn one_idle_tick_in_an_overload_releases_a_tenth_of_the_integral() {
+async fn one_idle_tick_in_an_overload_releases_a_quarter_of_the_integral() {
     let knob = IdleKnob::default();
     let ctl = shedding(&knob, None).await;
     // Hold at the setpoint: no error, the integral holds still.
@@ -1101,8 +1101,8 @@ async fn one_idle_tick_in_an_overload_releases_a_tenth_of_the_integral() {
     advance(TICK).await;
     ctl.poll_tick(Instant::now());
     let after = ctl.terms().i;
-    assert!((after - 0.9 * before).abs() < 1e-9, "{before} -> {after}");
-    // Busy again: the streak ends, and the next idle tick starts from a tenth again.
+    assert!((after - 0.75 * before).abs() < 1e-9, "{before} -> {after}");
+    // Busy again: the streak ends, and the next idle tick starts from a quarter again.
     knob.set(0.020, false);
     advance(TICK).await;
     ctl.poll_tick(Instant::now());
@@ -1110,7 +1110,7 @@ async fn one_idle_tick_in_an_overload_releases_a_tenth_of_the_integral() {
     advance(TICK).await;
     ctl.poll_tick(Instant::now());
     assert!(
-        (ctl.terms().i - 0.81 * before).abs() < 1e-9,
+        (ctl.terms().i - 0.5625 * before).abs() < 1e-9,
         "{:?}",
         ctl.terms()
     );

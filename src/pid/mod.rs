@@ -61,11 +61,11 @@
 //!   worker; the integral tracks what the floor let in, slowly
 //!   ([`floor_tracking`](AdmissionControllerBuilder::floor_tracking) of 60 s: per tick the
 //!   floor's share is as noisy as the arrivals);
-//! - the default [`idle_release`](AdmissionControllerBuilder::idle_release) (0.1): once the
+//! - the default [`idle_release`](AdmissionControllerBuilder::idle_release) (0.25): once the
 //!   signal reports a tick with slack ([`Signal::idle`]: nobody waiting at the sample, fewer
 //!   than half of the requests since the last one made to wait), the integral
-//!   lets go of a tenth of itself, then a fifth, two fifths... at each further idle tick, so a
-//!   shed left over from a surge is gone within about five ticks of the queue running empty
+//!   lets go of a quarter of itself, then half, then all at each further idle tick, so a
+//!   shed left over from a surge is gone within about three ticks of the queue running empty
 //!   instead of unwinding at `ki × setpoint` a second (1.6 s from 0.65 at 20 ms), while the
 //!   whole clients it refused wait.
 //!
