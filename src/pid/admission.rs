@@ -421,6 +421,7 @@ impl fmt::Debug for AdmissionControllerBuilder {
             .field("dead_band", &self.dead_band)
             .field("error_limit", &self.error_limit)
             .field("floor", &self.floor)
+            .field("idle_release", &self.idle_release)
             .finish_non_exhaustive()
     }
 }
