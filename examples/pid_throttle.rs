@@ -57,13 +57,14 @@ fn run(row: Row) -> [f64; 7] {
         let shed = ShedFraction::builder("clients").seed(7).epoch_origin(start);
         let shed = shed.build().expect("valid");
         let to_throttle = shed.clone();
-        let controller = AdmissionController::builder(QueueDelay::of_limiter(&limiter))
-            .setpoint(0.050)
-            .dead_band(0.025)
-            .draw(Draw::Even)
-            .on_shed_fraction(move |s| to_throttle.set(s))
-            .build()
-            .expect("valid");
+        let controller =
+            AdmissionController::builder("admission", QueueDelay::of_limiter(&limiter))
+                .setpoint(0.050)
+                .dead_band(0.025)
+                .draw(Draw::Even)
+                .on_shed_fraction(move |s| to_throttle.set(s))
+                .build()
+                .expect("valid");
         if row == Row::Throttle {
             // No request passes through an AdmissionLayer: tick on a timer.
             tokio::spawn(controller.clone().run_ticker());

@@ -130,10 +130,11 @@ async fn the_readme_server_stack_runs_in_a_spawned_task() {
 #[tokio::test]
 async fn admission_over_backpressure_runs_in_a_spawned_task() {
     let queue = BackpressureLayer::new("backpressure", 4, 8).unwrap();
-    let controller = AdmissionController::builder(QueueDelay::of_limiter(queue.limiter()))
-        .setpoint(0.05)
-        .build()
-        .unwrap();
+    let controller =
+        AdmissionController::builder("admission", QueueDelay::of_limiter(queue.limiter()))
+            .setpoint(0.05)
+            .build()
+            .unwrap();
     let mut svc = ServiceBuilder::new()
         .layer(AdmissionLayer::new(controller))
         .layer(queue)

@@ -336,14 +336,7 @@ pub struct KnownOpen {
     pub why: &'static str,
 }
 
-pub static KNOWN_OPEN: &[KnownOpen] = &[KnownOpen {
-    builder: "AdmissionLayer+AdmissionController",
-    field: "setpoint",
-    value: |v| matches!(v, Value::F64(x) if x < 0.0),
-    why: "a negative setpoint is accepted, and a queue-delay signal that is idle (0) is then \
-          above it: the controller sheds up to 1 - min_admission of the traffic of an idle \
-          server (src/pid, AdmissionControllerBuilder::setpoint)",
-}];
+pub static KNOWN_OPEN: &[KnownOpen] = &[];
 
 thread_local! {
     static IN_CASE: Cell<bool> = const { Cell::new(false) };
@@ -620,7 +613,7 @@ fn pid_admission(s: &Settings<'_>) -> Result<Built, ConfigError> {
     let rt = runtime();
     let _guard = rt.enter();
     // An idle signal: nothing is queued, so nothing should be shed.
-    let b = AdmissionController::builder(signal_fn(|_| Some(0.0))).seed(11);
+    let b = AdmissionController::builder("admission", signal_fn(|_| Some(0.0))).seed(11);
     let b = with(b, s.dur("tick"), |b, v| b.tick(v));
     let b = with(b, s.f64("setpoint"), |b, v| b.setpoint(v));
     let b = match (s.f64("kp"), s.f64("ki"), s.f64("kd")) {

@@ -71,7 +71,7 @@
 //! let shed = ShedFraction::builder("inventory_server").seed(42).build()?;
 //! // ...as far as a PID controller holding the queue delay at 20 ms asks. It ticks on its own
 //! // task and refuses no request itself: it only moves the throttle's shed fraction.
-//! let admission = AdmissionController::builder(QueueDelay::of_queue(queue.queue()))
+//! let admission = AdmissionController::builder("admission", QueueDelay::of_queue(queue.queue()))
 //!     .setpoint(0.020)
 //!     .on_shed_fraction({
 //!         let shed = shed.clone();
