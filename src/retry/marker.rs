@@ -90,23 +90,6 @@ impl<B> RetryRequest for http::Request<B> {
     }
 }
 
-/// Simulated requests: idempotent when their extensions hold [`Idempotent`]; the retry gets an
-/// [`Attempt`] extension. (The harness's own `attempt` field is left to the harness.)
-#[cfg(all(feature = "sim", feature = "http"))]
-impl RetryRequest for crate::sim::SimRequest {
-    fn is_idempotent(&self) -> bool {
-        self.extensions.get::<Idempotent>().is_some()
-    }
-    fn set_attempt(&mut self, attempt: u32) {
-        self.extensions.insert(Attempt(attempt));
-    }
-}
-
-/// Simulated requests, without the `http` feature: never idempotent unless a predicate or
-/// [`AnyRequest`] says so, and the retry is not marked.
-#[cfg(all(feature = "sim", not(feature = "http")))]
-impl RetryRequest for crate::sim::SimRequest {}
-
 /// Reads and writes the "decided below" marker on a successful call's response, for
 /// protocols that report failures in responses (an HTTP 5xx). Errors carry the marker as
 /// [`AlreadyRetried`], for any protocol.
