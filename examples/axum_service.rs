@@ -136,6 +136,22 @@ struct HopStats {
     retries: AtomicU64,
     /// Each upload B read to its end: the attempt number and the bytes.
     uploads: Mutex<Vec<(u32, Bytes)>>,
+    /// Time spent working (`work_ms`), finished or cut off, in microseconds.
+    busy_us: AtomicU64,
+}
+
+/// Adds the time from its start to its drop to `busy_us`: a handler cut off by its deadline
+/// is dropped half-way, and its work so far still counts.
+struct Working<'a> {
+    stats: &'a HopStats,
+    since: tokio::time::Instant,
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        let spent = self.since.elapsed().as_micros() as u64;
+        self.stats.busy_us.fetch_add(spent, Relaxed);
+    }
 }
 
 impl HopStats {
@@ -314,6 +330,10 @@ async fn chain(State(hop): State<Hop>, req: Request) -> Response {
     let work = Duration::from_millis(param("work_ms").and_then(|v| v.parse().ok()).unwrap_or(0));
     let ends_here = hop.next.is_none() || param("end") == Some(hop.label());
     if ends_here {
+        let _working = Working {
+            stats: &hop.stats,
+            since: tokio::time::Instant::now(),
+        };
         tokio::time::sleep(work).await;
         return line.into_response();
     }
@@ -523,16 +543,42 @@ fn show(map: &BTreeMap<u16, u64>) -> String {
         .join(", ")
 }
 
-/// The figures the last line prints.
+/// What the run measured. (`pub(crate)` for `tests/axum_service.rs`, which runs this file
+/// and checks every field; `main` prints the summary's four.)
 #[derive(Debug)]
-struct Summary {
-    hop1_budget_ms: u64,
-    hop3_deadline_ms: u64,
-    streamed_retry_ok: bool,
-    statuses: BTreeSet<u16>,
+#[allow(dead_code, reason = "tests/axum_service.rs reads every field")]
+pub(crate) struct Summary {
+    /// The deadline A's handler had: the budget A's server stack gave its caller's request.
+    pub(crate) hop1_budget_ms: u64,
+    /// The deadline B's handler had.
+    pub(crate) hop2_deadline_ms: u64,
+    /// The deadline C's handler had.
+    pub(crate) hop3_deadline_ms: u64,
+    /// The streamed POST got 200, and B read all of its bytes on both attempts.
+    pub(crate) streamed_retry_ok: bool,
+    /// Every status the caller saw.
+    pub(crate) statuses: BTreeSet<u16>,
+    /// The 429 and 503 answers the caller saw in step 3, and how many carried `Retry-After`.
+    pub(crate) refusals: u64,
+    pub(crate) refusals_with_retry_after: u64,
+    /// Retries B received during step 3 (an overload answer must never be retried).
+    pub(crate) overload_retries: u64,
+    /// Step 4: the caller's status, the attempts C received, and C's work on them.
+    pub(crate) late_status: u16,
+    pub(crate) late_c_attempts: u64,
+    pub(crate) late_c_work_ms: u64,
+    /// The same work asked of C directly, with no deadline: what C spends when no one tells it
+    /// the caller has left.
+    pub(crate) baseline_c_work_ms: u64,
 }
 
-async fn run() -> Result<Summary, BoxError> {
+/// C's work time since `before`, in milliseconds.
+fn work_since(stats: &HopStats, before: u64) -> u64 {
+    (stats.busy_us.load(Relaxed) - before) / 1000
+}
+
+/// Runs the four steps (and the baseline) against three fresh services, printing each answer.
+pub(crate) async fn run() -> Result<Summary, BoxError> {
     // C first, so B knows where to call, then A.
     let c = start(C, None).await?;
     let b = start(B, Some(c.url())).await?;
@@ -541,7 +587,7 @@ async fn run() -> Result<Summary, BoxError> {
     let mut statuses = BTreeSet::new();
 
     // 1. The deadline each hop's handler runs under. The caller sends none: A's server stack
-    //    gives the request its budget.
+    //    gives the request its budget, and each client timeout on the way takes its fraction.
     println!("1. GET A/chain → B → C, no deadline from the caller");
     let probe = call(&caller, get_from(format!("{}/chain", a.url()), "probe")?).await?;
     statuses.insert(probe.status.as_u16());
@@ -550,7 +596,7 @@ async fn run() -> Result<Summary, BoxError> {
     let hop3 = reported_ms(&probe.body, "C").ok_or("C reported no deadline")?;
     println!(
         "   {}: A's handler has {hop1} ms (A's budget for its caller), B's {hop2} ms, C's {hop3} ms \
-         ({:.3} of A's)",
+         (C/A = {:.3})",
         probe.status,
         hop3 as f64 / hop1.max(1) as f64
     );
@@ -571,14 +617,14 @@ async fn run() -> Result<Summary, BoxError> {
     statuses.insert(upload.status.as_u16());
     let reads = b.stats.uploads.lock().expect("not poisoned").clone();
     for (attempt, bytes) in &reads {
+        let same = if *bytes == sent {
+            "equal to"
+        } else {
+            "NOT equal to"
+        };
         println!(
-            "   B read attempt {attempt}: {} bytes, {} the {} sent",
+            "   B read attempt {attempt}: {} bytes, {same} the {} sent",
             bytes.len(),
-            if *bytes == sent {
-                "equal to"
-            } else {
-                "NOT equal to"
-            },
             sent.len()
         );
     }
@@ -594,7 +640,7 @@ async fn run() -> Result<Summary, BoxError> {
 
     // 3a. One client past B's quota: B's 429s go back to the caller, never retried by A.
     let b_retries_before = b.stats.retries.load(Relaxed);
-    println!("3. B overloaded");
+    println!("3. B overloaded (requests through A that end at B)");
     let mut greedy = Vec::with_capacity(GREEDY_REQUESTS);
     for _ in 0..GREEDY_REQUESTS {
         let req = get_from(format!("{}/chain?end=B", a.url()), "greedy")?;
@@ -610,10 +656,8 @@ async fn run() -> Result<Summary, BoxError> {
     let url = format!("{}/chain?end=B&work_ms={}", a.url(), CROWD_WORK.as_millis());
     let mut crowd = tokio::task::JoinSet::new();
     for i in 0..CROWD {
-        let (caller, req) = (
-            caller.clone(),
-            get_from(url.clone(), &format!("crowd-{i}"))?,
-        );
+        let req = get_from(url.clone(), &format!("crowd-{i}"))?;
+        let caller = caller.clone();
         crowd.spawn(async move { call(&caller, req).await });
     }
     let mut crowd_answers = Vec::with_capacity(CROWD);
@@ -627,36 +671,57 @@ async fn run() -> Result<Summary, BoxError> {
         B.waiting,
         tally(&crowd_answers)
     );
+    let overload_retries = b.stats.retries.load(Relaxed) - b_retries_before;
     println!(
-        "   refusals answered by B's stack so far: {}; by A's: {}; retries B received since: {}",
+        "   refusals answered by B's stack: {}; by A's: {}; retries B received: {overload_retries}",
         show(&b.stats.answered()),
         show(&a.stats.answered()),
-        b.stats.retries.load(Relaxed) - b_retries_before
     );
-    statuses.extend(
-        greedy
+    let overloaded: Vec<&Answer> = greedy.iter().chain(&crowd_answers).collect();
+    statuses.extend(overloaded.iter().map(|a| a.status.as_u16()));
+    let refused = || {
+        overloaded
             .iter()
-            .chain(&crowd_answers)
-            .map(|a| a.status.as_u16()),
-    );
+            .filter(|a| matches!(a.status.as_u16(), 429 | 503))
+    };
+    let refusals = refused().count() as u64;
+    let refusals_with_retry_after = refused().filter(|a| a.retry_after.is_some()).count() as u64;
 
     // 4. C is asked to work longer than the deadline it inherits.
-    let c_arrived_before = c.stats.arrived.load(Relaxed);
     println!(
         "4. GET A/chain → B → C, C asked to work {} ms",
         LATE_WORK.as_millis()
     );
+    let (c_arrived, c_busy, c_504) = (
+        c.stats.arrived.load(Relaxed),
+        c.stats.busy_us.load(Relaxed),
+        c.stats.answered().get(&504).copied().unwrap_or(0),
+    );
     let url = format!("{}/chain?work_ms={}", a.url(), LATE_WORK.as_millis());
     let started = tokio::time::Instant::now();
     let late = call(&caller, get_from(url, "late")?).await?;
+    let late_ms = started.elapsed().as_millis();
     statuses.insert(late.status.as_u16());
+    let late_c_attempts = c.stats.arrived.load(Relaxed) - c_arrived;
+    let late_c_work_ms = work_since(&c.stats, c_busy);
     println!(
-        "   {} after {} ms; C's stack answered {}; C received {} attempt(s), B's stack answered {}",
+        "   {} after {late_ms} ms; C received {late_c_attempts} attempt(s) and answered 504 to {}, \
+         working {late_c_work_ms} ms in all",
         late.status,
-        started.elapsed().as_millis(),
-        show(&c.stats.answered()),
-        c.stats.arrived.load(Relaxed) - c_arrived_before,
-        show(&b.stats.answered()),
+        c.stats.answered().get(&504).copied().unwrap_or(0) - c_504,
+    );
+
+    // The baseline: the same work asked of C with no deadline, as a call without deadline
+    // propagation would arrive. C works it to the end for a caller that has long left.
+    let c_busy = c.stats.busy_us.load(Relaxed);
+    let url = format!("{}/chain?work_ms={}", c.url(), LATE_WORK.as_millis());
+    let baseline = call(&caller, get_from(url, "baseline")?).await?;
+    let baseline_c_work_ms = work_since(&c.stats, c_busy);
+    println!(
+        "   baseline, the same work asked of C with no deadline: {}, C worked {baseline_c_work_ms} ms \
+         (with the deadline carried: {:.2} of that)",
+        baseline.status,
+        late_c_work_ms as f64 / baseline_c_work_ms.max(1) as f64
     );
 
     drop(caller);
@@ -665,15 +730,28 @@ async fn run() -> Result<Summary, BoxError> {
     c.stop().await?;
     Ok(Summary {
         hop1_budget_ms: hop1,
+        hop2_deadline_ms: hop2,
         hop3_deadline_ms: hop3,
         streamed_retry_ok,
         statuses,
+        refusals,
+        refusals_with_retry_after,
+        overload_retries,
+        late_status: late.status.as_u16(),
+        late_c_attempts,
+        late_c_work_ms,
+        baseline_c_work_ms,
     })
+}
+
+/// The whole run under [`RUN_BOUND`].
+pub(crate) async fn run_bounded() -> Result<Summary, BoxError> {
+    tokio::time::timeout(RUN_BOUND, run()).await?
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let summary = tokio::time::timeout(RUN_BOUND, run()).await??;
+    let summary = run_bounded().await?;
     let statuses: Vec<String> = summary.statuses.iter().map(u16::to_string).collect();
     println!(
         "summary: hop1_budget_ms={} hop3_deadline_ms={} streamed_retry_ok={} statuses={}",
