@@ -15,22 +15,32 @@
 //! No handler has any deadline code: A's server stack gives its caller's request a budget, the
 //! `ScopeLayer` makes it the deadline of every call A's handler makes, each client timeout takes
 //! its fraction of what is left, `send_deadline` writes the rest into `grpc-timeout` and
-//! `backstop-timeout-ms`, and B's and C's `inherit_deadline` read it back.
+//! `backstop-timeout-ms`, and B's and C's `inherit_deadline` read it back. With the settings
+//! here C gets at most 2000 ms × 0.9 (A's overall timeout) capped at 800 ms (A's per-attempt
+//! timeout), × 0.9 (B's server) × 0.9 (B's overall) × 0.5 (B's per-attempt) × 0.9 (C's server):
+//! about 290 ms, less whatever the hops took.
 //!
 //! The caller (this program's `main`, a plain hyper-util client) then shows, step by step:
-//! 1. the deadline each hop's handler has (A's is the budget A gives; C's is smaller, having
-//!    passed two hops and four client timeouts' fractions);
-//! 2. a POST with a streamed, non-`Clone` body that A forwards to B marked
-//!    [`Idempotent`]: B reads it all and fails the first one with a 500, A's client retries it
-//!    with the replayed body, and B reads it all again and answers 200;
-//! 3. B overloaded: one client past its quota gets 429, a crowd of slow requests past B's small
-//!    LIFO queue gets 503, both with `Retry-After`, and A's client retries neither;
-//! 4. a request whose deadline passes while C works: C answers 504 and so does everyone above.
+//! 1. the deadline each hop's handler has (`hop1_budget_ms` is A's, the budget A gives its
+//!    caller's request; `hop3_deadline_ms` is C's);
+//! 2. a POST with a streamed, non-`Clone` body that A forwards to B marked [`Idempotent`]: B
+//!    reads it all and fails the first one with a 500, A's client retries it with the replayed
+//!    body, and B reads it all again and answers 200 (`streamed_retry_ok=1` only if the caller
+//!    got 200 and B read every byte, equal to those sent, on both attempts);
+//! 3. B overloaded, through A: one client past its quota (10 a minute) gets 429, a crowd of
+//!    slow requests past B's small LIFO queue (2 in flight, 2 waiting) gets 503, both with
+//!    `Retry-After`; A's client retries neither, and A passes them up as they are;
+//! 4. a request whose deadline passes while C works: C answers 504, and so does everyone above.
+//!    How much C worked on it is set against a baseline measured in the same run, the same
+//!    work asked of C with no deadline, as a chain without deadline propagation would ask it.
+//!    (A 504 is retryable to the HTTP classifier, so B's client may retry it once with what
+//!    time is left, and C then sees two attempts: the run prints how many it received.)
 //!
 //! It ends with one line:
 //! `summary: hop1_budget_ms=N hop3_deadline_ms=N streamed_retry_ok=0|1 statuses=S`, every
-//! figure measured in the run. Real sockets and the real clock (about 2 s in all); every request
-//! loop is bounded, the whole run is under a 60 s timeout, and the servers shut down gracefully.
+//! figure measured in the run, `S` the statuses the caller saw. Real sockets and the real clock
+//! (about 2 s in all); every request loop is bounded, the whole run is under a 60 s timeout, and
+//! the servers shut down gracefully. `tests/axum_service.rs` runs it and checks each claim.
 //!
 //!     cargo run --release --example axum_service
 
@@ -47,7 +57,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{Route, get, post};
-use backstop::BoxError;
 use backstop::context::{self, ScopeLayer};
 use backstop::hedge::HedgeLayer;
 use backstop::http::{ErrorToResponseLayer, ReplayBody, ReplayBodyLayer, error_status};
@@ -58,6 +67,7 @@ use backstop::throttle::{ClientQuotas, HeaderKey, Quota, ThrottleLayer};
 use backstop::timeout::TimeoutLayer;
 use backstop::timeout::headers::{inherit_deadline, send_deadline};
 use backstop::token_bucket::{TokenBucket, TokenBucketLayer};
+use backstop::{BoxError, find_overload};
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
@@ -90,7 +100,10 @@ const CLIENT_ID: &str = "x-client-id";
 /// One service's server stack.
 #[derive(Debug, Clone, Copy)]
 struct ServerConfig {
+    /// Names the metric series of the service's layers and of its client's.
     name: &'static str,
+    /// How the service calls itself in its answers and in `?end=`.
+    label: &'static str,
     /// The server's own budget for a request: on A, the budget it gives its caller's request.
     budget: Duration,
     /// Each client's (`x-client-id`'s) burst: a quota per minute, so the refusals do not depend
@@ -104,6 +117,7 @@ struct ServerConfig {
 
 const A: ServerConfig = ServerConfig {
     name: "hop_a",
+    label: "A",
     budget: Duration::from_secs(2),
     quota_per_minute: 600,
     in_flight: 32,
@@ -112,6 +126,7 @@ const A: ServerConfig = ServerConfig {
 /// Small on purpose, so the caller can overload it.
 const B: ServerConfig = ServerConfig {
     name: "hop_b",
+    label: "B",
     budget: Duration::from_secs(2),
     quota_per_minute: 10,
     in_flight: 2,
@@ -119,6 +134,7 @@ const B: ServerConfig = ServerConfig {
 };
 const C: ServerConfig = ServerConfig {
     name: "hop_c",
+    label: "C",
     budget: Duration::from_secs(2),
     quota_per_minute: 600,
     in_flight: 32,
@@ -259,21 +275,13 @@ fn client_stack(name: &str) -> Result<HttpClient, BoxError> {
 /// A service's handlers' state: its name, the next service and the client to reach it.
 #[derive(Clone)]
 struct Hop {
-    name: &'static str,
+    label: &'static str,
     next: Option<String>,
     client: HttpClient,
     stats: Arc<HopStats>,
 }
 
 impl Hop {
-    fn label(&self) -> &'static str {
-        match self.name {
-            "hop_a" => "A",
-            "hop_b" => "B",
-            _ => "C",
-        }
-    }
-
     /// Counts an arrival, and returns its attempt number (1 unless the client marked a retry).
     fn arrive(&self, headers: &HeaderMap) -> u32 {
         self.stats.arrived.fetch_add(1, Relaxed);
@@ -313,7 +321,7 @@ fn deadline_line(hop: &Hop) -> String {
     let left = context::current_deadline()
         .map(|d| d.remaining().as_millis().to_string())
         .unwrap_or_else(|| "none".to_owned());
-    format!("{} deadline_ms={left}\n", hop.label())
+    format!("{} deadline_ms={left}\n", hop.label)
 }
 
 /// `/chain?end=B&work_ms=N`: each service reports its deadline and calls the next, until the
@@ -328,7 +336,7 @@ async fn chain(State(hop): State<Hop>, req: Request) -> Response {
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
     };
     let work = Duration::from_millis(param("work_ms").and_then(|v| v.parse().ok()).unwrap_or(0));
-    let ends_here = hop.next.is_none() || param("end") == Some(hop.label());
+    let ends_here = hop.next.is_none() || param("end") == Some(hop.label);
     if ends_here {
         let _working = Working {
             stats: &hop.stats,
@@ -394,7 +402,15 @@ async fn receive_upload(State(hop): State<Hop>, req: Request) -> Response {
 async fn relay(result: Result<http::Response<Incoming>, BoxError>, line: String) -> Response {
     let res = match result {
         Ok(res) => res,
-        Err(err) => return (error_status(err.as_ref()), line).into_response(),
+        // The answer B's stack would give the same error: a refusal keeps its `Retry-After`.
+        Err(err) => {
+            let mut res = match find_overload(err.as_ref()) {
+                Some(refusal) => refusal.to_http_response(),
+                None => error_status(err.as_ref()).into_response(),
+            };
+            *res.body_mut() = Body::from(line);
+            return res;
+        }
     };
     let (mut parts, body) = res.into_parts();
     let below = match body.collect().await {
@@ -439,12 +455,12 @@ impl Running {
 async fn start(cfg: ServerConfig, next: Option<String>) -> Result<Running, BoxError> {
     let stats = Arc::new(HopStats::default());
     let hop = Hop {
-        name: cfg.name,
+        label: cfg.label,
         next,
         client: client_stack(&format!("{}_client", cfg.name))?,
         stats: stats.clone(),
     };
-    let upload = if cfg.name == B.name {
+    let upload = if cfg.label == B.label {
         post(receive_upload)
     } else {
         post(forward_upload)
@@ -515,19 +531,30 @@ fn reported_ms(body: &str, label: &str) -> Option<u64> {
         .ok()
 }
 
-/// The statuses of `answers` as "200×10 429×10", with how many refusals carried `Retry-After`.
+/// The statuses of `answers` as "200×10, 429×10 (Retry-After: 6 ×10)": for refusals, the
+/// `Retry-After` values seen and how often ("none" for a refusal without one).
 fn tally(answers: &[Answer]) -> String {
-    let mut counts: BTreeMap<u16, (u64, u64)> = BTreeMap::new();
+    let mut counts: BTreeMap<u16, BTreeMap<&str, u64>> = BTreeMap::new();
     for a in answers {
-        let entry = counts.entry(a.status.as_u16()).or_default();
-        entry.0 += 1;
-        entry.1 += u64::from(a.retry_after.is_some());
+        let after = a.retry_after.as_deref().unwrap_or("none");
+        *counts
+            .entry(a.status.as_u16())
+            .or_default()
+            .entry(after)
+            .or_default() += 1;
     }
     counts
         .iter()
-        .map(|(status, (n, with))| match status {
-            429 | 503 => format!("{status}×{n} (Retry-After on {with})"),
-            _ => format!("{status}×{n}"),
+        .map(|(status, afters)| {
+            let n: u64 = afters.values().sum();
+            match status {
+                429 | 503 => {
+                    let afters: Vec<String> =
+                        afters.iter().map(|(v, k)| format!("{v} ×{k}")).collect();
+                    format!("{status}×{n} (Retry-After: {})", afters.join(", "))
+                }
+                _ => format!("{status}×{n}"),
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")
