@@ -593,6 +593,9 @@ pub(crate) struct Summary {
     /// Step 4: the caller's status, the attempts C received, and C's work on them.
     pub(crate) late_status: u16,
     pub(crate) late_c_attempts: u64,
+    /// Retries B received in step 4: a failure already retried below (B's client marks it
+    /// `backstop-retried`, B passes the header up) is not retried again by A.
+    pub(crate) late_b_retries: u64,
     pub(crate) late_c_work_ms: u64,
     /// The same work asked of C directly, with no deadline: what C spends when no one tells it
     /// the caller has left.
@@ -719,6 +722,7 @@ pub(crate) async fn run() -> Result<Summary, BoxError> {
         "4. GET A/chain → B → C, C asked to work {} ms",
         LATE_WORK.as_millis()
     );
+    let b_retries = b.stats.retries.load(Relaxed);
     let (c_arrived, c_busy, c_504) = (
         c.stats.arrived.load(Relaxed),
         c.stats.busy_us.load(Relaxed),
@@ -731,9 +735,10 @@ pub(crate) async fn run() -> Result<Summary, BoxError> {
     statuses.insert(late.status.as_u16());
     let late_c_attempts = c.stats.arrived.load(Relaxed) - c_arrived;
     let late_c_work_ms = work_since(&c.stats, c_busy);
+    let late_b_retries = b.stats.retries.load(Relaxed) - b_retries;
     println!(
         "   {} after {late_ms} ms; C received {late_c_attempts} attempt(s) and answered 504 to {}, \
-         working {late_c_work_ms} ms in all",
+         working {late_c_work_ms} ms in all; B received {late_b_retries} retries",
         late.status,
         c.stats.answered().get(&504).copied().unwrap_or(0) - c_504,
     );
@@ -766,6 +771,7 @@ pub(crate) async fn run() -> Result<Summary, BoxError> {
         overload_retries,
         late_status: late.status.as_u16(),
         late_c_attempts,
+        late_b_retries,
         late_c_work_ms,
         baseline_c_work_ms,
     })
