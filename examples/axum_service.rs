@@ -272,7 +272,7 @@ fn client_stack(name: &str) -> Result<HttpClient, BoxError> {
     Ok(BoxCloneSyncService::new(client))
 }
 
-/// A service's handlers' state: its name, the next service and the client to reach it.
+/// A service's handlers' state: its label, the next service and the client to reach it.
 #[derive(Clone)]
 struct Hop {
     label: &'static str,
@@ -402,7 +402,7 @@ async fn receive_upload(State(hop): State<Hop>, req: Request) -> Response {
 async fn relay(result: Result<http::Response<Incoming>, BoxError>, line: String) -> Response {
     let res = match result {
         Ok(res) => res,
-        // The answer B's stack would give the same error: a refusal keeps its `Retry-After`.
+        // The answer a server stack gives the same error: a refusal keeps its `Retry-After`.
         Err(err) => {
             let mut res = match find_overload(err.as_ref()) {
                 Some(refusal) => refusal.to_http_response(),
