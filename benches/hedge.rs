@@ -91,7 +91,10 @@ fn hedge(c: &mut Criterion) {
     });
 
     // backstop, warmed up until its tracker answers (then with a 1 ms floor).
-    let layer = HedgeLayer::builder().min_samples(10).build().unwrap();
+    let layer = HedgeLayer::builder("hedge")
+        .min_samples(10)
+        .build()
+        .unwrap();
     let mut backstop_hedge = layer.layer(leaf());
     run(&rt, &mut backstop_hedge, 100, idempotent);
     assert!(layer.current_delay().is_some(), "warmed up");

@@ -51,12 +51,12 @@ fn bench(c: &mut Criterion) {
             .iter_custom(|iters| drive(ConcurrencyLimitLayer::new(LIMIT).layer(handler()), iters))
     });
     group.bench_function("backpressure", |b| {
-        let layer = BackpressureLayer::new(LIMIT, 0).unwrap();
+        let layer = BackpressureLayer::new("backpressure", LIMIT, 0).unwrap();
         b.to_async(&rt)
             .iter_custom(|iters| drive(layer.layer(handler()), iters))
     });
     group.bench_function("lifo_queue", |b| {
-        let layer = LifoQueueLayer::builder()
+        let layer = LifoQueueLayer::builder("lifo_queue")
             .max_in_flight(LIMIT)
             .ignore_deadlines()
             .build()
@@ -76,8 +76,8 @@ fn ratios() {
         .enable_time()
         .build()
         .unwrap();
-    let backpressure = BackpressureLayer::new(LIMIT, 0).unwrap();
-    let lifo = LifoQueueLayer::builder()
+    let backpressure = BackpressureLayer::new("backpressure", LIMIT, 0).unwrap();
+    let lifo = LifoQueueLayer::builder("lifo_queue")
         .max_in_flight(LIMIT)
         .ignore_deadlines()
         .build()

@@ -101,7 +101,7 @@ where
 
 fn layer() -> ThrottleLayer<fn(&u64) -> Option<ClientId>> {
     let key: fn(&u64) -> Option<ClientId> = |c| Some(ClientId::from(*c));
-    ThrottleLayer::builder(key)
+    ThrottleLayer::builder("throttle", key)
         .shed(shed())
         .quotas(quotas())
         .build()

@@ -306,7 +306,7 @@ fn backstop_hedge(
     seed: u64,
     label: &str,
     configure: impl FnOnce() -> HedgeLayer<
-        backstop::classify::ErrorClassifier,
+        backstop::classify::DefaultClassifier,
         HedgeBucket,
         backstop::hedge::AnyRequest,
     >,
@@ -334,9 +334,8 @@ fn backstop_hedge(
 }
 
 fn default_layer()
--> HedgeLayer<backstop::classify::ErrorClassifier, HedgeBucket, backstop::hedge::AnyRequest> {
-    HedgeLayer::builder()
-        .name("hedge_tail")
+-> HedgeLayer<backstop::classify::DefaultClassifier, HedgeBucket, backstop::hedge::AnyRequest> {
+    HedgeLayer::builder("hedge_tail")
         .hedge_any()
         .build()
         .expect("valid")
@@ -546,7 +545,7 @@ fn main() {
                     tower_load * 100.0
                 ),
                 || {
-                    HedgeLayer::builder()
+                    HedgeLayer::builder("hedge")
                         .hedge_any()
                         .percentile(percentile)
                         .max_extra_load(tower_load)
@@ -562,7 +561,7 @@ fn main() {
                 seed,
                 "backstop p95, burst 10",
                 || {
-                    HedgeLayer::builder()
+                    HedgeLayer::builder("hedge")
                         .hedge_any()
                         .burst(10.0)
                         .build()
@@ -576,7 +575,7 @@ fn main() {
                 ("backstop fixed 1 s, 12% budget", 0.12),
             ] {
                 runs.push(backstop_hedge(backend, requests, seed, label, || {
-                    HedgeLayer::builder()
+                    HedgeLayer::builder("hedge")
                         .hedge_any()
                         .fixed_delay(Duration::from_secs(1))
                         .max_extra_load(fraction)

@@ -56,8 +56,7 @@ impl Stack {
         match self {
             Stack::Fifo => SimService::new(server),
             Stack::Backpressure => {
-                let layer = BackpressureLayer::builder()
-                    .name("web")
+                let layer = BackpressureLayer::builder("web")
                     .max_in_flight(WORKERS)
                     .max_waiting(2 * WORKERS)
                     .build()
@@ -65,8 +64,7 @@ impl Stack {
                 SimService::new(layer.layer(server))
             }
             Stack::Lifo => {
-                let layer = LifoQueueLayer::builder()
-                    .name("web")
+                let layer = LifoQueueLayer::builder("web")
                     .max_in_flight(WORKERS)
                     .build()
                     .expect("valid lifo queue");

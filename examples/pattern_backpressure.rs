@@ -24,17 +24,19 @@ const PATIENCE: Duration = Duration::from_secs(2);
 const RUN: Duration = Duration::from_secs(3);
 
 async fn run(bounded: bool) -> Result<Tally, BoxError> {
+    // The recorder first: a layer registers its series when it is built, and a recorder
+    // installed after that never sees them (`/metrics` would lack the queue's).
+    let prometheus = support::prometheus();
     let mut stack = ServerStack::none();
     if bounded {
-        let layer = BackpressureLayer::builder()
-            .name("http_server")
+        let layer = BackpressureLayer::builder("http_server")
             .max_in_flight(WORKERS)
             .max_waiting(WAITING)
             .hold_until_body_end()
             .build()?;
         stack.admission = Some(Box::new(move |svc| wrap(svc, layer)));
     }
-    let server = start(Workers::new(WORKERS, SERVICE), stack, support::prometheus()).await?;
+    let server = start(Workers::new(WORKERS, SERVICE), stack, prometheus).await?;
     let rate = 3.0 * server.workers.capacity();
     let client = ClientStack::plain(PATIENCE).build(transport())?;
     let max = (rate * RUN.as_secs_f64()) as u64 + 10;

@@ -48,8 +48,7 @@ async fn run(hedge: Option<HedgeLayer<HttpClassifier>>) -> Result<(Tally, u64, u
 async fn main() -> Result<(), BoxError> {
     let _ = support::prometheus();
     let (plain, plain_sent, _) = run(None).await?;
-    let hedge = HedgeLayer::builder()
-        .name("http_client")
+    let hedge = HedgeLayer::builder("http_client")
         .classifier(HttpClassifier)
         .min_samples(50) // start hedging after 50 latencies (default 100)
         .build()?;

@@ -23,16 +23,18 @@ const PATIENCE: Duration = Duration::from_millis(500);
 const RUN: Duration = Duration::from_secs(3);
 
 async fn run(lifo: bool) -> Result<(Tally, Option<backstop::lifo_queue::QueueStats>), BoxError> {
+    // The recorder first: a layer registers its series when it is built, and a recorder
+    // installed after that never sees them (`/metrics` would lack the queue's).
+    let prometheus = support::prometheus();
     let mut stack = ServerStack::none();
     if lifo {
-        let layer = LifoQueueLayer::builder()
-            .name("http_server")
+        let layer = LifoQueueLayer::builder("http_server")
             .max_in_flight(WORKERS)
             .hold_until_body_end()
             .build()?;
         stack.lifo = Some(layer);
     }
-    let server = start(Workers::new(WORKERS, SERVICE), stack, support::prometheus()).await?;
+    let server = start(Workers::new(WORKERS, SERVICE), stack, prometheus).await?;
     let rate = 3.0 * server.workers.capacity();
     // The callers: a plain timeout, no retries, so only the server's queue differs.
     let client = ClientStack::plain(PATIENCE).build(transport())?;

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use backstop::BoxError;
-use backstop::retry::RetryBudget;
+use backstop::retry::{RetryBudget, RetryKind};
 use support::client::{ClientRequest, ClientStack, HttpClient, transport};
 use support::load::{Tally, drive};
 use support::server::{RunningServer, ServerStack, Workers, start};
@@ -95,10 +95,14 @@ async fn main() -> Result<(), BoxError> {
         "backstop retry with budget"
     );
     println!(
-        "\nThe budget earned {:.2} retries from {} successes (1 per 100) plus a floor of 1/s; it \
+        "\nThe budget earned {:.2} retries from {} successes (1 per 100), and its floor (1/s, \
+         lending only against successes, at most {:.0} banked) lent what the time allowed; it \
          allowed {} retries and denied {}. The callers still saw {} errors (500s) either way:",
         stats.deposits as f64 * budget.ratio(),
         stats.deposits,
+        budget
+            .cost(RetryKind::AfterTimeout)
+            .max(budget.min_per_second()),
         stats.granted - stats.refunded,
         stats.denied,
         outage.status_count(500),

@@ -68,8 +68,7 @@ async fn main() -> Result<(), BoxError> {
     let prometheus = support::prometheus();
     let shed = ShedFraction::builder("http_server").seed(42).build()?;
     let quota = Quota::per_second(20.try_into()?);
-    let throttle = ThrottleLayer::builder(HeaderKey::default())
-        .name("http_server")
+    let throttle = ThrottleLayer::builder("http_server", HeaderKey::default())
         .shed(shed.clone())
         .quotas(ClientQuotas::builder("http_server", quota).build()?)
         .build()?;

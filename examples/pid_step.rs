@@ -61,6 +61,7 @@
 //! Run it with `cargo run --release --example pid_step` (a few minutes, the Netflix runs being
 //! 400 s of simulated time each; the runs use two threads). `-- --seeds 1,2,3,4,5` picks the
 //! seeds (default 1,2,3), `-- --only step` or `-- --only netflix` runs one scenario.
+//! `BACKSTOP_IDLE_RELEASE=0` turns the controllers' idle release off (see `idle_release`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -80,6 +81,16 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 const TICK: Duration = Duration::from_millis(100);
+/// The controller's [`idle_release`](backstop::pid::AdmissionControllerBuilder::idle_release):
+/// `BACKSTOP_IDLE_RELEASE=0` turns it off, to compare with the shed unwinding at the
+/// integral's own pace; default the library's (0.25).
+fn idle_release() -> f64 {
+    std::env::var("BACKSTOP_IDLE_RELEASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.25)
+}
+
 /// The seeds when `--seeds` is not given.
 const SEEDS: [u64; 3] = [1, 2, 3];
 
@@ -285,8 +296,7 @@ fn run(
             Control::Pid | Control::Line => setup.pid_line(row.setpoint),
             _ => 100_000,
         };
-        let queue = BackpressureLayer::builder()
-            .name(control.name())
+        let queue = BackpressureLayer::builder(control.name())
             .max_in_flight(setup.workers)
             .max_waiting(max_waiting)
             .build()
@@ -299,8 +309,7 @@ fn run(
             } else {
                 0.0
             };
-            AdmissionController::builder(QueueDelay::of_limiter(&limiter))
-                .name(control.name())
+            AdmissionController::builder(control.name(), QueueDelay::of_limiter(&limiter))
                 .setpoint(row.setpoint)
                 .gains(kp, ki, kd)
                 .dead_band(band)
@@ -326,6 +335,7 @@ fn run(
                 } else {
                     Draw::Even
                 })
+                .idle_release(idle_release())
                 .build()
                 .expect("valid controller")
         });

@@ -48,7 +48,7 @@ fn run(row: Row) -> [f64; 7] {
         .build();
     rt.expect("runtime").block_on(async move {
         let start = Instant::now();
-        let line = BackpressureLayer::builder()
+        let line = BackpressureLayer::builder("backpressure")
             .max_in_flight(10)
             .max_waiting(10)
             .build();
@@ -57,19 +57,20 @@ fn run(row: Row) -> [f64; 7] {
         let shed = ShedFraction::builder("clients").seed(7).epoch_origin(start);
         let shed = shed.build().expect("valid");
         let to_throttle = shed.clone();
-        let controller = AdmissionController::builder(QueueDelay::of_limiter(&limiter))
-            .setpoint(0.050)
-            .dead_band(0.025)
-            .draw(Draw::Even)
-            .on_shed_fraction(move |s| to_throttle.set(s))
-            .build()
-            .expect("valid");
+        let controller =
+            AdmissionController::builder("admission", QueueDelay::of_limiter(&limiter))
+                .setpoint(0.050)
+                .dead_band(0.025)
+                .draw(Draw::Even)
+                .on_shed_fraction(move |s| to_throttle.set(s))
+                .build()
+                .expect("valid");
         if row == Row::Throttle {
             // No request passes through an AdmissionLayer: tick on a timer.
             tokio::spawn(controller.clone().run_ticker());
         }
         let key = |r: &SimRequest| Some(ClientId::from(r.client));
-        let throttle = ThrottleLayer::builder(key).shed(shed.clone());
+        let throttle = ThrottleLayer::builder("throttle", key).shed(shed.clone());
         let throttle = throttle.build().expect("valid");
         let seen = Arc::new(Mutex::new(Seen::new()));
         let (ctl, seen2) = (controller.clone(), seen.clone());

@@ -7,8 +7,9 @@
 //! - **naive**: 3 retries per call, exponential backoff (10, 20, 40 ms), no budget: up to
 //!   4 × 4 × 4 = 64 requests at service 4 per user request;
 //! - **backstop**: `RetryLayer` (at most one retry) with its own `RetryBudget` per service,
-//!   at the defaults (ratio 0.01, floor 1 retry/s, cap 10, no initial tokens), and the
-//!   "already retried" marker passed up so upper services do not retry what a lower one retried;
+//!   at the defaults (ratio 0.01, floor 1 retry/s lending only against successes, cap 10, no
+//!   initial tokens), and every retryable failure passed up marked "decided below", retried or
+//!   not, so upper services do not retry what a lower one saw;
 //! - **tower_tps_budget**: `tower::retry` with 3 retries (same backoff as naive), gated by
 //!   tower's default `TpsBudget` (10 s window, 10 retries/s floor, ratio 0.2), one per service,
 //!   depositing on success and withdrawing before each retry, as tower's docs show.
@@ -20,17 +21,26 @@
 //! withdraw amount (`(1 / 0.6) as isize` = 1 token per retry against 1 per success), so it
 //! grants one retry per success; backstop keeps tokens in millionths and grants 0.6.
 //!
-//! Ends with `summary: backstop=X naive=X tower_tps_budget=X`: requests at service 4 per
-//! request the users offered, in the 100%-failure row.
+//! A second table has quiet callers: 30 s healthy, then 60 s with service 4 down, at 10 and
+//! 100 requests/s. It separates what each of backstop's rules does, against the rules before
+//! issue 16 (**backstop_before**: a declined retry went up unmarked, and the floor was a fixed
+//! 1 retry/s per budget), **decided_fixed_floor** (the "decided below" mark, the old floor) and
+//! **backstop** (both), with tower's default `TpsBudget` alongside: requests at service 4 per
+//! request during the outage, and the most calls one request made there.
+//!
+//! Ends with `summary: backstop=X naive=X tower_tps_budget=X backstop_10rps=X before_10rps=X`:
+//! requests at service 4 per request the users offered, in the 100%-failure row, then during
+//! the quiet callers' outage at 10 requests/s.
 //!
 //! Run it with `cargo run --release --example retry_amplification`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop::BoxError;
-use backstop::retry::{RetryBudget, RetryLayer};
+use backstop::retry::{MarkRetried, RetryBudget, RetryLayer};
 use backstop::sim::{
     Arrivals, CallPolicy, ClientBehavior, Hop, LoadProfile, RetryPolicy, Scenario, ServiceTime,
     SimReport, SimRequest, SimResponse, SimServer, SimService,
@@ -51,11 +61,18 @@ const NAIVE_BACKOFF: Duration = Duration::from_millis(10);
 /// From here on, every budget is in its steady state: backstop's start empty, and tower's 10 s
 /// window has turned over once.
 const STEADY_FROM: usize = 10;
+/// The quiet callers' healthy start and outage.
+const QUIET_HEALTHY: Duration = Duration::from_secs(30);
+const QUIET_OUTAGE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Client {
     Naive,
     Backstop,
+    /// The rules before issue 16: only retried failures marked, a fixed floor.
+    BackstopBefore,
+    /// Every retryable failure marked "decided below", with the old fixed floor.
+    DecidedFixedFloor,
     TowerTps,
 }
 
@@ -64,9 +81,21 @@ impl Client {
         match self {
             Client::Naive => "naive",
             Client::Backstop => "backstop",
+            Client::BackstopBefore => "backstop_before",
+            Client::DecidedFixedFloor => "decided_fixed_floor",
             Client::TowerTps => "tower_tps_budget",
         }
     }
+}
+
+/// The load and the outage of one run.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    rps: f64,
+    /// Service 4 answers normally this long, then fails its share of calls.
+    healthy: Duration,
+    /// How long the load lasts after `healthy`.
+    outage: Duration,
 }
 
 /// The budgets of a run, read after it.
@@ -80,6 +109,8 @@ struct Probes {
     bottom_successes: Arc<AtomicU64>,
     /// Calls reaching service 4, per second of the run.
     bottom_per_second: Arc<Mutex<Vec<u64>>>,
+    /// Calls reaching service 4 during the outage, per logical request.
+    bottom_per_request: Arc<Mutex<HashMap<u64, u64>>>,
 }
 
 #[derive(Default)]
@@ -127,15 +158,13 @@ impl tower::retry::Policy<SimRequest, SimResponse, BoxError> for TowerPolicy {
     }
 }
 
-/// Service 4: does its work, then fails a `fail` share of calls, at random. Counts its calls
-/// per second and its successes.
-fn failing(
-    server: SimServer,
-    fail: f64,
-    successes: Arc<AtomicU64>,
-    per_second: Arc<Mutex<Vec<u64>>>,
-) -> SimService {
+/// Service 4: does its work, then, after `healthy`, fails a `fail` share of calls, at random.
+/// Counts its calls per second, its calls per request during the outage, and its successes.
+fn failing(server: SimServer, fail: f64, healthy: Duration, probes: &Probes) -> SimService {
     let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(SEED)));
+    let successes = probes.bottom_successes.clone();
+    let per_second = probes.bottom_per_second.clone();
+    let per_request = probes.bottom_per_request.clone();
     // The stack is built when the run starts.
     let start = tokio::time::Instant::now();
     SimService::new(tower::service_fn(move |req: SimRequest| {
@@ -147,7 +176,11 @@ fn failing(
             }
             counts[second] += 1;
         }
-        let fails = rng.lock().unwrap().random_bool(fail);
+        let outage = start.elapsed() >= healthy;
+        if outage {
+            *per_request.lock().unwrap().entry(req.logical).or_default() += 1;
+        }
+        let fails = outage && rng.lock().unwrap().random_bool(fail);
         let (server, successes) = (server.clone(), successes.clone());
         async move {
             let res = server.oneshot(req).await?;
@@ -176,16 +209,23 @@ fn caller(client: Client, n: usize, ratio_row: bool, probes: &mut Probes) -> (Ca
             };
             (policy, hop)
         }
-        Client::Backstop => {
-            let mut budget = RetryBudget::builder(format!("service{}", n - 1));
+        Client::Backstop | Client::BackstopBefore | Client::DecidedFixedFloor => {
+            let mut budget = RetryBudget::builder(format!("service{}", n - 1))
+                .floor_needs_successes(client == Client::Backstop);
             if ratio_row {
                 budget = budget.ratio(0.6).min_per_second(0.0);
             }
             let budget = budget.build().expect("valid budget");
             probes.backstop.push(budget.clone());
+            let mark = if client == Client::BackstopBefore {
+                MarkRetried::AfterRetry
+            } else {
+                MarkRetried::Always
+            };
             let layer = RetryLayer::builder(budget)
                 // Every simulated call is a read: safe to send twice.
                 .retry_non_idempotent()
+                .mark_retried(mark)
                 .seed(SEED)
                 .build()
                 .expect("valid retry layer");
@@ -223,7 +263,7 @@ fn caller(client: Client, n: usize, ratio_row: bool, probes: &mut Probes) -> (Ca
     }
 }
 
-fn scenario(client: Client, fail: f64) -> Result<(Scenario, Probes), BoxError> {
+fn scenario(client: Client, fail: f64, load: Load) -> Result<(Scenario, Probes), BoxError> {
     let ratio_row = fail < 1.0;
     let mut probes = Probes::default();
     let users = ClientBehavior {
@@ -233,21 +273,27 @@ fn scenario(client: Client, fail: f64) -> Result<(Scenario, Probes), BoxError> {
         reload: None,
         ..ClientBehavior::default()
     };
+    let run = load.healthy + load.outage;
     let mut builder = Scenario::builder(format!("{} fail={:.0}%", client.name(), fail * 100.0))
         .seed(SEED)
-        .profile(LoadProfile::new().step(RUN, OFFERED_RPS))
+        .profile(LoadProfile::new().step(run, load.rps))
         .arrivals(Arrivals::Poisson)
-        .run_for(RUN + PATIENCE * 2)
+        .run_for(run + PATIENCE * 2)
         .clients(users)
         .hop(Hop::new("service1", WORKERS, ServiceTime::Fixed(WORK)));
     for n in 2..=4 {
         let (policy, hop) = caller(client, n, ratio_row, &mut probes);
         let mut hop = hop.caller_policy(policy);
         if n == 4 {
-            let successes = probes.bottom_successes.clone();
-            let per_second = probes.bottom_per_second.clone();
-            hop = hop
-                .stack(move |server| failing(server, fail, successes.clone(), per_second.clone()));
+            let probes = Probes {
+                backstop: Vec::new(),
+                tower: Vec::new(),
+                bottom_successes: probes.bottom_successes.clone(),
+                bottom_per_second: probes.bottom_per_second.clone(),
+                bottom_per_request: probes.bottom_per_request.clone(),
+            };
+            let healthy = load.healthy;
+            hop = hop.stack(move |server| failing(server, fail, healthy, &probes));
         }
         builder = builder.hop(hop);
     }
@@ -275,17 +321,25 @@ impl Row {
     }
 }
 
+const MAIN: Load = Load {
+    rps: OFFERED_RPS,
+    healthy: Duration::ZERO,
+    outage: RUN,
+};
+
 fn run(client: Client, fail: f64) -> Result<(Row, SimReport), BoxError> {
-    let (scenario, probes) = scenario(client, fail)?;
+    let (scenario, probes) = scenario(client, fail, MAIN)?;
     let report = scenario.run();
     let bottom = &report.hops[3];
     let above = &report.hops[2];
     let budget_granted = match client {
         Client::Naive => None,
-        Client::Backstop => probes.backstop.last().map(|b| {
-            let s = b.stats();
-            (s.granted - s.refunded, s.deposits)
-        }),
+        Client::Backstop | Client::BackstopBefore | Client::DecidedFixedFloor => {
+            probes.backstop.last().map(|b| {
+                let s = b.stats();
+                (s.granted - s.refunded, s.deposits)
+            })
+        }
         Client::TowerTps => probes
             .tower
             .last()
@@ -294,7 +348,7 @@ fn run(client: Client, fail: f64) -> Result<(Row, SimReport), BoxError> {
     let configured_ratio = match client {
         Client::Naive => None,
         _ if fail < 1.0 => Some(0.6),
-        Client::Backstop => Some(0.01),
+        Client::Backstop | Client::BackstopBefore | Client::DecidedFixedFloor => Some(0.01),
         Client::TowerTps => Some(0.2),
     };
     let steady_offered: u64 = report.series[STEADY_FROM..RUN.as_secs() as usize]
@@ -317,6 +371,39 @@ fn run(client: Client, fail: f64) -> Result<(Row, SimReport), BoxError> {
         configured_ratio,
     };
     Ok((row, report))
+}
+
+/// What service 4 saw during a quiet caller's outage.
+struct Quiet {
+    client: Client,
+    rps: f64,
+    requests: u64,
+    calls: u64,
+    max_per_request: u64,
+}
+
+impl Quiet {
+    fn amplification(&self) -> f64 {
+        self.calls as f64 / self.requests.max(1) as f64
+    }
+}
+
+fn quiet(client: Client, rps: f64) -> Result<Quiet, BoxError> {
+    let load = Load {
+        rps,
+        healthy: QUIET_HEALTHY,
+        outage: QUIET_OUTAGE,
+    };
+    let (scenario, probes) = scenario(client, 1.0, load)?;
+    scenario.run();
+    let counts = probes.bottom_per_request.lock().unwrap();
+    Ok(Quiet {
+        client,
+        rps,
+        requests: counts.len() as u64,
+        calls: counts.values().sum(),
+        max_per_request: counts.values().copied().max().unwrap_or(0),
+    })
 }
 
 fn main() -> Result<(), BoxError> {
@@ -383,16 +470,63 @@ fn main() -> Result<(), BoxError> {
          paid with (* naive has no budget: retries at service 4 per success there)."
     );
 
+    println!(
+        "\nQuiet callers: {}s healthy, then service 4 fails every call for {}s.\n",
+        QUIET_HEALTHY.as_secs(),
+        QUIET_OUTAGE.as_secs()
+    );
+    println!(
+        "{:<20} {:>6} {:>9} {:>9} {:>12} {:>12}",
+        "client", "rps", "requests", "at svc 4", "svc4/request", "max/request"
+    );
+    let mut quiet_rows = Vec::new();
+    for rps in [10.0, 100.0] {
+        for client in [
+            Client::BackstopBefore,
+            Client::DecidedFixedFloor,
+            Client::Backstop,
+            Client::TowerTps,
+        ] {
+            let q = quiet(client, rps)?;
+            println!(
+                "{:<20} {:>6} {:>9} {:>9} {:>11.3}x {:>12}",
+                q.client.name(),
+                q.rps,
+                q.requests,
+                q.calls,
+                q.amplification(),
+                q.max_per_request
+            );
+            quiet_rows.push(q);
+        }
+    }
+    println!(
+        "\nsvc4/request: calls at service 4 per request during the outage; max/request: the most \
+         calls one request made there. backstop_before: declined retries passed up unmarked, a \
+         fixed floor of 1 retry/s per budget; decided_fixed_floor: every retryable failure \
+         passed up marked, the fixed floor; backstop: marked, and the floor lends only against \
+         successes."
+    );
+
     let full = |c: Client| {
         rows.iter()
             .find(|r| r.client == c && r.fail == 1.0)
             .map_or(f64::NAN, Row::amplification)
     };
+    let quiet10 = |c: Client| {
+        quiet_rows
+            .iter()
+            .find(|q| q.client == c && q.rps == 10.0)
+            .map_or(f64::NAN, Quiet::amplification)
+    };
     println!(
-        "summary: backstop={:.3} naive={:.3} tower_tps_budget={:.3}",
+        "summary: backstop={:.3} naive={:.3} tower_tps_budget={:.3} backstop_10rps={:.3} \
+         before_10rps={:.3}",
         full(Client::Backstop),
         full(Client::Naive),
-        full(Client::TowerTps)
+        full(Client::TowerTps),
+        quiet10(Client::Backstop),
+        quiet10(Client::BackstopBefore)
     );
     Ok(())
 }

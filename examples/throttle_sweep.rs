@@ -97,7 +97,7 @@ pub fn run_point(mode: Mode, p: f64, size: Size, seed: u64) -> Result<Point, Box
             ClientId::from(r.id)
         })
     };
-    let throttle = ThrottleLayer::builder(key).shed(shed).build()?;
+    let throttle = ThrottleLayer::builder("throttle", key).shed(shed).build()?;
     let server = Hop::new("api", 16, ServiceTime::Fixed(Duration::from_millis(2)))
         .stack(move |server| SimService::new(throttle.layer(server)));
     let retry = match mode {

@@ -27,7 +27,7 @@ if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ 
 fi
 
 cargo build --release --quiet --example crush_http
-BIN=target/release/examples/crush_http
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/crush_http
 
 if ! command -v wrk >/dev/null 2>&1; then
   echo "wrk is not available here: running the bounded tokio load generator instead"

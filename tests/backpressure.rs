@@ -45,7 +45,7 @@ fn sleepy(
 
 #[tokio::test(start_paused = true)]
 async fn bounds_in_flight_and_waiting_and_refuses_the_rest_at_once() {
-    let layer = BackpressureLayer::new(2, 3).unwrap();
+    let layer = BackpressureLayer::new("backpressure", 2, 3).unwrap();
     let limiter = layer.limiter().clone();
     let peak = Arc::new(AtomicUsize::new(0));
     let mut svc = layer.layer(sleepy(peak.clone()));
@@ -82,7 +82,7 @@ async fn bounds_in_flight_and_waiting_and_refuses_the_rest_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn refusal_is_immediate_not_after_a_wait() {
-    let mut svc = BackpressureLayer::new(1, 0)
+    let mut svc = BackpressureLayer::new("backpressure", 1, 0)
         .unwrap()
         .layer(sleepy(Arc::default()));
     let running = tokio::spawn(svc.ready().await.unwrap().call(1_000));
@@ -98,7 +98,7 @@ async fn refusal_is_immediate_not_after_a_wait() {
 async fn waiters_are_served_in_arrival_order() {
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = order.clone();
-    let mut svc = BackpressureLayer::new(1, 10)
+    let mut svc = BackpressureLayer::new("backpressure", 1, 10)
         .unwrap()
         .layer(service_fn(move |id: u32| {
             let log = log.clone();
@@ -121,7 +121,7 @@ async fn waiters_are_served_in_arrival_order() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_and_sibling_services_share_one_limiter() {
-    let layer = BackpressureLayer::new(1, 0).unwrap();
+    let layer = BackpressureLayer::new("backpressure", 1, 0).unwrap();
     let mut a = layer.layer(sleepy(Arc::default()));
     let mut b = a.clone();
     let mut c = layer.layer(sleepy(Arc::default())); // another service from the same layer
@@ -138,7 +138,7 @@ async fn clones_and_sibling_services_share_one_limiter() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_waiter_leaves_the_queue_at_once_and_a_dropped_runner_frees_its_slot() {
-    let layer = BackpressureLayer::new(1, 5).unwrap();
+    let layer = BackpressureLayer::new("backpressure", 1, 5).unwrap();
     let limiter = layer.limiter().clone();
     let mut svc = layer.layer(sleepy(Arc::default()));
 
@@ -170,7 +170,7 @@ async fn a_dropped_waiter_leaves_the_queue_at_once_and_a_dropped_runner_frees_it
 
 #[tokio::test(start_paused = true)]
 async fn inner_readiness_errors_reach_the_caller_and_free_the_slot() {
-    let layer = BackpressureLayer::new(1, 0).unwrap();
+    let layer = BackpressureLayer::new("backpressure", 1, 0).unwrap();
     let limiter = layer.limiter().clone();
     // A service that is never ready: tower's `ConcurrencyLimit(0)`-like failure via an error.
     #[derive(Clone)]
@@ -194,10 +194,10 @@ async fn inner_readiness_errors_reach_the_caller_and_free_the_slot() {
 
 #[test]
 fn invalid_configuration_is_rejected_with_the_field_named() {
-    let err = BackpressureLayer::new(0, 1).unwrap_err();
+    let err = BackpressureLayer::new("backpressure", 0, 1).unwrap_err();
     assert_eq!(err.field(), "max_in_flight");
     assert!(
-        BackpressureLayer::new(1, 0).is_ok(),
+        BackpressureLayer::new("backpressure", 1, 0).is_ok(),
         "no queue at all is allowed"
     );
 }
@@ -208,8 +208,7 @@ async fn gauges_report_queue_length_and_oldest_waiter_age() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let layer = metrics::with_local_recorder(&recorder, || {
-        BackpressureLayer::builder()
-            .name("gauges_test")
+        BackpressureLayer::builder("gauges_test")
             .max_in_flight(1)
             .max_waiting(2)
             .build()
@@ -309,7 +308,7 @@ mod http_bodies {
 
     #[tokio::test(start_paused = true)]
     async fn the_slot_is_held_until_the_body_has_ended() {
-        let layer = BackpressureLayer::builder()
+        let layer = BackpressureLayer::builder("backpressure")
             .max_in_flight(1)
             .max_waiting(0)
             .hold_until_body_end()
@@ -348,7 +347,7 @@ mod http_bodies {
 
     #[tokio::test(start_paused = true)]
     async fn dropping_a_body_midway_frees_the_slot() {
-        let layer = BackpressureLayer::builder()
+        let layer = BackpressureLayer::builder("backpressure")
             .max_in_flight(1)
             .hold_until_body_end()
             .build()
@@ -371,7 +370,7 @@ mod http_bodies {
 
     #[tokio::test(start_paused = true)]
     async fn without_it_the_slot_is_freed_with_the_response() {
-        let layer = BackpressureLayer::new(1, 0).unwrap();
+        let layer = BackpressureLayer::new("backpressure", 1, 0).unwrap();
         let limiter = layer.limiter().clone();
         let mut svc = layer.layer(service_fn(|_req: http::Request<()>| async {
             let (_tx, body) = channel();
@@ -467,7 +466,7 @@ fn quick_handler()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_false_overload_on_a_busy_multi_thread_runtime() {
-    let layer = BackpressureLayer::new(TASKS, 0).unwrap();
+    let layer = BackpressureLayer::new("backpressure", TASKS, 0).unwrap();
     let svc = layer.layer(quick_handler());
     assert_eq!(false_overloads(svc).await, 0);
     let stats = layer.limiter().stats();
@@ -523,7 +522,7 @@ fn run_backpressure(limit: usize, queue: usize, script: Vec<Script>) -> (Tally, 
         .build()
         .unwrap();
     rt.block_on(async move {
-        let layer = BackpressureLayer::new(limit, queue).unwrap();
+        let layer = BackpressureLayer::new("backpressure", limit, queue).unwrap();
         let limiter = layer.limiter().clone();
         let peak = Arc::new(AtomicUsize::new(0));
         let svc = layer.layer(sleepy(peak.clone()));

@@ -110,7 +110,7 @@ async fn send<S: Service<R>, R>(svc: &mut S, req: R) -> Result<S::Response, S::E
 fn fixed(
     delay_ms: u64,
 ) -> HedgeLayer<backstop::classify::DefaultClassifier, Unlimited, backstop::hedge::AnyRequest> {
-    HedgeLayer::builder()
+    HedgeLayer::builder("hedge")
         .hedge_any()
         .fixed_delay(Duration::from_millis(delay_ms))
         .budget(Unlimited)
@@ -234,7 +234,7 @@ async fn no_hedge_before_enough_samples() {
     script.extend(vec![Step::Ok(5); 30]);
     script.extend([Step::Ok(1_000), Step::Ok(5)]);
     let backend = Scripted::new(script);
-    let layer = HedgeLayer::builder()
+    let layer = HedgeLayer::builder("hedge")
         .hedge_any()
         .min_samples(10)
         .budget(Unlimited)
@@ -270,7 +270,7 @@ async fn no_hedge_before_enough_samples() {
 /// 100 ms: (the copy that answered, the copies sent, the request the winner saw).
 async fn hedge_once(req: http::Request<()>) -> (u32, u32, http::Request<()>) {
     let backend = Scripted::new(vec![Step::Ok(100), Step::Ok(1)]);
-    let mut svc = HedgeLayer::builder()
+    let mut svc = HedgeLayer::builder("hedge")
         .fixed_delay(Duration::from_millis(10))
         .budget(Unlimited)
         .build_with()
@@ -307,7 +307,7 @@ async fn an_empty_budget_means_no_hedge_and_hedges_stay_under_the_fraction() {
     // Every request is late (100 ms first copies, 1 ms duplicates), the budget earns 10% and
     // starts with 5 tokens (its burst).
     let backend = Scripted::new(vec![Step::Ok(100)]);
-    let layer = HedgeLayer::builder()
+    let layer = HedgeLayer::builder("hedge")
         .hedge_any()
         .fixed_delay(Duration::from_millis(10))
         .max_extra_load(0.1)
@@ -338,7 +338,7 @@ async fn an_empty_budget_means_no_hedge_and_hedges_stay_under_the_fraction() {
 #[tokio::test(start_paused = true)]
 async fn constant_work_sends_two_marked_copies_at_once() {
     let backend = Scripted::new(vec![Step::Ok(30), Step::Ok(20)]);
-    let mut svc = HedgeLayer::builder()
+    let mut svc = HedgeLayer::builder("hedge")
         .constant_work()
         .build()
         .unwrap()
@@ -355,7 +355,7 @@ async fn constant_work_sends_two_marked_copies_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_share_the_tracker_and_the_budget() {
-    let layer = HedgeLayer::builder()
+    let layer = HedgeLayer::builder("hedge")
         .hedge_any()
         .min_samples(4)
         .burst(1.0)
@@ -403,7 +403,7 @@ async fn a_dropped_request_refunds_a_duplicate_paid_for_but_not_sent() {
         }
     }
     let bucket = HedgeBucket::with_burst(1.0, 1.0).unwrap();
-    let layer = HedgeLayer::builder()
+    let layer = HedgeLayer::builder("hedge")
         .hedge_any()
         .fixed_delay(Duration::from_millis(10))
         .budget(bucket.clone())
@@ -425,19 +425,25 @@ async fn a_dropped_request_refunds_a_duplicate_paid_for_but_not_sent() {
 
 #[test]
 fn invalid_configuration_is_refused() {
-    let err = HedgeLayer::builder().percentile(0.2).build().unwrap_err();
+    let err = HedgeLayer::builder("hedge")
+        .percentile(0.2)
+        .build()
+        .unwrap_err();
     assert_eq!(err.field(), "percentile");
-    let err = HedgeLayer::builder()
+    let err = HedgeLayer::builder("hedge")
         .max_extra_load(1.5)
         .build()
         .unwrap_err();
     assert_eq!(err.field(), "max_extra_load");
-    let err = HedgeLayer::builder()
+    let err = HedgeLayer::builder("hedge")
         .fixed_delay(Duration::ZERO)
         .build()
         .unwrap_err();
     assert_eq!(err.field(), "fixed_delay");
-    let err = HedgeLayer::builder().min_samples(0).build().unwrap_err();
+    let err = HedgeLayer::builder("hedge")
+        .min_samples(0)
+        .build()
+        .unwrap_err();
     assert_eq!(err.field(), "min_samples");
     let err = LatencyTracker::builder()
         .window(Duration::ZERO)
@@ -552,7 +558,7 @@ proptest! {
         let (requests, calls, answered) = rt.block_on(async {
             let script: Vec<Step> = latencies.iter().map(|ms| Step::Ok(*ms)).collect();
             let backend = Scripted::new(script);
-            let svc = HedgeLayer::builder()
+            let svc = HedgeLayer::builder("hedge")
                 .hedge_any()
                 .fixed_delay(Duration::from_millis(20))
                 .max_extra_load(fraction)
@@ -605,7 +611,7 @@ async fn hedges_can_draw_on_the_retry_budget() {
         .min_per_second(0.0)
         .build()
         .unwrap();
-    let layer = HedgeLayer::builder()
+    let layer = HedgeLayer::builder("hedge")
         .hedge_any()
         .fixed_delay(Duration::from_millis(10))
         .budget(SharedWithRetries::new(retry_budget.clone()))
@@ -679,7 +685,7 @@ fn the_bimodal_tail_is_cut_within_the_budget() {
             };
             let svc: tower::util::BoxCloneService<u32, (), BoxError> = if hedged {
                 tower::util::BoxCloneService::new(
-                    HedgeLayer::builder()
+                    HedgeLayer::builder("hedge")
                         .hedge_any()
                         .build()
                         .unwrap()
@@ -786,7 +792,7 @@ fn the_heavy_lognormal_tail_is_cut_within_the_budget() {
     };
     // Built on the paused clock, so the tracker's windows start at a known instant.
     let layer = rt.block_on(async {
-        HedgeLayer::builder()
+        HedgeLayer::builder("hedge")
             .hedge_any()
             .max_extra_load(0.06)
             .build()
@@ -844,7 +850,7 @@ fn the_heavy_lognormal_tail_is_cut_within_the_budget() {
 #[tokio::test(start_paused = true)]
 async fn a_copy_refused_its_duplicate_is_recorded_at_the_delay_as_censored() {
     let backend = Scripted::new(vec![Step::Ok(100)]);
-    let layer = HedgeLayer::builder()
+    let layer = HedgeLayer::builder("hedge")
         .hedge_any()
         .fixed_delay(Duration::from_millis(10))
         .min_samples(1)
@@ -877,7 +883,7 @@ async fn late_calls_after_refusals(refusals: usize) -> u32 {
     let mut script = vec![Step::Overload(1); refusals];
     script.push(Step::Ok(50));
     let backend = Scripted::new(script);
-    let layer = HedgeLayer::builder()
+    let layer = HedgeLayer::builder("hedge")
         .hedge_any()
         .fixed_delay(Duration::from_millis(10))
         .max_extra_load(0.05)
@@ -968,7 +974,7 @@ impl Service<u32> for Tail {
 fn tail_layer(
     max_late_share: Option<f64>,
 ) -> HedgeLayer<backstop::classify::DefaultClassifier, HedgeBucket, backstop::hedge::AnyRequest> {
-    let builder = HedgeLayer::builder()
+    let builder = HedgeLayer::builder("hedge")
         .hedge_any()
         .min_delay(Duration::from_millis(6))
         .starting_tokens(500.0);
@@ -1060,7 +1066,7 @@ async fn a_global_slowdown_sends_few_duplicates() {
 
 #[tokio::test(start_paused = true)]
 async fn the_starting_burst_is_small() {
-    let layer = HedgeLayer::builder()
+    let layer = HedgeLayer::builder("hedge")
         .hedge_any()
         .fixed_delay(Duration::from_millis(10))
         // Only the budget is under test.
@@ -1087,12 +1093,12 @@ async fn the_starting_burst_is_small() {
 
 #[test]
 fn invalid_hedge_budget_configuration_is_refused() {
-    let err = HedgeLayer::builder()
+    let err = HedgeLayer::builder("hedge")
         .max_late_share(1.5)
         .build()
         .unwrap_err();
     assert_eq!(err.field(), "max_late_share");
-    let err = HedgeLayer::builder()
+    let err = HedgeLayer::builder("hedge")
         .starting_tokens(-1.0)
         .build()
         .unwrap_err();

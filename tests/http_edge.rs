@@ -140,7 +140,7 @@ async fn refusals_of_real_layers_are_answered() -> Result<(), BoxError> {
     let throttled = ServiceBuilder::new()
         .layer(ErrorToResponseLayer::new())
         .layer(
-            ThrottleLayer::builder(HeaderKey::default())
+            ThrottleLayer::builder("throttle", HeaderKey::default())
                 .shed(shed)
                 .build()?,
         )
@@ -156,8 +156,7 @@ async fn refusals_of_real_layers_are_answered() -> Result<(), BoxError> {
 
     // A full server: one slot, no waiting room, and the slot is held by a response whose body
     // has not ended. The next request is refused with 503.
-    let bp = BackpressureLayer::builder()
-        .name("edge_test_backpressure")
+    let bp = BackpressureLayer::builder("edge_test_backpressure")
         .max_in_flight(1)
         .max_waiting(0)
         .hold_until_body_end()
@@ -413,8 +412,7 @@ async fn a_readiness_error_answers_the_next_call_without_calling_the_inner_servi
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_future_or_body_gives_back_its_queue_slot() -> Result<(), BoxError> {
-    let queue = LifoQueueLayer::builder()
-        .name("edge_test_lifo")
+    let queue = LifoQueueLayer::builder("edge_test_lifo")
         .max_in_flight(1)
         .hold_until_body_end()
         .build()?;
@@ -456,8 +454,7 @@ macro_rules! server_stack {
     ($name:expr, $shed:expr) => {{
         let name: &str = $name;
         let meter = LittleMeter::builder(name).capacity(16.0).build()?;
-        let queue = LifoQueueLayer::builder()
-            .name(name)
+        let queue = LifoQueueLayer::builder(name)
             .max_in_flight(16)
             .hold_until_body_end()
             .build()?;
@@ -468,8 +465,7 @@ macro_rules! server_stack {
             .map_request(inherit_deadline::<axum::body::Body>)
             .layer(LittleLayer::new(meter).with_classifier(HttpClassifier))
             .layer(
-                ThrottleLayer::builder(HeaderKey::default())
-                    .name(name)
+                ThrottleLayer::builder(name, HeaderKey::default())
                     .shed($shed)
                     .quotas(quotas)
                     .build()?,
@@ -574,8 +570,7 @@ async fn hyper_util_serves_the_stack_with_no_glue() -> Result<(), BoxError> {
     use hyper_util::service::TowerToHyperService;
 
     let shed = ShedFraction::builder("edge_test_hyper").build()?;
-    let queue = LifoQueueLayer::builder()
-        .name("edge_test_hyper")
+    let queue = LifoQueueLayer::builder("edge_test_hyper")
         .max_in_flight(4)
         .hold_until_body_end()
         .build()?;
@@ -583,8 +578,7 @@ async fn hyper_util_serves_the_stack_with_no_glue() -> Result<(), BoxError> {
         .layer(ErrorToResponseLayer::new())
         .map_request(inherit_deadline::<Incoming>)
         .layer(
-            ThrottleLayer::builder(HeaderKey::default())
-                .name("edge_test_hyper")
+            ThrottleLayer::builder("edge_test_hyper", HeaderKey::default())
                 .shed(shed.clone())
                 .build()?,
         )

@@ -83,7 +83,7 @@ fn handler(
 type Svc = backstop::lifo_queue::LifoQueue<
     Box<dyn CloneService>,
     backstop::lifo_queue::UntilResponse,
-    backstop::lifo_queue::FromRequest,
+    backstop::timeout::FromRequest,
 >;
 
 // A boxed clonable service keeps the test helpers' types short.
@@ -165,7 +165,12 @@ fn started(log: &Log) -> Vec<u64> {
 
 #[tokio::test(start_paused = true)]
 async fn fifo_while_healthy() {
-    let (svc, queue, log) = build(LifoQueueLayer::builder().max_in_flight(1).build().unwrap());
+    let (svc, queue, log) = build(
+        LifoQueueLayer::builder("lifo_queue")
+            .max_in_flight(1)
+            .build()
+            .unwrap(),
+    );
     let t0 = Instant::now();
     let mut calls = vec![spawn_at(&svc, t0, ms(0), Req::new(0, ms(30)))];
     for id in 1..4 {
@@ -181,7 +186,7 @@ async fn fifo_while_healthy() {
 
 #[tokio::test(start_paused = true)]
 async fn lifo_once_behind_sheds_the_stale_and_returns_to_fifo_after_draining() {
-    let layer = LifoQueueLayer::builder()
+    let layer = LifoQueueLayer::builder("lifo_queue")
         .max_in_flight(1)
         .target(ms(50))
         .interval(ms(100))
@@ -228,7 +233,12 @@ async fn lifo_once_behind_sheds_the_stale_and_returns_to_fifo_after_draining() {
 
 #[tokio::test(start_paused = true)]
 async fn a_healthy_waiter_is_shed_at_interval_without_running_the_handler() {
-    let (svc, queue, log) = build(LifoQueueLayer::builder().max_in_flight(1).build().unwrap());
+    let (svc, queue, log) = build(
+        LifoQueueLayer::builder("lifo_queue")
+            .max_in_flight(1)
+            .build()
+            .unwrap(),
+    );
     let t0 = Instant::now();
     let running = spawn_at(&svc, t0, ms(0), Req::new(0, ms(500)));
     let waiter = spawn_at(&svc, t0, ms(1), Req::new(1, ms(1)));
@@ -246,7 +256,12 @@ async fn a_healthy_waiter_is_shed_at_interval_without_running_the_handler() {
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_past_its_deadline_is_shed_without_running_the_handler() {
-    let (svc, queue, log) = build(LifoQueueLayer::builder().max_in_flight(1).build().unwrap());
+    let (svc, queue, log) = build(
+        LifoQueueLayer::builder("lifo_queue")
+            .max_in_flight(1)
+            .build()
+            .unwrap(),
+    );
     let t0 = Instant::now();
     let running = spawn_at(&svc, t0, ms(0), Req::new(0, ms(200)));
     let mut late = Req::new(1, ms(1));
@@ -272,7 +287,12 @@ async fn a_waiter_past_its_deadline_is_shed_without_running_the_handler() {
 async fn a_deadline_that_passes_just_as_a_slot_frees_is_still_not_run() {
     // The slot frees at 20 ms, the waiter's deadline is 20 ms: the grant checks the waiter
     // again, so the handler does not start for a caller that has gone.
-    let (svc, _queue, log) = build(LifoQueueLayer::builder().max_in_flight(1).build().unwrap());
+    let (svc, _queue, log) = build(
+        LifoQueueLayer::builder("lifo_queue")
+            .max_in_flight(1)
+            .build()
+            .unwrap(),
+    );
     let t0 = Instant::now();
     let running = spawn_at(&svc, t0, ms(0), Req::new(0, ms(20)));
     let mut req = Req::new(1, ms(1));
@@ -286,7 +306,7 @@ async fn a_deadline_that_passes_just_as_a_slot_frees_is_still_not_run() {
 
 #[tokio::test(start_paused = true)]
 async fn sidelined_waiters_are_served_only_when_the_main_queue_is_empty() {
-    let layer = LifoQueueLayer::builder()
+    let layer = LifoQueueLayer::builder("lifo_queue")
         .max_in_flight(1)
         .target(ms(10))
         .interval(ms(50))
@@ -324,7 +344,7 @@ async fn sidelined_waiters_are_served_only_when_the_main_queue_is_empty() {
 
 #[tokio::test(start_paused = true)]
 async fn a_sidelined_waiter_is_shed_at_its_total_bound() {
-    let layer = LifoQueueLayer::builder()
+    let layer = LifoQueueLayer::builder("lifo_queue")
         .max_in_flight(1)
         .target(ms(10))
         .interval(ms(50))
@@ -343,7 +363,7 @@ async fn a_sidelined_waiter_is_shed_at_its_total_bound() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_and_sibling_services_share_one_queue() {
-    let layer = LifoQueueLayer::builder()
+    let layer = LifoQueueLayer::builder("lifo_queue")
         .max_in_flight(1)
         .max_waiting(0)
         .ignore_deadlines()
@@ -369,7 +389,7 @@ async fn clones_and_sibling_services_share_one_queue() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_waiter_leaves_at_once_wherever_it_stands() {
-    let layer = LifoQueueLayer::builder()
+    let layer = LifoQueueLayer::builder("lifo_queue")
         .max_in_flight(1)
         .ignore_deadlines()
         .build()
@@ -402,31 +422,41 @@ async fn a_dropped_waiter_leaves_at_once_wherever_it_stands() {
 fn invalid_configuration_is_rejected_with_the_field_named() {
     let field = |b: backstop::lifo_queue::LifoQueueLayerBuilder| b.build().unwrap_err().field();
     assert_eq!(
-        field(LifoQueueLayer::builder().max_in_flight(0)),
+        field(LifoQueueLayer::builder("lifo_queue").max_in_flight(0)),
         "max_in_flight"
     );
-    assert_eq!(field(LifoQueueLayer::builder().interval(ms(0))), "interval");
-    assert_eq!(field(LifoQueueLayer::builder().target(ms(0))), "target");
     assert_eq!(
-        field(LifoQueueLayer::builder().target(ms(200)).interval(ms(100))),
+        field(LifoQueueLayer::builder("lifo_queue").interval(ms(0))),
+        "interval"
+    );
+    assert_eq!(
+        field(LifoQueueLayer::builder("lifo_queue").target(ms(0))),
         "target"
     );
     assert_eq!(
         field(
-            LifoQueueLayer::builder()
+            LifoQueueLayer::builder("lifo_queue")
+                .target(ms(200))
+                .interval(ms(100))
+        ),
+        "target"
+    );
+    assert_eq!(
+        field(
+            LifoQueueLayer::builder("lifo_queue")
                 .interval(ms(100))
                 .sideline(ms(100))
         ),
         "sideline"
     );
-    assert!(LifoQueueLayer::new(1).is_ok());
+    assert!(LifoQueueLayer::new("lifo_queue", 1).is_ok());
 }
 
 #[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn http_slot_is_held_until_the_body_ends_and_deadlines_come_from_extensions() {
     use http_body_util::{BodyExt, Full};
-    let layer = LifoQueueLayer::builder()
+    let layer = LifoQueueLayer::builder("lifo_queue")
         .max_in_flight(1)
         .hold_until_body_end()
         .build()
@@ -515,7 +545,7 @@ async fn no_false_overload_on_a_busy_multi_thread_runtime() {
     const TASKS: usize = 32;
     const CALLS: usize = 200;
     // Half the limit in tasks, and a queue of 0: any overload would be a false one.
-    let layer = LifoQueueLayer::builder()
+    let layer = LifoQueueLayer::builder("lifo_queue")
         .max_in_flight(TASKS)
         .max_waiting(0)
         .ignore_deadlines()
@@ -598,7 +628,7 @@ proptest! {
         let offered = script.len() as u64;
         let target = Duration::from_micros(interval_ms * 10 * target_pct);
         let (tally, stats, late_starts, peak) = runtime().block_on(async move {
-            let mut builder = LifoQueueLayer::builder()
+            let mut builder = LifoQueueLayer::builder("lifo_queue")
                 .max_in_flight(limit)
                 .max_waiting(max_waiting)
                 .interval(ms(interval_ms))
@@ -705,7 +735,7 @@ proptest! {
             let arrivals = arrivals.clone();
             let works = works.clone();
             async move {
-                let layer = LifoQueueLayer::builder()
+                let layer = LifoQueueLayer::builder("lifo_queue")
                     .max_in_flight(limit)
                     .max_waiting(10_000)
                     .interval(ms(interval_ms))
@@ -820,12 +850,15 @@ mod simulation {
     }
 
     fn lifo(server: SimServer) -> SimService {
-        let layer = LifoQueueLayer::builder().max_in_flight(10).build().unwrap();
+        let layer = LifoQueueLayer::builder("lifo_queue")
+            .max_in_flight(10)
+            .build()
+            .unwrap();
         SimService::new(layer.layer(server))
     }
 
     fn bounded(server: SimServer) -> SimService {
-        let layer = BackpressureLayer::new(10, 20).unwrap();
+        let layer = BackpressureLayer::new("backpressure", 10, 20).unwrap();
         SimService::new(layer.layer(server))
     }
 

@@ -40,7 +40,7 @@ impl Signal for Knob {
 }
 
 fn controller(knob: &Knob) -> AdmissionController {
-    AdmissionController::builder(knob.clone())
+    AdmissionController::builder("admission", knob.clone())
         .setpoint(0.05)
         // Unbounded: the arithmetic below reads the terms of errors of many setpoints.
         .error_limit(f64::INFINITY)
@@ -101,7 +101,7 @@ impl Signal for Queue {
 #[tokio::test(start_paused = true)]
 async fn below_the_floor_every_request_is_admitted_whatever_the_probability() {
     let queue = Queue::default();
-    let ctl = AdmissionController::builder(queue.clone())
+    let ctl = AdmissionController::builder("admission", queue.clone())
         .setpoint(0.05)
         // Unbounded: the arithmetic below reads the terms of errors of many setpoints.
         .error_limit(f64::INFINITY)
@@ -240,7 +240,7 @@ async fn the_callback_hands_every_new_shed_fraction_to_a_throttle() {
     let throttle = Arc::new(Mutex::new(Vec::new()));
     let seen = throttle.clone();
     let knob = Knob::default();
-    let ctl = AdmissionController::builder(knob.clone())
+    let ctl = AdmissionController::builder("admission", knob.clone())
         .setpoint(0.05)
         // Unbounded: the arithmetic below reads the terms of errors of many setpoints.
         .error_limit(f64::INFINITY)
@@ -270,7 +270,7 @@ async fn the_callback_hands_every_new_shed_fraction_to_a_throttle() {
 async fn seeded_draws_repeat_and_even_draws_admit_the_exact_share() {
     async fn decisions(draw: Draw, seed: u64) -> Vec<bool> {
         let knob = Knob::default();
-        let ctl = AdmissionController::builder(knob.clone())
+        let ctl = AdmissionController::builder("admission", knob.clone())
             .setpoint(0.0)
             .gains(1.0, 0.0, 0.0)
             .min_admission(0.0)
@@ -309,8 +309,7 @@ async fn gauges_are_registered_at_build_and_follow_the_terms() {
     let snapshotter = recorder.snapshotter();
     let knob = Knob::default();
     let ctl = metrics::with_local_recorder(&recorder, || {
-        AdmissionController::builder(knob.clone())
-            .name("pid_gauges")
+        AdmissionController::builder("pid_gauges", knob.clone())
             .setpoint(0.05)
             // Unbounded: the arithmetic below reads the terms of errors of many setpoints.
             .error_limit(f64::INFINITY)
@@ -364,7 +363,7 @@ async fn gauges_are_registered_at_build_and_follow_the_terms() {
 #[tokio::test(start_paused = true)]
 async fn by_default_one_sample_of_many_setpoints_moves_p_by_three_setpoints_at_most() {
     let knob = Knob::default();
-    let ctl = AdmissionController::builder(knob.clone())
+    let ctl = AdmissionController::builder("admission", knob.clone())
         .setpoint(0.05)
         .gains(2.0, 0.0, 0.0)
         .tick(TICK)
@@ -382,7 +381,7 @@ async fn by_default_one_sample_of_many_setpoints_moves_p_by_three_setpoints_at_m
 
 #[test]
 fn bad_configuration_is_a_config_error_naming_the_field() {
-    let b = || AdmissionController::builder(signal_fn(|_| None));
+    let b = || AdmissionController::builder("admission", signal_fn(|_| None));
     let field = |r: Result<AdmissionController, backstop::ConfigError>| r.unwrap_err().field();
     assert_eq!(field(b().tick(Duration::ZERO).build()), "tick");
     assert_eq!(field(b().gains(-0.1, 1.0, 0.0).build()), "kp");
@@ -417,7 +416,7 @@ fn sleepy()
 
 #[tokio::test(start_paused = true)]
 async fn queue_delay_of_a_backpressure_queue_is_waiting_over_grant_rate() {
-    let bp = BackpressureLayer::builder()
+    let bp = BackpressureLayer::builder("backpressure")
         .max_in_flight(1)
         .max_waiting(100)
         .build()
@@ -450,7 +449,7 @@ async fn queue_delay_of_a_backpressure_queue_is_waiting_over_grant_rate() {
 #[tokio::test(start_paused = true)]
 async fn queue_delay_at_light_load_divides_by_the_drain_rate_not_the_arrival_rate() {
     // One slot, 100 ms each: the queue drains 10 per second.
-    let bp = BackpressureLayer::builder()
+    let bp = BackpressureLayer::builder("backpressure")
         .max_in_flight(1)
         .max_waiting(100)
         .build()
@@ -488,7 +487,10 @@ async fn queue_delay_at_light_load_divides_by_the_drain_rate_not_the_arrival_rat
 
 #[tokio::test(start_paused = true)]
 async fn queue_delay_of_a_lifo_queue_reads_its_waiters() {
-    let lifo = LifoQueueLayer::builder().max_in_flight(1).build().unwrap();
+    let lifo = LifoQueueLayer::builder("lifo_queue")
+        .max_in_flight(1)
+        .build()
+        .unwrap();
     let expected = QueueDelay::of_queue(lifo.queue());
     let oldest = QueueDelay::of_queue(lifo.queue()).oldest_waiter();
     let svc = lifo.layer(sleepy());
@@ -668,14 +670,14 @@ fn simulate(
         .unwrap();
     rt.block_on(async move {
         let start = Instant::now();
-        let queue = BackpressureLayer::builder()
+        let queue = BackpressureLayer::builder("backpressure")
             .max_in_flight(workers)
             .max_waiting(control.line)
             .build()
             .unwrap();
         let limiter = queue.limiter().clone();
         let ctl = control.gains.map(|(kp, ki, kd)| {
-            AdmissionController::builder(QueueDelay::of_limiter(&limiter))
+            AdmissionController::builder("admission", QueueDelay::of_limiter(&limiter))
                 .setpoint(control.setpoint)
                 .gains(kp, ki, kd)
                 .dead_band(control.band)
@@ -961,10 +963,10 @@ proptest! {
     fn every_call_has_one_outcome_and_permits_come_back(steps in script()) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         rt.block_on(async move {
-            let queue = BackpressureLayer::builder().max_in_flight(2).max_waiting(3).build().unwrap();
+            let queue = BackpressureLayer::builder("backpressure").max_in_flight(2).max_waiting(3).build().unwrap();
             let limiter = queue.limiter().clone();
             let knob = Knob::default();
-            let ctl = AdmissionController::builder(knob.clone()).setpoint(0.05).gains(3.0, 5.0, 0.0)
+            let ctl = AdmissionController::builder("admission", knob.clone()).setpoint(0.05).gains(3.0, 5.0, 0.0)
                 .min_admission(0.0).seed(3).build().unwrap();
             let served = Arc::new(AtomicU64::new(0));
             let s2 = served.clone();
@@ -1005,5 +1007,383 @@ proptest! {
             assert_eq!((stats.in_flight, stats.waiting), (0, 0), "every permit came back");
             assert!(served.load(Relaxed) >= ok);
         });
+    }
+}
+
+/// A signal whose value and idleness the test sets.
+#[derive(Clone, Default)]
+struct IdleKnob {
+    value: Arc<Mutex<(f64, bool)>>,
+}
+
+impl IdleKnob {
+    fn set(&self, v: f64, idle: bool) {
+        *self.value.lock().unwrap() = (v, idle);
+    }
+}
+
+impl Signal for IdleKnob {
+    fn sample(&self, _now: Instant) -> Option<f64> {
+        Some(self.value.lock().unwrap().0)
+    }
+
+    fn idle(&self) -> Option<bool> {
+        Some(self.value.lock().unwrap().1)
+    }
+}
+
+/// Ticks until the shed fraction is 0 (at most 100), the knob reading `value` and `idle`.
+async fn ticks_to_release(ctl: &AdmissionController, knob: &IdleKnob, idle: bool) -> usize {
+    knob.set(0.0, idle);
+    for ticks in 1..=100 {
+        advance(TICK).await;
+        ctl.poll_tick(Instant::now());
+        if ctl.shed_fraction() == 0.0 {
+            return ticks;
+        }
+    }
+    100
+}
+
+/// The crush test's controller (20 ms setpoint, default gains), driven to shed about 0.65.
+async fn shedding(knob: &IdleKnob, idle_release: Option<f64>) -> AdmissionController {
+    let mut b = AdmissionController::builder("admission", knob.clone())
+        .setpoint(0.020)
+        .tick(TICK);
+    if let Some(share) = idle_release {
+        b = b.idle_release(share);
+    }
+    let ctl = b.build().unwrap();
+    ctl.poll_tick(Instant::now());
+    knob.set(0.040, false); // one setpoint over: the integral climbs 0.04 a tick
+    while ctl.shed_fraction() < 0.65 {
+        advance(TICK).await;
+        ctl.poll_tick(Instant::now());
+    }
+    ctl
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_signal_releases_the_shed_in_a_few_ticks_not_at_the_integrals_pace() {
+    // The default: 0.25 of the integral at the first idle tick, doubling at each further one.
+    let knob = IdleKnob::default();
+    let fast = shedding(&knob, None).await;
+    let fast_ticks = ticks_to_release(&fast, &knob, true).await;
+    assert!(fast_ticks <= 4, "released in {fast_ticks} ticks");
+    assert_eq!(
+        fast.idle_releases() as usize,
+        fast_ticks.min(fast_ticks),
+        "counted"
+    );
+    // Off, or with the queue empty at the tick but someone having waited in it (not idle):
+    // the integral unwinds at ki × setpoint = 0.4 a second, 0.04 a tick.
+    let knob = IdleKnob::default();
+    let off = shedding(&knob, Some(0.0)).await;
+    let off_ticks = ticks_to_release(&off, &knob, true).await;
+    let knob = IdleKnob::default();
+    let busy = shedding(&knob, None).await;
+    let busy_ticks = ticks_to_release(&busy, &knob, false).await;
+    assert_eq!(off.idle_releases() + busy.idle_releases(), 0);
+    assert!((13..=17).contains(&off_ticks), "{off_ticks}");
+    assert_eq!(busy_ticks, off_ticks);
+    assert!(off_ticks >= 2 * fast_ticks, "{off_ticks} vs {fast_ticks}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_idle_tick_in_an_overload_releases_a_quarter_of_the_integral() {
+    let knob = IdleKnob::default();
+    let ctl = shedding(&knob, None).await;
+    // Hold at the setpoint: no error, the integral holds still.
+    knob.set(0.020, false);
+    advance(TICK).await;
+    ctl.poll_tick(Instant::now());
+    let before = ctl.terms().i;
+    // One idle tick at the setpoint (no error either): only the release moves the integral.
+    knob.set(0.020, true);
+    advance(TICK).await;
+    ctl.poll_tick(Instant::now());
+    let after = ctl.terms().i;
+    assert!((after - 0.75 * before).abs() < 1e-9, "{before} -> {after}");
+    // Busy again: the streak ends, and the next idle tick starts from a quarter again.
+    knob.set(0.020, false);
+    advance(TICK).await;
+    ctl.poll_tick(Instant::now());
+    knob.set(0.020, true);
+    advance(TICK).await;
+    ctl.poll_tick(Instant::now());
+    assert!(
+        (ctl.terms().i - 0.5625 * before).abs() < 1e-9,
+        "{:?}",
+        ctl.terms()
+    );
+    assert_eq!(ctl.idle_releases(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_delay_is_idle_only_when_fewer_than_half_waited_since_the_last_sample() {
+    let bp = BackpressureLayer::builder("backpressure")
+        .max_in_flight(1)
+        .max_waiting(100)
+        .build()
+        .unwrap();
+    let signal = QueueDelay::of_limiter(bp.limiter());
+    let svc = bp.layer(sleepy());
+    signal.sample(Instant::now());
+    assert_eq!(
+        signal.idle(),
+        Some(false),
+        "the first sample has nothing to compare"
+    );
+    signal.sample(Instant::now());
+    assert_eq!(signal.idle(), Some(true), "nothing happened");
+    // Two requests of 10 ms at once: the second waits, and both are done before the sample.
+    let a = tokio::spawn(svc.clone().oneshot(http::Request::new(10)));
+    let b = tokio::spawn(svc.clone().oneshot(http::Request::new(10)));
+    sleep(Duration::from_millis(50)).await;
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    assert_eq!(
+        signal.sample(Instant::now()),
+        Some(0.0),
+        "empty at the sample"
+    );
+    assert_eq!(
+        signal.idle(),
+        Some(false),
+        "but half the requests waited since"
+    );
+    // One at a time: each finds the slot free.
+    for _ in 0..3 {
+        svc.clone().oneshot(http::Request::new(10)).await.unwrap();
+    }
+    signal.sample(Instant::now());
+    assert_eq!(signal.idle(), Some(true));
+    // Two at once, then three one at a time: one of five waited, fewer than half.
+    let a = tokio::spawn(svc.clone().oneshot(http::Request::new(10)));
+    let b = tokio::spawn(svc.clone().oneshot(http::Request::new(10)));
+    sleep(Duration::from_millis(50)).await;
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    for _ in 0..3 {
+        svc.clone().oneshot(http::Request::new(10)).await.unwrap();
+    }
+    signal.sample(Instant::now());
+    assert_eq!(signal.idle(), Some(true), "one of five waited");
+    // Someone waiting now is not idle.
+    let tasks: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(svc.clone().oneshot(http::Request::new(100))))
+        .collect();
+    sleep(Duration::from_millis(1)).await;
+    signal.sample(Instant::now());
+    assert_eq!(signal.idle(), Some(false));
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+}
+
+/// Every field of both builders against 0, negative values, NaN, the infinities and
+/// `Duration::MAX`: either a `ConfigError` naming the field, or a controller that then ticks
+/// and admits without panicking.
+#[tokio::test(start_paused = true)]
+async fn every_builder_field_is_checked_against_extreme_values() {
+    use backstop::pid::{AntiWindup, PidController};
+    let field = |r: Result<AdmissionController, backstop::ConfigError>| {
+        r.map(|_| ()).map_err(|e| e.field())
+    };
+    let b = || AdmissionController::builder("admission", signal_fn(|_| Some(1.0)));
+    let floats = [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+    // The admission controller's own fields.
+    for (v, want) in floats.iter().zip([
+        Ok(()),
+        Err("setpoint"),
+        Err("setpoint"),
+        Err("setpoint"),
+        Err("setpoint"),
+    ]) {
+        assert_eq!(field(b().setpoint(*v).build()), want, "setpoint {v}");
+    }
+    for (v, want) in floats.iter().zip([
+        Ok(()),
+        Err("min_admission"),
+        Err("min_admission"),
+        Err("min_admission"),
+        Err("min_admission"),
+    ]) {
+        assert_eq!(
+            field(b().min_admission(*v).build()),
+            want,
+            "min_admission {v}"
+        );
+    }
+    for (v, want) in floats.iter().zip([
+        Ok(()),
+        Err("floor"),
+        Err("floor"),
+        Err("floor"),
+        Err("floor"),
+    ]) {
+        assert_eq!(field(b().floor(*v).build()), want, "floor {v}");
+    }
+    for (v, want) in floats.iter().zip([
+        Ok(()),
+        Err("idle_release"),
+        Err("idle_release"),
+        Err("idle_release"),
+        Err("idle_release"),
+    ]) {
+        assert_eq!(
+            field(b().idle_release(*v).build()),
+            want,
+            "idle_release {v}"
+        );
+    }
+    assert_eq!(field(b().idle_release(1.0).build()), Ok(()));
+    assert_eq!(field(b().idle_release(1.5).build()), Err("idle_release"));
+    for (v, want) in floats.iter().zip([
+        Ok(()),
+        Err("dead_band.above"),
+        Err("dead_band.above"),
+        Err("dead_band.above"),
+        Err("dead_band.above"),
+    ]) {
+        assert_eq!(field(b().dead_band(*v).build()), want, "dead_band {v}");
+    }
+    for (v, want) in floats.iter().zip([
+        Err("error_limit"),
+        Err("error_limit"),
+        Err("error_limit"),
+        Ok(()),
+        Err("error_limit"),
+    ]) {
+        assert_eq!(field(b().error_limit(*v).build()), want, "error_limit {v}");
+    }
+    for (v, want) in floats.iter().zip([
+        Ok(()),
+        Err("adaptive_filter"),
+        Err("adaptive_filter"),
+        Err("adaptive_filter"),
+        Err("adaptive_filter"),
+    ]) {
+        assert_eq!(
+            field(b().adaptive_filter(*v).build()),
+            want,
+            "adaptive_filter {v}"
+        );
+    }
+    for (i, name) in ["kp", "ki", "kd"].into_iter().enumerate() {
+        for (v, want) in floats
+            .iter()
+            .zip([Ok(()), Err(name), Err(name), Err(name), Err(name)])
+        {
+            let mut gains = [1.0, 1.0, 1.0];
+            gains[i] = *v;
+            assert_eq!(
+                field(b().gains(gains[0], gains[1], gains[2]).build()),
+                want,
+                "{name} {v}"
+            );
+        }
+    }
+    // Durations: zero, and Duration::MAX (which used to overflow the tick arithmetic).
+    let long = Duration::MAX;
+    assert_eq!(field(b().tick(Duration::ZERO).build()), Err("tick"));
+    assert_eq!(field(b().tick(long).build()), Err("tick"));
+    assert_eq!(field(b().tick(Duration::from_secs(3600)).build()), Ok(()));
+    assert_eq!(field(b().floor_tracking(Duration::ZERO).build()), Ok(()));
+    assert_eq!(
+        field(b().floor_tracking(long).build()),
+        Err("floor_tracking")
+    );
+    assert_eq!(field(b().derivative_filter(Duration::ZERO).build()), Ok(()));
+    assert_eq!(
+        field(b().derivative_filter(long).build()),
+        Err("derivative_filter")
+    );
+    assert_eq!(
+        field(b().measurement_filter(Duration::ZERO).build()),
+        Ok(())
+    );
+    assert_eq!(
+        field(b().measurement_filter(long).build()),
+        Err("measurement_filter")
+    );
+    let windup = |t| AntiWindup::BackCalculation { tracking: t };
+    assert_eq!(
+        field(b().anti_windup(windup(Duration::ZERO)).build()),
+        Err("anti_windup.tracking")
+    );
+    assert_eq!(
+        field(b().anti_windup(windup(long)).build()),
+        Err("anti_windup.tracking")
+    );
+    // The messages name the range.
+    let err = b().setpoint(-0.05).build().unwrap_err();
+    assert!(err.to_string().contains(">= 0"), "{err}");
+    let err = b().tick(long).build().unwrap_err();
+    assert!(err.to_string().contains("at most 1 hour"), "{err}");
+
+    // The pure controller: the same checks where they apply; a negative setpoint is allowed
+    // there (a temperature), and the output range must be finite and ordered.
+    let p = PidController::builder;
+    let pfield =
+        |r: Result<PidController, backstop::ConfigError>| r.map(|_| ()).map_err(|e| e.field());
+    assert_eq!(pfield(p().setpoint(-1.0).build()), Ok(()));
+    for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        assert_eq!(pfield(p().setpoint(v).build()), Err("setpoint"));
+        assert_eq!(pfield(p().bias(v).build()), Err("bias"));
+        assert_eq!(pfield(p().output_range(v, 1.0).build()), Err("min"));
+        assert_eq!(pfield(p().output_range(0.0, v).build()), Err("max"));
+    }
+    assert_eq!(pfield(p().output_range(0.0, 0.0).build()), Err("max"));
+    assert_eq!(
+        pfield(p().output_range(-f64::MAX, f64::MAX).build()),
+        Ok(())
+    );
+    assert_eq!(
+        pfield(p().dead_band(-1.0, 0.0).build()),
+        Err("dead_band.below")
+    );
+    assert_eq!(
+        pfield(p().derivative_filter(long).build()),
+        Err("derivative_filter")
+    );
+    assert_eq!(
+        pfield(p().measurement_filter(long).build()),
+        Err("measurement_filter")
+    );
+    assert_eq!(
+        pfield(p().anti_windup(windup(long)).build()),
+        Err("anti_windup.tracking")
+    );
+
+    // What is accepted works: extreme but valid values tick and admit without panicking.
+    let ctl = b()
+        .setpoint(0.0)
+        .gains(f64::MAX, f64::MAX, f64::MAX)
+        .error_limit(f64::INFINITY)
+        .min_admission(0.0)
+        .floor(0.0)
+        .idle_release(1.0)
+        .tick(Duration::from_secs(3600))
+        .derivative_filter(Duration::from_secs(3600))
+        .measurement_filter(Duration::from_secs(3600))
+        .floor_tracking(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = AdmissionLayer::new(ctl.clone()).layer(counting(calls.clone()));
+    for i in 0..100 {
+        let _ = svc.ready().await.unwrap().call(i).await;
+        advance(Duration::from_secs(1800)).await;
+    }
+    let probability = ctl.admission_probability();
+    assert!((0.0..=1.0).contains(&probability), "{probability}");
+    let mut pid = p()
+        .output_range(-f64::MAX, f64::MAX)
+        .gains(f64::MAX, f64::MAX, f64::MAX)
+        .build()
+        .unwrap();
+    for m in [0.0, f64::MAX, -f64::MAX] {
+        assert!(!pid.update(m, Duration::MAX).is_nan());
     }
 }

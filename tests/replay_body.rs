@@ -422,7 +422,7 @@ async fn hedged_copies(limit: usize, chunks: &[&str]) -> (usize, Vec<Bytes>) {
             }
         })
     };
-    let hedge = HedgeLayer::builder()
+    let hedge = HedgeLayer::builder("hedge")
         .fixed_delay(Duration::from_millis(10))
         .starting_tokens(5.0)
         .build()

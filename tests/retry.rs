@@ -166,7 +166,8 @@ fn http_service(
     status: u16,
     retry_after: bool,
 ) -> (
-    impl Service<http::Request<()>, Response = http::Response<()>, Error = BoxError> + Clone,
+    impl Service<http::Request<()>, Response = http::Response<()>, Error = BoxError, Future: Send>
+    + Clone,
     HttpLog,
 ) {
     let log: HttpLog = Arc::default();
@@ -752,7 +753,11 @@ async fn a_retry_that_waits_for_readiness_past_the_deadline_is_not_sent_and_refu
         ..Req::new(1)
     };
     let err = layer.layer(gated).oneshot(req).await.unwrap_err();
-    assert_eq!(err.to_string(), "connection reset", "the first failure");
+    assert_eq!(
+        err.to_string(),
+        "retry decided below: connection reset",
+        "the first failure, marked: this layer decided"
+    );
     assert_eq!(sends(&log), 1);
     assert_eq!(budget.tokens(), 5.0);
     assert_eq!(budget.stats().refunded, 1);
@@ -767,48 +772,104 @@ mod chain {
         SimRequest, SimServer, SimService,
     };
 
-    fn always_failing(server: SimServer) -> SimService {
+    /// The retrying client each service uses to call the next.
+    #[derive(Clone, Copy, Debug)]
+    enum Client {
+        /// 3 retries per call, no budget.
+        Naive,
+        /// `RetryLayer` at the defaults, except the budget's floor gate and the marking.
+        Backstop { gated: bool, mark: MarkRetried },
+    }
+
+    const DEFAULTS: Client = Client::Backstop {
+        gated: true,
+        mark: MarkRetried::Always,
+    };
+    /// Before this change: a fixed floor of 1 retry/s, and only retried failures marked.
+    const BEFORE: Client = Client::Backstop {
+        gated: false,
+        mark: MarkRetried::AfterRetry,
+    };
+
+    /// Calls at the bottom during the outage, per logical request.
+    type PerRequest = Arc<Mutex<HashMap<u64, u64>>>;
+
+    /// The bottom service: healthy until `healthy` into the run, failing every call after;
+    /// counts the calls of each logical request during the outage.
+    fn bottom(server: SimServer, healthy: Duration, counts: PerRequest) -> SimService {
+        let outage = Instant::now() + healthy;
         SimService::new(tower::service_fn(move |req: SimRequest| {
-            let server = server.clone();
+            let (server, counts) = (server.clone(), counts.clone());
+            let failing = Instant::now() >= outage;
+            if failing {
+                *counts.lock().unwrap().entry(req.logical).or_default() += 1;
+            }
             async move {
-                server.oneshot(req).await?;
-                Err::<backstop::sim::SimResponse, BoxError>("down".into())
+                let res = server.oneshot(req).await?;
+                if failing {
+                    Err::<backstop::sim::SimResponse, BoxError>("down".into())
+                } else {
+                    Ok(res)
+                }
             }
         }))
     }
 
-    /// Returns (offered, requests at the bottom service).
-    fn run(rps: f64, secs: u64, naive: bool) -> (u64, u64) {
+    /// What the bottom saw during the outage.
+    struct Figures {
+        requests: u64,
+        calls: u64,
+        max_per_request: u64,
+    }
+
+    impl Figures {
+        fn amplification(&self) -> f64 {
+            self.calls as f64 / self.requests.max(1) as f64
+        }
+    }
+
+    /// `rps` for `healthy + failing` seconds through four services, the bottom failing after
+    /// `healthy` seconds.
+    fn run(client: Client, rps: f64, healthy: u64, failing: u64) -> Figures {
+        let counts = PerRequest::default();
         let hop = |n: usize| {
             let hop = Hop::new(
                 format!("s{n}"),
                 1_000,
                 ServiceTime::Fixed(Duration::from_millis(1)),
             );
-            let hop = if naive {
-                hop.caller_policy(CallPolicy {
+            let hop = match client {
+                Client::Naive => hop.caller_policy(CallPolicy {
                     attempt_timeout: None,
                     retry: RetryPolicy::Naive {
                         retries: 3,
                         backoff: Duration::from_millis(10),
                         jitter: 0.0,
                     },
-                })
-            } else {
-                let budget = RetryBudget::builder(format!("s{n}")).build().unwrap();
-                let layer = RetryLayer::builder(budget)
-                    .retry_non_idempotent()
-                    .seed(n as u64)
-                    .build()
-                    .unwrap();
-                hop.caller_stack(move |next| SimService::new(layer.layer(next)))
+                }),
+                Client::Backstop { gated, mark } => {
+                    let budget = RetryBudget::builder(format!("s{n}"))
+                        .floor_needs_successes(gated)
+                        .build()
+                        .unwrap();
+                    let layer = RetryLayer::builder(budget)
+                        .retry_non_idempotent()
+                        .mark_retried(mark)
+                        .seed(n as u64)
+                        .build()
+                        .unwrap();
+                    hop.caller_stack(move |next| SimService::new(layer.layer(next)))
+                }
             };
             if n == 4 {
-                hop.stack(always_failing)
+                let counts = counts.clone();
+                let healthy = Duration::from_secs(healthy);
+                hop.stack(move |server| bottom(server, healthy, counts.clone()))
             } else {
                 hop
             }
         };
+        let secs = healthy + failing;
         let scenario = Scenario::builder("chain")
             .seed(9)
             .profile(LoadProfile::new().step(Duration::from_secs(secs), rps))
@@ -828,25 +889,314 @@ mod chain {
             .hop(hop(4))
             .build()
             .unwrap();
-        let report = scenario.run();
-        (report.summary.offered, report.hops[3].sent)
+        scenario.run();
+        let counts = counts.lock().unwrap();
+        Figures {
+            requests: counts.len() as u64,
+            calls: counts.values().sum(),
+            max_per_request: counts.values().copied().max().unwrap_or(0),
+        }
     }
 
     #[test]
     fn budgets_keep_the_bottom_service_within_1_1x_where_naive_retries_send_64x() {
-        let (offered, bottom) = run(100.0, 10, false);
-        let backstop = bottom as f64 / offered as f64;
-        assert!(offered > 900, "{offered}");
+        let backstop = run(DEFAULTS, 100.0, 0, 10);
+        assert!(backstop.requests > 900, "{}", backstop.requests);
         assert!(
-            backstop <= 1.1,
-            "backstop sent {backstop:.3}x to the bottom service"
+            backstop.amplification() <= 1.1,
+            "backstop sent {:.3}x to the bottom service",
+            backstop.amplification()
         );
 
-        let (offered, bottom) = run(10.0, 5, true);
+        let naive = run(Client::Naive, 10.0, 0, 5);
         assert_eq!(
-            bottom,
-            64 * offered,
+            naive.calls,
+            64 * naive.requests,
             "naive: 4 × 4 × 4 attempts per request"
         );
+        assert_eq!(naive.max_per_request, 64);
+    }
+
+    #[test]
+    fn at_10_requests_per_second_an_outage_costs_at_most_1_1x_and_2_calls_a_request() {
+        // 30 s healthy, so every budget holds what a live client's holds (earned tokens, the
+        // floor's credit), then 60 s of outage at the bottom.
+        let now = run(DEFAULTS, 10.0, 30, 60);
+        assert!(now.requests > 500, "{}", now.requests);
+        assert!(
+            now.amplification() <= 1.1,
+            "{:.3}x at the bottom",
+            now.amplification()
+        );
+        assert!(now.max_per_request <= 2, "{}", now.max_per_request);
+        // Failing from the start: the floor lends nothing to a client that never succeeded.
+        let cold = run(DEFAULTS, 10.0, 0, 60);
+        assert_eq!(cold.calls, cold.requests, "no retry at all");
+
+        // Before: a fixed floor of 1/s at each level, and declined retries passed up unmarked.
+        let before = run(BEFORE, 10.0, 30, 60);
+        assert!(
+            before.amplification() > 1.2,
+            "{:.3}x at the bottom before",
+            before.amplification()
+        );
+        assert!(before.max_per_request >= 3, "{}", before.max_per_request);
+    }
+}
+
+mod decided {
+    //! "Decided below": a retryable failure a lower retry layer saw goes up marked, retried or
+    //! not, so the layers above never multiply it.
+
+    use super::*;
+    use backstop::retry::PropagateRetriedLayer;
+    use tower::util::BoxCloneService;
+
+    type Stack = BoxCloneService<Req, u32, BoxError>;
+
+    /// Why the inner layer declines to retry.
+    #[derive(Clone, Copy, Debug)]
+    enum Decline {
+        BudgetEmpty,
+        NotIdempotent,
+        NoTimeLeft,
+        NoRetries,
+    }
+
+    /// An outer layer with a full budget over an inner one that declines, over a failing
+    /// service: (requests at the bottom, retries the outer layer was granted, error marked).
+    async fn two_layers(decline: Decline, inner_mark: MarkRetried) -> (usize, u64, bool) {
+        let (svc, log) = scripted(Duration::from_millis(10), |_, _| Answer::Fail);
+        let inner_budget = match decline {
+            Decline::BudgetEmpty => budget_with(0.0),
+            _ => budget_with(10.0),
+        };
+        let inner = RetryLayer::builder(inner_budget)
+            .mark_retried(inner_mark)
+            .max_retries(match decline {
+                Decline::NoRetries => 0,
+                _ => 1,
+            })
+            // Wants 2 s left to retry; the request has 1 s.
+            .min_time_left(match decline {
+                Decline::NoTimeLeft => Duration::from_secs(2),
+                _ => Duration::from_millis(10),
+            })
+            .build()
+            .unwrap();
+        let outer_budget = budget_with(10.0);
+        // The outer layer retries anything (a GET above a POST below, say).
+        let outer = RetryLayer::builder(outer_budget.clone())
+            .retry_non_idempotent()
+            .build()
+            .unwrap();
+        let req = Req {
+            idempotent: !matches!(decline, Decline::NotIdempotent),
+            deadline: Some(Deadline::after(Duration::from_secs(1))),
+            ..Req::new(1)
+        };
+        let err = outer
+            .layer(inner.layer(svc))
+            .oneshot(req)
+            .await
+            .unwrap_err();
+        (
+            sends(&log),
+            outer_budget.stats().granted,
+            AlreadyRetried::is_marked(err.as_ref()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_declined_retry_goes_up_marked_and_is_not_retried_above() {
+        for decline in [
+            Decline::BudgetEmpty,
+            Decline::NotIdempotent,
+            Decline::NoTimeLeft,
+            Decline::NoRetries,
+        ] {
+            assert_eq!(
+                two_layers(decline, MarkRetried::default()).await,
+                (1, 0, true),
+                "{decline:?}: one call at the bottom, no retry above, the error marked"
+            );
+            // The old rule, marking only what was retried: the refusal below became a retry
+            // above (which marks its own answer).
+            assert_eq!(
+                two_layers(decline, MarkRetried::AfterRetry).await,
+                (2, 1, true),
+                "{decline:?}, marked after a retry only"
+            );
+        }
+    }
+
+    type AnyBudget = Arc<dyn Budget + Send + Sync>;
+
+    /// A budget that declines its first retry and pays for every one after: a floor that
+    /// refills between the first attempt and a retry from above.
+    #[derive(Default)]
+    struct DeclinesFirst(std::sync::atomic::AtomicU32);
+
+    impl Budget for DeclinesFirst {
+        fn deposit(&self) {}
+        fn try_withdraw(&self, _: RetryKind) -> bool {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0
+        }
+        fn refund(&self, _: RetryKind) {}
+    }
+
+    /// Retry layers over a service that always fails, the innermost first in `budgets`, all
+    /// marking as `mark` says.
+    fn chain(budgets: Vec<AnyBudget>, mark: MarkRetried) -> (Stack, Log) {
+        let (svc, log) = scripted(Duration::from_millis(5), |_, _| Answer::Fail);
+        let mut stack = BoxCloneService::new(svc);
+        for (level, budget) in budgets.into_iter().enumerate() {
+            let layer = RetryLayer::builder(budget)
+                .mark_retried(mark)
+                .seed(level as u64)
+                .build()
+                .unwrap();
+            stack = BoxCloneService::new(layer.layer(stack));
+        }
+        (stack, log)
+    }
+
+    fn full(depth: usize) -> Vec<AnyBudget> {
+        (0..depth)
+            .map(|_| Arc::new(budget_with(10.0)) as AnyBudget)
+            .collect()
+    }
+
+    /// The most calls any one request made at the bottom.
+    fn max_per_request(log: &Log) -> usize {
+        let mut per: HashMap<u32, usize> = HashMap::new();
+        for (id, _, _) in log.lock().unwrap().iter() {
+            *per.entry(*id).or_default() += 1;
+        }
+        per.into_values().max().unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_reaches_the_bottom_at_most_twice_at_any_depth() {
+        for depth in 1..=4 {
+            // Every level can pay for every retry: only the marker bounds the chain.
+            let (stack, log) = chain(full(depth), MarkRetried::default());
+            for id in 0..10 {
+                stack.clone().oneshot(Req::new(id)).await.unwrap_err();
+            }
+            assert_eq!(max_per_request(&log), 2, "depth {depth}");
+            assert_eq!(
+                sends(&log),
+                20,
+                "depth {depth}: the bottom layer retried each once"
+            );
+
+            // The bottom layer declines its first retry: nobody above retries.
+            let mut budgets = full(depth);
+            budgets[0] = Arc::new(DeclinesFirst::default());
+            let (stack, log) = chain(budgets, MarkRetried::default());
+            stack.clone().oneshot(Req::new(0)).await.unwrap_err();
+            assert_eq!(max_per_request(&log), 1, "depth {depth}, bottom declined");
+        }
+        // The audit's chain, marking only what was retried: the bottom's refusal is retried by
+        // the layer above, and this time the bottom pays: 3 calls for one request.
+        let mut budgets = full(4);
+        budgets[0] = Arc::new(DeclinesFirst::default());
+        let (stack, log) = chain(budgets, MarkRetried::AfterRetry);
+        stack.oneshot(Req::new(0)).await.unwrap_err();
+        assert_eq!(max_per_request(&log), 3, "AfterRetry: 1 + 2 at the bottom");
+    }
+
+    /// A → B → C as three servers: B's handler calls C through its own retry client and
+    /// answers 502 when C fails (a new response: nothing of C's is copied). With
+    /// `propagate`, B's server stack has `PropagateRetriedLayer`.
+    async fn a_b_c(propagate: bool) -> (u32, usize, bool) {
+        let (c, c_log) = http_service(500, false);
+        let b_client = RetryLayer::builder(budget_with(10.0))
+            .classifier(HttpClassifier)
+            .build()
+            .unwrap()
+            .layer(c);
+        let b_handler = tower::service_fn(move |req: http::Request<()>| {
+            let client = b_client.clone();
+            async move {
+                let from_c = client.oneshot(req).await?;
+                let status = if from_c.status().is_server_error() {
+                    502
+                } else {
+                    200
+                };
+                Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+            }
+        });
+        let b_calls = Arc::new(Mutex::new(0));
+        let counted = b_calls.clone();
+        let b_handler = b_handler.map_request(move |r| {
+            *counted.lock().unwrap() += 1;
+            r
+        });
+        let b: BoxCloneService<_, _, BoxError> = if propagate {
+            BoxCloneService::new(PropagateRetriedLayer::new(HttpClassifier).layer(b_handler))
+        } else {
+            BoxCloneService::new(b_handler)
+        };
+        let a_client = RetryLayer::builder(budget_with(10.0))
+            .classifier(HttpClassifier)
+            .build()
+            .unwrap()
+            .layer(b);
+        let res = a_client.oneshot(idempotent_get()).await.unwrap();
+        assert_eq!(res.status(), 502);
+        let (b, c) = (*b_calls.lock().unwrap(), sends_http(&c_log));
+        (b, c, res.headers().contains_key(RETRIED_HEADER))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_carries_the_mark_to_its_callers() {
+        assert_eq!(
+            a_b_c(true).await,
+            (1, 2, true),
+            "B retried C once; B's 502 went up marked and A did not retry"
+        );
+        assert_eq!(
+            a_b_c(false).await,
+            (2, 4, true),
+            "without the layer, A retried B's unmarked 502 (its own retry marks the answer)"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_marks_nothing_when_its_calls_succeeded_or_it_made_none() {
+        // A handler that fails on its own, with no call below: its 500 is A's to retry.
+        let (b, b_log) = http_service(500, false);
+        let b = PropagateRetriedLayer::new(HttpClassifier).layer(b);
+        let res = b.oneshot(idempotent_get()).await.unwrap();
+        assert!(!res.headers().contains_key(RETRIED_HEADER));
+        assert_eq!(sends_http(&b_log), 1);
+
+        // A handler whose call below answered 200 or 429 (an overload, never retried, so
+        // nothing was decided below) and that fails anyway.
+        for c_status in [200, 429] {
+            let (c, _) = http_service(c_status, true);
+            let client = RetryLayer::builder(budget_with(10.0))
+                .classifier(HttpClassifier)
+                .build()
+                .unwrap()
+                .layer(c);
+            let handler = tower::service_fn(move |req: http::Request<()>| {
+                let client = client.clone();
+                async move {
+                    client.oneshot(req).await?;
+                    Ok::<_, BoxError>(http::Response::builder().status(500).body(()).unwrap())
+                }
+            });
+            let b = PropagateRetriedLayer::new(HttpClassifier).layer(handler);
+            let res = b.oneshot(idempotent_get()).await.unwrap();
+            assert_eq!(res.status(), 500);
+            assert!(
+                !res.headers().contains_key(RETRIED_HEADER),
+                "C answered {c_status}"
+            );
+        }
     }
 }

@@ -59,7 +59,7 @@ async fn the_readme_client_stack_runs_in_a_spawned_task() {
                 .build()
                 .unwrap(),
         )
-        .layer(HedgeLayer::builder().build().unwrap())
+        .layer(HedgeLayer::builder("hedge").build().unwrap())
         .layer(
             TokenBucketLayer::builder(bucket)
                 .classifier(HttpClassifier)
@@ -93,7 +93,10 @@ async fn the_readme_client_stack_runs_in_a_spawned_task() {
 #[tokio::test]
 async fn the_readme_server_stack_runs_in_a_spawned_task() {
     let meter = LittleMeter::builder("spawn_server").build().unwrap();
-    let queue = LifoQueueLayer::builder().max_in_flight(4).build().unwrap();
+    let queue = LifoQueueLayer::builder("lifo_queue")
+        .max_in_flight(4)
+        .build()
+        .unwrap();
     let shed = ShedFraction::builder("spawn_server").build().unwrap();
     let quotas = ClientQuotas::builder(
         "spawn_server",
@@ -104,7 +107,7 @@ async fn the_readme_server_stack_runs_in_a_spawned_task() {
     let server = ServiceBuilder::new()
         .layer(LittleLayer::new(meter).with_classifier(HttpClassifier))
         .layer(
-            ThrottleLayer::builder(HeaderKey::default())
+            ThrottleLayer::builder("throttle", HeaderKey::default())
                 .shed(shed)
                 .quotas(quotas)
                 .build()
@@ -126,11 +129,12 @@ async fn the_readme_server_stack_runs_in_a_spawned_task() {
 
 #[tokio::test]
 async fn admission_over_backpressure_runs_in_a_spawned_task() {
-    let queue = BackpressureLayer::new(4, 8).unwrap();
-    let controller = AdmissionController::builder(QueueDelay::of_limiter(queue.limiter()))
-        .setpoint(0.05)
-        .build()
-        .unwrap();
+    let queue = BackpressureLayer::new("backpressure", 4, 8).unwrap();
+    let controller =
+        AdmissionController::builder("admission", QueueDelay::of_limiter(queue.limiter()))
+            .setpoint(0.05)
+            .build()
+            .unwrap();
     let mut svc = ServiceBuilder::new()
         .layer(AdmissionLayer::new(controller))
         .layer(queue)

@@ -19,6 +19,12 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 #[path = "../examples/throttle_sweep.rs"]
 mod sweep;
 
+#[path = "../examples/support/hostile/alloc.rs"]
+mod alloc;
+
+#[global_allocator]
+static ALLOC: alloc::CountingAlloc = alloc::CountingAlloc;
+
 fn per_second(n: u32) -> Quota {
     Quota::per_second(NonZeroU32::new(n).unwrap())
 }
@@ -146,7 +152,7 @@ async fn two_instances_with_one_seed_throttle_the_same_clients_for_every_p() {
     };
     let (shed_a, shed_b, other) = (handle(99), handle(99), handle(100));
     let layer = |shed: &ShedFraction| {
-        ThrottleLayer::builder(by_id)
+        ThrottleLayer::builder("throttle", by_id)
             .shed(shed.clone())
             .build()
             .unwrap()
@@ -253,7 +259,7 @@ proptest! {
 async fn clones_share_the_fraction_and_the_quotas() {
     let shed = ShedFraction::builder("s").build().unwrap();
     let quotas = ClientQuotas::builder("q", per_second(1)).build().unwrap();
-    let layer = ThrottleLayer::builder(by_id)
+    let layer = ThrottleLayer::builder("throttle", by_id)
         .shed(shed.clone())
         .quotas(quotas.clone())
         .build()
@@ -299,7 +305,7 @@ async fn a_client_over_quota_is_refused_with_governors_wait_until_back_under() {
         .override_key("vip", per_second(100))
         .build()
         .unwrap();
-    let mut svc = ThrottleLayer::builder(by_id)
+    let mut svc = ThrottleLayer::builder("throttle", by_id)
         .quotas(quotas.clone())
         .build()
         .unwrap()
@@ -327,48 +333,217 @@ async fn a_client_over_quota_is_refused_with_governors_wait_until_back_under() {
     assert_eq!(quotas.tracked_keys(), 2, "overrides are not in the table");
 }
 
+/// An HTTP request from `client` (the `x-client-id` header).
+fn from_client(client: &str) -> http::Request<()> {
+    http::Request::builder()
+        .header("x-client-id", client)
+        .body(())
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_hundred_thousand_keys_keep_memory_bounded() {
-    let cap = 10_000;
+async fn a_key_flood_locks_out_neither_a_newcomer_nor_known_clients() {
+    // The case: 10 per second per client, a table of 10,000, and 200,000 new keys over
+    // 20 s (10,000 a second, each sending 2 requests) through the HTTP key extractor.
     let quotas = ClientQuotas::builder("flood", per_second(10))
-        .max_keys(cap)
-        .sweep_every(Duration::from_secs(5))
+        .max_keys(10_000)
         .build()
         .unwrap();
-    // A client known before the flood, and over its quota.
-    let known = ClientId::from("known");
-    while quotas.check(&known).is_ok() {}
+    let mut svc = ThrottleLayer::builder("throttle", HeaderKey::default())
+        .quotas(quotas.clone())
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, BoxError>(())
+        }));
+    let mut call = async |client: &str| svc.ready().await.unwrap().call(from_client(client)).await;
+    // Before the flood: a client over its quota, and a well-behaved one that goes idle.
+    let mut abuser_admitted = 0;
+    while call("abuser").await.is_ok() {
+        abuser_admitted += 1;
+    }
+    assert_eq!(abuser_admitted, 10);
+    assert!(call("idle").await.is_ok());
 
-    let mut admitted_new = 0u32;
-    for k in 0..100_000u64 {
-        if quotas.check(&ClientId::from(k)).is_ok() {
-            admitted_new += 1;
+    let (mut newcomer, mut returning, mut abuser, mut flood_ok) = (0, 0, 0, 0);
+    let mut flood_key = 0u64;
+    for ms in 0..20_000u32 {
+        // 10 new keys a millisecond, each sending twice.
+        for _ in 0..10 {
+            let key = format!("flood-{flood_key}");
+            flood_key += 1;
+            for _ in 0..2 {
+                flood_ok += u32::from(call(&key).await.is_ok());
+            }
         }
-        assert!(quotas.tracked_keys() <= cap);
-        if k % 1000 == 999 {
-            tokio::time::advance(Duration::from_millis(1)).await;
+        // The newcomer arrives with the flood and sends 5 a second (its quota is 10).
+        if ms % 200 == 0 {
+            newcomer += u32::from(call("newcomer").await.is_ok());
+        }
+        // The idle client comes back after 10 s, at 5 a second too.
+        if ms >= 10_000 && ms % 200 == 100 {
+            returning += u32::from(call("idle").await.is_ok());
+        }
+        // The abuser keeps asking, 20 a second: it must stay held to 10 a second.
+        if ms % 50 == 0 {
+            abuser += u32::from(call("abuser").await.is_ok());
+        }
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    assert_eq!(flood_key, 200_000);
+    assert_eq!(newcomer, 100, "the newcomer lost requests to the flood");
+    assert_eq!(
+        returning, 50,
+        "the returning client lost requests to the flood"
+    );
+    // 400 asked in 20 s at 10 per second: 200, give or take the bucket's edge. A client the
+    // table forgot would start again from a full bucket of 10.
+    assert!((199..=201).contains(&abuser), "abuser admitted {abuser}");
+    // Every flood key is a new client within its quota.
+    assert_eq!(flood_ok, 400_000);
+    assert!(quotas.tracked_keys() <= quotas.max_keys());
+    assert_eq!(quotas.max_keys(), 10_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_went_idle_and_was_swept_is_served_on_return() {
+    let quotas = ClientQuotas::builder("idle", per_second(5))
+        .max_keys(64)
+        .sweep_every(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let alice = ClientId::from("alice");
+    for _ in 0..5 {
+        assert!(quotas.check(&alice).is_ok());
+    }
+    assert!(quotas.check(&alice).is_err());
+    // Alice goes idle; 10,000 other clients pass through a table of 64 and sweeps run.
+    for k in 0..10_000u32 {
+        assert!(quotas.check(&ClientId::from(k)).is_ok());
+        if k % 100 == 0 {
+            tokio::time::advance(Duration::from_millis(30)).await;
         }
     }
-    assert_eq!(quotas.tracked_keys(), cap);
-    assert!(quotas.overflowed() >= 90_000 - 1, "{}", quotas.overflowed());
-    // Keys past the cap shared one overflow bucket with the default quota (10 per second, 0.1 s
-    // of flood): being new did not get them past the quota.
-    assert!(
-        admitted_new <= cap as u32 - 1 + 10 + 2,
-        "admitted {admitted_new}"
-    );
-    // The known client kept its state through the flood: 0.1 s refilled one of its 10
-    // tokens, where a reset bucket would hold all 10.
-    let served = (0..10).filter(|_| quotas.check(&known).is_ok()).count();
-    assert_eq!(served, 1);
+    assert!(quotas.tracked_keys() <= 64);
+    // Back after 3 s: her bucket is full again, whether the table kept her or not.
+    for _ in 0..5 {
+        assert!(quotas.check(&alice).is_ok());
+    }
+    assert!(quotas.check(&alice).is_err(), "and she is held to it again");
+}
 
-    // Once the buckets are full again, the next sweep drops them all.
-    tokio::time::advance(Duration::from_secs(6)).await;
-    assert!(quotas.check(&ClientId::from("after")).is_ok());
-    assert_eq!(quotas.tracked_keys(), 1, "only the client just seen");
-    // And new clients get their own bucket again.
-    assert!(quotas.check(&ClientId::from("later")).is_ok());
-    assert_eq!(quotas.tracked_keys(), 2);
+#[tokio::test(start_paused = true)]
+async fn the_table_keeps_returning_clients_and_forgets_one_shot_keys() {
+    // 4,096 slots; 100 clients over their quota (1 per second, asking 10 a second), and 49,000
+    // one-shot keys, 1,000 every 100 ms (about 2 a set), none of whose buckets is full again
+    // before the next 1,000 arrive.
+    let quotas = ClientQuotas::builder("keep", per_second(1))
+        .max_keys(4096)
+        .build()
+        .unwrap();
+    let regulars: Vec<ClientId> = (0..100u32)
+        .map(|c| ClientId::from(format!("regular-{c}")))
+        .collect();
+    let mut admitted = 0;
+    for round in 0..50u64 {
+        for r in &regulars {
+            admitted += u32::from(quotas.check(r).is_ok());
+        }
+        // The flood starts once the regulars are known (a request each): on its first request
+        // a regular is a one-shot key like any other.
+        for k in (0..1000).filter(|_| round > 0) {
+            assert!(quotas.check(&ClientId::from(round * 1000 + k)).is_ok());
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    // Once a second each, at 0, 1, 2, 3 and 4 s: a regular the table forgot would start again
+    // from a full bucket and be let through early.
+    assert_eq!(admitted, 500, "the flood made the table forget regulars");
+    assert!(
+        quotas.forgotten() > 0,
+        "the one-shot keys did replace each other"
+    );
+}
+
+#[test]
+fn concurrent_requests_of_one_client_spend_its_burst_exactly_once() {
+    // A quota that never refills within the test (a year a request, burst 100), so the count
+    // does not depend on the wall clock: 4 threads ask 1,000 times each for the same client while
+    // each also brings 2,000 new clients into a table of 1,024 (inserts, replacements, write
+    // locks); and 4 more race to be the first request of another client.
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let quota = Quota::with_period(year)
+        .unwrap()
+        .allow_burst(NonZeroU32::new(100).unwrap());
+    let quotas = ClientQuotas::builder("threads", quota)
+        .max_keys(1024)
+        .build()
+        .unwrap();
+    let admitted = std::sync::atomic::AtomicU32::new(0);
+    let first = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (quotas, admitted) = (&quotas, &admitted);
+            s.spawn(move || {
+                let shared = ClientId::from("shared");
+                for i in 0..1000u64 {
+                    if quotas.check(&shared).is_ok() {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let _ = quotas.check(&ClientId::from(t * 1_000_000 + 2 * i));
+                    let _ = quotas.check(&ClientId::from(t * 1_000_000 + 2 * i + 1));
+                }
+            });
+        }
+        for _ in 0..4 {
+            let (quotas, first) = (&quotas, &first);
+            s.spawn(move || {
+                for _ in 0..50 {
+                    if quotas.check(&ClientId::from("race")).is_ok() {
+                        first.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.into_inner(), 100);
+    assert_eq!(first.into_inner(), 100, "the new client was added once");
+    assert!(quotas.tracked_keys() <= quotas.max_keys());
+}
+
+#[test]
+fn a_tracked_key_costs_the_same_fixed_bytes_whatever_its_length() {
+    let bytes_per_key = |key_len: usize| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let before = alloc::thread_allocated_bytes();
+            let quotas = ClientQuotas::builder("bytes", per_second(10))
+                .max_keys(20_000)
+                .build()
+                .unwrap();
+            for k in 0..30_000u32 {
+                let mut key = format!("{k:0>width$}", width = key_len);
+                key.truncate(key_len.max(5));
+                assert!(quotas.check(&ClientId::from(key)).is_ok());
+            }
+            let after = alloc::thread_allocated_bytes();
+            // 30,000 keys thrown into sets of 8 leave a few slots empty.
+            assert!(quotas.tracked_keys() > 19_000, "{}", quotas.tracked_keys());
+            (after - before) as f64 / quotas.tracked_keys() as f64
+        })
+    };
+    let short = bytes_per_key(8);
+    let long = bytes_per_key(1024);
+    // 24 bytes a slot, plus the handle's few hundred bytes spread over 20,000 keys.
+    assert!(
+        (24.0..26.0).contains(&short),
+        "{short} bytes per 8-byte key"
+    );
+    assert!((24.0..26.0).contains(&long), "{long} bytes per 1 KiB key");
 }
 
 #[tokio::test(start_paused = true)]
@@ -412,30 +587,122 @@ async fn a_sweep_keeps_clients_whose_bucket_is_not_full() {
 // ---------------------------------------------------------------- keys
 
 #[tokio::test(start_paused = true)]
-async fn requests_without_a_key_are_anonymous_or_refused() {
+async fn requests_without_a_key_are_shared_refused_or_exempt_and_counted() {
+    use backstop::metrics::names;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
     let no_key = |_: &u32| None::<ClientId>;
-    let quotas = ClientQuotas::builder("anon", per_second(2))
-        .build()
-        .unwrap();
-    let mut anonymous = ThrottleLayer::builder(no_key)
-        .quotas(quotas.clone())
-        .build()
-        .unwrap()
-        .layer(echo_service());
-    // All keyless requests are one client: they share one quota.
-    assert!(anonymous.ready().await.unwrap().call(1).await.is_ok());
-    assert!(anonymous.ready().await.unwrap().call(2).await.is_ok());
-    assert!(anonymous.ready().await.unwrap().call(3).await.is_err());
+    let quotas = || {
+        ClientQuotas::builder("anon", per_second(2))
+            .build()
+            .unwrap()
+    };
+    let layer = |name: &str, missing| {
+        metrics::with_local_recorder(&recorder, || {
+            ThrottleLayer::builder(name, no_key)
+                .quotas(quotas())
+                .missing_key(missing)
+                .build()
+                .unwrap()
+        })
+    };
+    let keyless = |name: &str| {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find(|(k, ..)| {
+                k.key().name() == names::THROTTLE_KEYLESS
+                    && k.key().labels().any(|l| l.value() == name)
+            })
+            .map(|(.., v)| match v {
+                DebugValue::Counter(c) => c,
+                _ => u64::MAX,
+            })
+            .unwrap_or_else(|| panic!("{name}: keyless counter not registered"))
+    };
 
-    let mut strict = ThrottleLayer::builder(no_key)
-        .quotas(quotas)
-        .missing_key(MissingKey::Refuse)
-        .build()
-        .unwrap()
-        .layer(echo_service());
+    // Shared (the default): all keyless requests are one client and share one quota.
+    let mut shared = layer("shared", MissingKey::default()).layer(echo_service());
+    assert_eq!(keyless("shared"), 0);
+    assert!(shared.ready().await.unwrap().call(1).await.is_ok());
+    assert!(shared.ready().await.unwrap().call(2).await.is_ok());
+    assert!(shared.ready().await.unwrap().call(3).await.is_err());
+    assert_eq!(keyless("shared"), 3);
+
+    // Refuse: a typed error that is not an overload.
+    let mut strict = layer("strict", MissingKey::Refuse).layer(echo_service());
     let err = strict.ready().await.unwrap().call(1).await.unwrap_err();
     assert!(err.is::<MissingClientKey>());
     assert!(find_overload(err.as_ref()).is_none());
+    assert_eq!(keyless("strict"), 1);
+
+    // Exempt: neither quota nor shedding applies.
+    let mut exempt = layer("exempt", MissingKey::Exempt).layer(echo_service());
+    for c in 0..10 {
+        assert_eq!(exempt.ready().await.unwrap().call(c).await.unwrap(), c);
+    }
+    assert_eq!(keyless("exempt"), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_key_falls_back_to_the_remote_address() {
+    use backstop::throttle::ClientKey;
+    let quotas = ClientQuotas::builder("addr", per_second(2))
+        .build()
+        .unwrap();
+    let svc = ThrottleLayer::builder("throttle", HeaderKey::default())
+        .quotas(quotas)
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, BoxError>(())
+        }));
+    let from = |last: u8| {
+        let mut req = http::Request::new(());
+        req.extensions_mut()
+            .insert(SocketAddr::from(([10, 0, 0, last], 4000)));
+        req
+    };
+    // Three header-less callers from three hosts: each has its own quota of 2.
+    for host in 1..=3 {
+        for _ in 0..2 {
+            assert!(svc.clone().oneshot(from(host)).await.is_ok(), "host {host}");
+        }
+        assert!(
+            svc.clone().oneshot(from(host)).await.is_err(),
+            "host {host}"
+        );
+    }
+    // A header value cannot pose as an address: the address key is tagged.
+    let as_addr = HeaderKey::default().client_key(&from(1)).unwrap();
+    assert_eq!(as_addr.as_bytes(), &[0, 10, 0, 0, 1]);
+    assert!(http::HeaderValue::from_bytes(as_addr.as_bytes()).is_err());
+    let via_header = HeaderKey::default().client_key(&from_client("x")).unwrap();
+    assert_eq!(via_header, ClientId::from("x"));
+    // Header only: no key, so the layer's MissingKey applies.
+    assert_eq!(
+        HeaderKey::default().header_only().client_key(&from(1)),
+        None
+    );
+    // axum's connect info, when told where to look.
+    let mut axum_req = http::Request::new(());
+    axum_req
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(SocketAddr::from((
+            [10, 0, 0, 9],
+            1,
+        ))));
+    assert_eq!(HeaderKey::default().client_key(&axum_req), None);
+    let key = HeaderKey::default().or_remote_addr(RemoteAddrKey::with(|ext| {
+        ext.get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+    }));
+    assert_eq!(
+        key.client_key(&axum_req).unwrap().as_bytes(),
+        &[0, 10, 0, 0, 9]
+    );
 }
 
 #[test]
@@ -520,7 +787,7 @@ async fn throttled_http_clients_get_429_with_retry_after() {
     let svc = ServiceBuilder::new()
         .map_result(overload_to_response)
         .layer(
-            ThrottleLayer::builder(HeaderKey::default())
+            ThrottleLayer::builder("throttle", HeaderKey::default())
                 .quotas(quotas)
                 .build()
                 .unwrap(),
@@ -548,10 +815,12 @@ async fn throttled_http_clients_get_429_with_retry_after() {
 
 #[test]
 fn invalid_configuration_names_the_field() {
-    let err = ThrottleLayer::builder(by_id).build().unwrap_err();
+    let err = ThrottleLayer::builder("throttle", by_id)
+        .build()
+        .unwrap_err();
     assert_eq!(err.field(), "shed");
     let shed = || ShedFraction::builder("s").build().unwrap();
-    let err = ThrottleLayer::builder(by_id)
+    let err = ThrottleLayer::builder("throttle", by_id)
         .shed(shed())
         .shed_retry_after(Duration::ZERO)
         .build()
@@ -576,6 +845,220 @@ fn invalid_configuration_names_the_field() {
     assert_eq!(err.field(), "sweep_every");
 }
 
+/// Builds a layer over an HTTP handler, answers refusals as HTTP, and serves `n` requests from a
+/// few clients (and none) a millisecond apart: none may panic.
+async fn serves<K>(layer: ThrottleLayer<K>, n: u32) -> Vec<u16>
+where
+    K: backstop::throttle::ClientKey<http::Request<String>> + Send + Sync + 'static,
+{
+    let svc = ServiceBuilder::new()
+        .map_result(overload_to_response)
+        .layer(layer)
+        .service_fn(|_req: http::Request<String>| async {
+            Ok::<_, BoxError>(http::Response::new(String::new()))
+        });
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let mut req = http::Request::new(String::new());
+        if i % 4 != 0 {
+            req.headers_mut()
+                .insert("x-client-id", format!("c{}", i % 3).parse().unwrap());
+        }
+        let res = svc.clone().oneshot(req).await.unwrap();
+        if res.status() != 200 {
+            assert!(res.headers().contains_key("retry-after"));
+        }
+        statuses.push(res.status().as_u16());
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    statuses
+}
+
+#[tokio::test(start_paused = true)]
+async fn extreme_builder_values_build_a_working_layer_or_name_the_field() {
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let shed_all = || ShedFraction::builder("x").initial(1.0).build().unwrap();
+    // shed_retry_after: zero is refused; any positive value serves, `Retry-After` saturating.
+    for after in [
+        Duration::from_nanos(1),
+        Duration::MAX,
+        Duration::from_secs(u64::MAX),
+    ] {
+        let layer = ThrottleLayer::builder("throttle", HeaderKey::default())
+            .shed(shed_all())
+            .shed_retry_after(after)
+            .build()
+            .unwrap();
+        let statuses = serves(layer, 100).await;
+        assert!(statuses.iter().all(|s| *s == 429), "{after:?}");
+    }
+    let res: http::Response<()> = backstop::Overloaded::new(OverloadReason::Throttled)
+        .with_retry_after(Duration::MAX)
+        .to_http_response();
+    assert_eq!(res.headers()["retry-after"], u64::MAX.to_string().as_str());
+
+    // ClientQuotas: max_keys, sweep_every and every quota.
+    let quota = |q: Quota| ClientQuotas::builder("x", q);
+    for bad in [0, (1 << 24) + 1, usize::MAX] {
+        let err = quota(per_second(1)).max_keys(bad).build().unwrap_err();
+        assert_eq!(err.field(), "max_keys", "{bad}");
+        assert!(err.to_string().contains("16777216"), "{err}");
+    }
+    for bad in [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_micros(999),
+    ] {
+        let err = quota(per_second(1)).sweep_every(bad).build().unwrap_err();
+        assert_eq!(err.field(), "sweep_every");
+    }
+    let long_quotas = [
+        Quota::with_period(Duration::MAX).unwrap(),
+        Quota::with_period(year * 200).unwrap(),
+        Quota::with_period(year)
+            .unwrap()
+            .allow_burst(NonZeroU32::new(147).unwrap()),
+    ];
+    for q in long_quotas {
+        let err = quota(q).build().unwrap_err();
+        assert_eq!(err.field(), "default_quota", "{q:?}");
+        assert!(err.to_string().contains("2^62"), "{err}");
+        let err = quota(per_second(1))
+            .override_key("vip", q)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "override_key", "{q:?}");
+    }
+    let served = [
+        (per_second(1), 1, Duration::from_millis(1)),
+        (Quota::per_second(NonZeroU32::MAX), 1 << 24, Duration::MAX),
+        (
+            Quota::with_period(Duration::from_nanos(1))
+                .unwrap()
+                .allow_burst(NonZeroU32::MAX),
+            8,
+            year,
+        ),
+        (
+            Quota::with_period(year * 100).unwrap(),
+            100_000,
+            Duration::from_secs(10),
+        ),
+    ];
+    for (q, max_keys, sweep_every) in served {
+        let quotas = quota(q)
+            .override_key("c1", q)
+            .max_keys(max_keys)
+            .sweep_every(sweep_every)
+            .build()
+            .unwrap();
+        assert!(quotas.max_keys() >= max_keys);
+        let layer = ThrottleLayer::builder("throttle", HeaderKey::default())
+            .quotas(quotas.clone())
+            .build()
+            .unwrap();
+        let statuses = serves(layer, 100).await;
+        assert!(statuses.contains(&200), "{q:?}");
+        quotas.sweep();
+    }
+
+    // ShedFraction: rotate_every and initial.
+    let err = ShedFraction::builder("x")
+        .rotate_every(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "rotate_every");
+    for bad in [f64::NAN, -0.0001, 1.0001, f64::INFINITY, f64::NEG_INFINITY] {
+        let err = ShedFraction::builder("x").initial(bad).build().unwrap_err();
+        assert_eq!(err.field(), "initial", "{bad}");
+    }
+    for (every, initial, seed) in [
+        (Duration::MAX, 0.5, u64::MAX),
+        (Duration::from_millis(1), 0.0, 0),
+        (Duration::from_secs(u64::MAX), 1.0, 1),
+    ] {
+        for origin in [None, Some(Instant::now())] {
+            let mut b = ShedFraction::builder("x")
+                .rotate_every(every)
+                .initial(initial)
+                .seed(seed);
+            if let Some(origin) = origin {
+                b = b.epoch_origin(origin);
+            }
+            let shed = b.build().unwrap();
+            let layer = ThrottleLayer::builder("throttle", HeaderKey::default())
+                .shed(shed.clone())
+                .build()
+                .unwrap();
+            serves(layer.clone(), 20).await;
+            for p in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, 2.0] {
+                shed.set(p);
+                serves(layer.clone(), 4).await;
+            }
+        }
+    }
+
+    // RemoteAddrKey's prefix.
+    for bad in [0, 129, u8::MAX] {
+        let err = RemoteAddrKey::new().ipv6_prefix(bad).unwrap_err();
+        assert_eq!(err.field(), "ipv6_prefix");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_tracked_keys_gauge_is_live() {
+    use backstop::metrics::names;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let quotas = metrics::with_local_recorder(&recorder, || {
+        ClientQuotas::builder("gauge_test", per_second(10))
+            .build()
+            .unwrap()
+    });
+    let gauge = || {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find(|(k, ..)| {
+                k.key().name() == names::THROTTLE_TRACKED_KEYS
+                    && k.key().labels().any(|l| l.value() == "gauge_test")
+            })
+            .map(|(.., v)| match v {
+                DebugValue::Gauge(g) => g.into_inner(),
+                _ => f64::NAN,
+            })
+            .expect("the gauge is registered at build")
+    };
+    assert_eq!(gauge(), 0.0);
+    for k in 0..32u32 {
+        assert!(quotas.check(&ClientId::from(k)).is_ok());
+    }
+    assert_eq!(gauge(), 32.0);
+    // Known clients do not touch it: the debugging recorder's snapshot takes the value (leaves
+    // 0), and no request of a known client set it again.
+    for _ in 0..5 {
+        assert!(quotas.check(&ClientId::from(0u32)).is_ok());
+    }
+    assert_eq!(gauge(), 0.0);
+    for k in 32..100_000u32 {
+        assert!(quotas.check(&ClientId::from(k)).is_ok());
+    }
+    let tracked = quotas.tracked_keys();
+    assert_eq!(gauge(), tracked as f64);
+    // 100,000 keys thrown into sets of 8 fill about 86% of the slots.
+    assert!(tracked > 80_000 && tracked <= 100_000, "{tracked}");
+    // Buckets full again but for 3 clients just seen: a sweep keeps those, and the gauge says so.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for k in 0..3u32 {
+        assert!(quotas.check(&ClientId::from(k)).is_ok());
+    }
+    quotas.sweep();
+    assert_eq!(quotas.tracked_keys(), 3);
+    assert_eq!(gauge(), 3.0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn decisions_are_counted_from_zero() {
     use backstop::metrics::names;
@@ -585,8 +1068,7 @@ async fn decisions_are_counted_from_zero() {
     let (layer, shed) = metrics::with_local_recorder(&recorder, || {
         let shed = ShedFraction::builder("m").build().unwrap();
         let quotas = ClientQuotas::builder("m", per_second(1)).build().unwrap();
-        let layer = ThrottleLayer::builder(by_id)
-            .name("metrics_test")
+        let layer = ThrottleLayer::builder("metrics_test", by_id)
             .shed(shed.clone())
             .quotas(quotas)
             .build()
@@ -667,7 +1149,7 @@ proptest! {
         rt.block_on(async move {
             let shed = ShedFraction::builder("prop").seed(5).epoch_origin(Instant::now()).build().unwrap();
             let quotas = ClientQuotas::builder("prop", per_second(4)).build().unwrap();
-            let mut svc = ThrottleLayer::builder(by_id)
+            let mut svc = ThrottleLayer::builder("throttle", by_id)
                 .shed(shed.clone())
                 .quotas(quotas)
                 .build()

@@ -46,8 +46,7 @@ impl WebStacks {
             .build()
             .expect("valid timeout");
         let lifo = self.full.then(|| {
-            LifoQueueLayer::builder()
-                .name("web")
+            LifoQueueLayer::builder("web")
                 .max_in_flight(WebApp::WORKERS)
                 .build()
                 .expect("valid queue")

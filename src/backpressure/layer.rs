@@ -16,19 +16,23 @@ pub struct BackpressureLayer<H = UntilResponse> {
 }
 
 impl BackpressureLayer {
-    /// A layer named `backpressure` allowing `max_in_flight` requests at once and
-    /// `max_waiting` more in line.
-    pub fn new(max_in_flight: usize, max_waiting: usize) -> Result<Self, ConfigError> {
-        Self::builder()
+    /// A layer allowing `max_in_flight` requests at once and `max_waiting` more in line;
+    /// `name` labels its series.
+    pub fn new(
+        name: impl Into<String>,
+        max_in_flight: usize,
+        max_waiting: usize,
+    ) -> Result<Self, ConfigError> {
+        Self::builder(name)
             .max_in_flight(max_in_flight)
             .max_waiting(max_waiting)
             .build()
     }
 
-    /// Starts a builder with the defaults: name `backpressure`, 64 in flight, 64 waiting.
-    pub fn builder() -> BackpressureLayerBuilder {
+    /// Starts a builder whose series carry `name`, with the defaults: 64 in flight, 64 waiting.
+    pub fn builder(name: impl Into<String>) -> BackpressureLayerBuilder {
         BackpressureLayerBuilder {
-            name: "backpressure".to_owned(),
+            name: name.into(),
             max_in_flight: 64,
             max_waiting: 64,
             _hold: PhantomData,
@@ -61,12 +65,6 @@ pub struct BackpressureLayerBuilder<H = UntilResponse> {
 }
 
 impl<H> BackpressureLayerBuilder<H> {
-    /// The name the layer's metric series carry. Default `backpressure`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
     /// The most requests that may hold a slot at once. At least 1 (up to `usize::MAX`). Default
     /// 64.
     pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {

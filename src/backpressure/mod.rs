@@ -49,7 +49,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), backstop::BoxError> {
-//! let layer = BackpressureLayer::builder().max_in_flight(1).max_waiting(1).build()?;
+//! let layer = BackpressureLayer::builder("backpressure").max_in_flight(1).max_waiting(1).build()?;
 //! let limiter = layer.limiter().clone();
 //! let mut svc = ServiceBuilder::new()
 //!     .layer(layer)

@@ -303,7 +303,7 @@ impl HedgeBudget for Unlimited {
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), backstop::ConfigError> {
 /// let client_budget = RetryBudget::builder("api").build()?;
-/// let hedge = HedgeLayer::builder()
+/// let hedge = HedgeLayer::builder("hedge")
 ///     .budget(Both {
 ///         local: HedgeBucket::new(0.05)?,
 ///         shared: SharedWithRetries::new(client_budget.clone()),

@@ -111,11 +111,11 @@ impl<C, B, P> std::fmt::Debug for HedgeLayer<C, B, P> {
 impl HedgeLayer {
     /// A layer with every default: hedge idempotent requests at the tracker's p95 (floor 1 ms,
     /// after 100 samples), at most 5% extra requests.
-    pub fn new() -> Self {
-        Self::builder().build().expect("defaults are valid")
+    pub fn new(name: impl Into<String>) -> Self {
+        Self::builder(name).build().expect("defaults are valid")
     }
 
-    /// Starts a builder with the defaults: name `hedge`, delay = p95 of the last 10–20 s of
+    /// Starts a builder whose series carry `name`, with the defaults: delay = p95 of the last 10–20 s of
     /// first-copy latencies but at least 1 ms, no hedge before 100 samples, a [`HedgeBucket`]
     /// earning 0.05 hedge per request (burst: what 10,000 requests earn, 500; 5 at the start; a
     /// token lost per overload answer), no duplicate while more than a quarter of recent
@@ -124,9 +124,9 @@ impl HedgeLayer {
     /// ([`HedgeRequest::is_idempotent`](super::HedgeRequest::is_idempotent): for HTTP a safe
     /// method or the [`Idempotent`](super::Idempotent) marker), outcomes read by
     /// [`DefaultClassifier`] (HTTP semantics for `http::Response`).
-    pub fn builder() -> HedgeLayerBuilder {
+    pub fn builder(name: impl Into<String>) -> HedgeLayerBuilder {
         HedgeLayerBuilder {
-            name: "hedge".to_owned(),
+            name: name.into(),
             classifier: DefaultClassifier,
             budget: None,
             hedgeable: MarkedIdempotent,
@@ -142,12 +142,6 @@ impl HedgeLayer {
             starting_tokens: STARTING_TOKENS,
             max_late_share: None,
         }
-    }
-}
-
-impl Default for HedgeLayer {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -211,12 +205,6 @@ pub struct HedgeLayerBuilder<C = DefaultClassifier, B = HedgeBucket, P = MarkedI
 }
 
 impl<C, B, P> HedgeLayerBuilder<C, B, P> {
-    /// The name the layer's metric series carry. Default `hedge`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
     /// The percentile of first-copy latencies after which a duplicate goes out, as a quantile
     /// in `0.5..=1.0`. Default 0.95. (Ignored with [`tracker`](Self::tracker): the shared
     /// tracker's own watched percentile is used.)

@@ -72,7 +72,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), BoxError> {
-//! let hedge = HedgeLayer::builder()
+//! let hedge = HedgeLayer::builder("hedge")
 //!     .hedge_any() // every request here is a read
 //!     .min_samples(10)
 //!     .max_extra_load(0.5)

@@ -73,21 +73,6 @@ impl<B> HedgeRequest for http::Request<B> {
     }
 }
 
-/// Simulated requests: idempotent when their extensions hold [`Idempotent`]; copies are marked.
-#[cfg(all(feature = "sim", feature = "http"))]
-impl HedgeRequest for crate::sim::SimRequest {
-    fn is_idempotent(&self) -> bool {
-        self.extensions.get::<Idempotent>().is_some()
-    }
-    fn mark_copy(&mut self, copy: HedgeCopy) {
-        self.extensions.insert(copy);
-    }
-}
-
-/// Simulated requests without the `http` feature: never idempotent unless a predicate says so.
-#[cfg(all(feature = "sim", not(feature = "http")))]
-impl HedgeRequest for crate::sim::SimRequest {}
-
 /// Decides which requests may be hedged; see
 /// [`HedgeLayerBuilder::hedge_if`](super::HedgeLayerBuilder::hedge_if). Implemented for the
 /// retry layer's [`MarkedIdempotent`] (the default) and [`AnyRequest`], and for [`HedgeFn`].

@@ -3,10 +3,11 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::{AdaptiveQueue, FromRequest, LifoQueue, NoDeadline};
+use super::{AdaptiveQueue, LifoQueue};
 use crate::backpressure::UntilResponse;
 use crate::backpressure::gate::{Config, Shedding};
 use crate::error::{ConfigError, check, clamp_forever};
+use crate::timeout::{FromRequest, NoDeadline};
 
 /// A wait queue in front of a concurrency limit that serves oldest-first while healthy,
 /// newest-first once behind, and sheds stale waiters; see the [module docs](super).
@@ -20,17 +21,17 @@ pub struct LifoQueueLayer<H = UntilResponse, D = FromRequest> {
 }
 
 impl LifoQueueLayer {
-    /// A layer named `lifo_queue` allowing `max_in_flight` requests at once, with the defaults
-    /// for everything else (see [`LifoQueueLayer::builder`]).
-    pub fn new(max_in_flight: usize) -> Result<Self, ConfigError> {
-        Self::builder().max_in_flight(max_in_flight).build()
+    /// A layer allowing `max_in_flight` requests at once, with the defaults for everything else
+    /// (see [`LifoQueueLayer::builder`]); `name` labels its series.
+    pub fn new(name: impl Into<String>, max_in_flight: usize) -> Result<Self, ConfigError> {
+        Self::builder(name).max_in_flight(max_in_flight).build()
     }
 
-    /// Starts a builder with the defaults: name `lifo_queue`, 64 in flight, 1024 waiting,
+    /// Starts a builder whose series carry `name`, with the defaults: 64 in flight, 1024 waiting,
     /// target 5 ms, interval 100 ms, no sideline, deadlines read from the request.
-    pub fn builder() -> LifoQueueLayerBuilder {
+    pub fn builder(name: impl Into<String>) -> LifoQueueLayerBuilder {
         LifoQueueLayerBuilder {
-            name: "lifo_queue".to_owned(),
+            name: name.into(),
             max_in_flight: 64,
             max_waiting: 1024,
             target: Duration::from_millis(5),
@@ -71,12 +72,6 @@ pub struct LifoQueueLayerBuilder<H = UntilResponse, D = FromRequest> {
 }
 
 impl<H, D> LifoQueueLayerBuilder<H, D> {
-    /// The name the layer's metric series carry. Default `lifo_queue`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
     /// The most requests that may hold a slot at once. At least 1. Default 64.
     pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
         self.max_in_flight = max_in_flight;

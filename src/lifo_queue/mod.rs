@@ -63,7 +63,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), backstop::BoxError> {
-//! let layer = LifoQueueLayer::builder()
+//! let layer = LifoQueueLayer::builder("lifo_queue")
 //!     .max_in_flight(1)
 //!     .target(Duration::from_millis(30))
 //!     .interval(Duration::from_millis(100))
@@ -105,7 +105,7 @@ mod service;
 pub use self::future::ResponseFuture;
 pub use self::layer::{LifoQueueLayer, LifoQueueLayerBuilder};
 pub use self::queue::AdaptiveQueue;
-pub use self::service::{DeadlineOf, FromRequest, LifoQueue, NoDeadline};
+pub use self::service::LifoQueue;
 pub use crate::backpressure::{Hold, Permit, QueueStats, UntilResponse};
 #[cfg(feature = "http")]
 pub use crate::backpressure::{PermitBody, UntilBodyEnd};

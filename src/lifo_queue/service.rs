@@ -6,39 +6,7 @@ use tower_service::Service;
 use super::{AdaptiveQueue, ResponseFuture};
 use crate::backpressure::Hold;
 use crate::error::BoxError;
-use crate::timeout::{Deadline, HasDeadline};
-
-/// Where a [`LifoQueue`] reads a request's deadline from.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot read the deadline of a `{Req}` request",
-    note = "`FromRequest` (the default of `LifoQueueLayer`, and of `TokenBucketLayer` after \
-            `wait_until_deadline`) needs `{Req}: HasDeadline`; `NoDeadline` (`ignore_deadlines()`) \
-            reads none (https://docs.rs/backstop/latest/backstop/lifo_queue/trait.DeadlineOf.html)"
-)]
-pub trait DeadlineOf<Req> {
-    /// The request's deadline, if it has one. Read only when the request has to wait.
-    fn deadline_of(&self, request: &Req) -> Option<Deadline>;
-}
-
-/// Reads the deadline the request carries ([`HasDeadline`]); the default.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FromRequest;
-
-impl<Req: HasDeadline> DeadlineOf<Req> for FromRequest {
-    fn deadline_of(&self, request: &Req) -> Option<Deadline> {
-        request.deadline()
-    }
-}
-
-/// Ignores deadlines: only the CoDel bound sheds. For request types without [`HasDeadline`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoDeadline;
-
-impl<Req> DeadlineOf<Req> for NoDeadline {
-    fn deadline_of(&self, _request: &Req) -> Option<Deadline> {
-        None
-    }
-}
+use crate::timeout::DeadlineOf;
 
 /// A service behind a [`LifoQueueLayer`](super::LifoQueueLayer). Clones share the queue.
 ///

@@ -1,5 +1,10 @@
 //! Little's-law metrics: in-flight, outcomes, latency sums and the concurrency they imply.
 //!
+//! **Install your metrics recorder before you build any backstop layer.** Every layer registers
+//! its series when it is built, so they read 0 before the first request; the `metrics` facade
+//! gives a layer built before a recorder exists handles that go nowhere, and its series never
+//! appear.
+//!
 //! Little's law says the average number of requests in a system equals the arrival rate times
 //! the average time each spends there: `L = λW`. Over a fixed window, the sum of the latencies of
 //! the requests served, divided by the window, is the average concurrency. Against the capacity

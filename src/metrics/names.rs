@@ -181,11 +181,15 @@ pub const DECISION_LABEL: &str = "decision";
 pub const THROTTLE_REQUESTS: &str = "backstop_throttle_requests_total";
 /// Gauge: the fraction of clients a [`ShedFraction`](crate::throttle::ShedFraction) asks to shed.
 pub const THROTTLE_SHED_FRACTION: &str = "backstop_throttle_shed_fraction";
-/// Gauge: clients tracked by [`ClientQuotas`](crate::throttle::ClientQuotas), refreshed at each
-/// sweep.
+/// Gauge: clients tracked by [`ClientQuotas`](crate::throttle::ClientQuotas), set whenever the
+/// count changes.
 pub const THROTTLE_TRACKED_KEYS: &str = "backstop_throttle_tracked_keys";
-/// Counter: idle clients dropped from [`ClientQuotas`](crate::throttle::ClientQuotas) by sweeps.
+/// Counter: clients dropped from [`ClientQuotas`](crate::throttle::ClientQuotas), by sweeps or to
+/// make room for a new client.
 pub const THROTTLE_EVICTED_KEYS: &str = "backstop_throttle_evicted_keys_total";
+/// Counter: requests a throttle layer found no client key in, whatever
+/// [`MissingKey`](crate::throttle::MissingKey) then did with them.
+pub const THROTTLE_KEYLESS: &str = "backstop_throttle_keyless_requests_total";
 
 /// Throttle decision label values, in the order the layer registers them.
 pub const THROTTLE_DECISIONS: [&str; 4] = ["admitted", "shed", "quota", "missing_key"];
@@ -210,7 +214,12 @@ pub fn describe_throttle() {
     describe_counter!(
         THROTTLE_EVICTED_KEYS,
         Unit::Count,
-        "Idle clients dropped from the per-client quotas."
+        "Clients dropped from the per-client quotas (swept, or replaced by a new client)."
+    );
+    describe_counter!(
+        THROTTLE_KEYLESS,
+        Unit::Count,
+        "Requests in which the throttle found no client key."
     );
 }
 

@@ -31,7 +31,7 @@ pub enum AntiWindup {
     /// Back-calculation: the integral is pulled back by (saturated − unsaturated output) /
     /// `tracking`, every update. A shorter tracking time unwinds faster.
     BackCalculation {
-        /// The tracking time constant.
+        /// The tracking time constant: greater than zero, at most 1 hour.
         tracking: Duration,
     },
 }
@@ -246,6 +246,17 @@ impl PidController {
         self.integral = (self.integral + pull).clamp(c.min - c.bias, c.max - c.bias);
     }
 
+    /// Moves the integral `share` of the way to zero (`share` clamped to `[0, 1]`; NaN does
+    /// nothing): the controller forgets that much of the error's history at once, faster than
+    /// the integral gain would unwind it. For a shedder (zero bias, output from 0) that is
+    /// letting go of a shed that the process no longer needs, as when the queue it watches
+    /// ran empty; the change shows at the next update.
+    pub fn release(&mut self, share: f64) {
+        if share > 0.0 {
+            self.integral *= 1.0 - share.min(1.0);
+        }
+    }
+
     /// The terms and the output of the last update (all zero but the output, which starts at
     /// the bias clamped to the range, before the first).
     pub fn terms(&self) -> PidTerms {
@@ -295,7 +306,9 @@ pub struct PidControllerBuilder {
 }
 
 impl PidControllerBuilder {
-    /// The value the controller steers the measurement to. Finite.
+    /// The value the controller steers the measurement to. Finite; it may be negative (a
+    /// temperature), unlike an [`AdmissionController`](super::AdmissionController)'s, whose
+    /// signals (a delay, a concurrency) cannot be.
     pub fn setpoint(mut self, setpoint: f64) -> Self {
         self.config.setpoint = setpoint;
         self
@@ -335,8 +348,8 @@ impl PidControllerBuilder {
         self
     }
 
-    /// The time constant of the low-pass filter on the derivative; zero means no filter.
-    /// Default 0.2 s.
+    /// The time constant of the low-pass filter on the derivative; zero means no filter, at
+    /// most 1 hour. Default 0.2 s.
     pub fn derivative_filter(mut self, tau: Duration) -> Self {
         self.config.derivative_filter = tau;
         self
@@ -345,7 +358,8 @@ impl PidControllerBuilder {
     /// The time constant of a first-order low-pass filter on the measurement itself, ahead of
     /// every term (and of the dead band): it averages out the noise of a sampled signal (the
     /// queue of a server under random arrivals moves by several requests between two ticks)
-    /// at the cost of that much lag. Zero means no filter. Default zero.
+    /// at the cost of that much lag. Zero means no filter; at most 1 hour (a longer one would
+    /// freeze the output). Default zero.
     pub fn measurement_filter(mut self, tau: Duration) -> Self {
         self.config.measurement_filter = tau;
         self
@@ -425,10 +439,20 @@ impl PidControllerBuilder {
             check(
                 "anti_windup.tracking",
                 tracking,
-                |t| !t.is_zero(),
-                "greater than zero",
+                |t| !t.is_zero() && *t <= MAX_TIME_CONSTANT,
+                "greater than zero, at most 1 hour",
             )?;
         }
+        let time_constant = |field, t: Duration| {
+            check(
+                field,
+                t,
+                |t| *t <= MAX_TIME_CONSTANT,
+                "at most 1 hour (zero: no filter)",
+            )
+        };
+        time_constant("derivative_filter", c.derivative_filter)?;
+        time_constant("measurement_filter", c.measurement_filter)?;
         let mut pid = PidController {
             config: c,
             integral: 0.0,
@@ -441,6 +465,10 @@ impl PidControllerBuilder {
         Ok(pid)
     }
 }
+
+/// The longest time constant a builder accepts: a filter or a tracking time of a year (or
+/// `Duration::MAX`) is accepted arithmetic but a dead controller, whose output never moves.
+pub(crate) const MAX_TIME_CONSTANT: Duration = Duration::from_secs(3600);
 
 /// `x` with the infinities brought back to the largest finite values: a measurement near
 /// `f64::MAX` (a broken signal) overflows a difference or a product to ±∞, and ∞ − ∞ in a later

@@ -1,6 +1,6 @@
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use tokio::time::Instant;
 
@@ -26,6 +26,17 @@ pub trait Signal: Send + Sync + 'static {
     fn instant(&self) -> Option<f64> {
         None
     }
+
+    /// Whether the resource had slack from the previous [`sample`](Self::sample) to the last
+    /// one: for [`QueueDelay`], nobody waits at the last sample and fewer than half of the
+    /// requests let in since the previous one had to wait. The controller reads it right after
+    /// each sample, and after such ticks it lets go of its shed fast (see
+    /// [`idle_release`](super::AdmissionControllerBuilder::idle_release)): a server with slack
+    /// through a whole tick is shedding work it could do. `None`, the default, when the signal
+    /// cannot tell; the shed then unwinds at the integral's own pace.
+    fn idle(&self) -> Option<bool> {
+        None
+    }
 }
 
 impl<S: Signal + ?Sized> Signal for Box<S> {
@@ -36,6 +47,10 @@ impl<S: Signal + ?Sized> Signal for Box<S> {
     fn instant(&self) -> Option<f64> {
         (**self).instant()
     }
+
+    fn idle(&self) -> Option<bool> {
+        (**self).idle()
+    }
 }
 
 impl<S: Signal + ?Sized> Signal for std::sync::Arc<S> {
@@ -45,6 +60,10 @@ impl<S: Signal + ?Sized> Signal for std::sync::Arc<S> {
 
     fn instant(&self) -> Option<f64> {
         (**self).instant()
+    }
+
+    fn idle(&self) -> Option<bool> {
+        (**self).idle()
     }
 }
 
@@ -68,6 +87,12 @@ pub struct QueueDelay {
     /// The drain rate of the last sample (f64 bits; 0 before one is known), for
     /// [`instant`](Signal::instant) readings between samples.
     drain: AtomicU64,
+    /// The queue's counts of requests let in and of requests that had to wait, at the last
+    /// sample (`u64::MAX` before the first), and whether the queue was idle between the last
+    /// two samples.
+    admitted: AtomicU64,
+    queued: AtomicU64,
+    idle: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -100,6 +125,9 @@ impl QueueDelay {
             source: QueueSource::Backpressure(limiter.clone()),
             estimate: Some(Mutex::default()),
             drain: AtomicU64::new(0),
+            admitted: AtomicU64::new(u64::MAX),
+            queued: AtomicU64::new(u64::MAX),
+            idle: AtomicBool::new(false),
         }
     }
 
@@ -110,6 +138,9 @@ impl QueueDelay {
             source: QueueSource::Lifo(queue.clone()),
             estimate: Some(Mutex::default()),
             drain: AtomicU64::new(0),
+            admitted: AtomicU64::new(u64::MAX),
+            queued: AtomicU64::new(u64::MAX),
+            idle: AtomicBool::new(false),
         }
     }
 
@@ -149,6 +180,20 @@ impl fmt::Debug for QueueDelay {
 impl Signal for QueueDelay {
     fn sample(&self, now: Instant) -> Option<f64> {
         let stats = self.stats();
+        // Idle: nobody waits now, and fewer than half of the requests let in since the last
+        // sample had to wait (never idle at the first, which has nothing to compare with). A
+        // queue held at a setpoint of a service time or more makes nearly every request wait
+        // (Erlang's C formula: on 4 workers, 75% of them at 90% load, 17% at half load); over
+        // real HTTP a server at half its capacity still makes a few wait, so "nobody" would
+        // almost never be seen.
+        let admitted_before = self.admitted.swap(stats.admitted, Relaxed);
+        let queued_before = self.queued.swap(stats.queued, Relaxed);
+        let idle = admitted_before != u64::MAX && stats.waiting == 0 && {
+            let admitted = stats.admitted.saturating_sub(admitted_before);
+            let queued = stats.queued.saturating_sub(queued_before);
+            queued == 0 || 2 * queued < admitted
+        };
+        self.idle.store(idle, Relaxed);
         let oldest = stats.oldest_wait.map_or(0.0, |d| d.as_secs_f64());
         let Some(estimate) = &self.estimate else {
             return Some(oldest);
@@ -210,6 +255,12 @@ impl Signal for QueueDelay {
         }
         let drain = f64::from_bits(self.drain.load(Relaxed));
         (drain > f64::EPSILON).then(|| stats.waiting as f64 / drain)
+    }
+
+    /// True when nobody waits at the last sample and fewer than half of the requests let in
+    /// since the previous one had to wait: the queue had slack through the tick.
+    fn idle(&self) -> Option<bool> {
+        Some(self.idle.load(Relaxed))
     }
 }
 

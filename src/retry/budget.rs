@@ -70,8 +70,17 @@ impl<T: Budget + ?Sized> Budget for Arc<T> {
 /// [`tokio::time::Instant`] (no background task), that banks at most
 /// `max(floor × 1 s, timeout_cost)` tokens and starts empty.
 ///
+/// By default the floor also needs successes: it lends at most one token per success seen, and
+/// holds at most its bank of such credit (see
+/// [`floor_needs_successes`](RetryBudgetBuilder::floor_needs_successes)). A fixed floor is a
+/// fixed extra load whatever the traffic: 1 retry/s is 1% more at 100 requests/s but 10% at
+/// 10/s, at each level of a call chain that retries. Gated by successes, the floor still lets a
+/// quiet, healthy client retry its occasional failure, but lends nothing to a client whose
+/// calls all fail (Amazon's rule: no retry until a client has seen successes).
+///
 /// Over any run, the tokens granted (net of refunds) are at most
-/// `initial_tokens + ratio × successes + floor × elapsed seconds`.
+/// `initial_tokens + ratio × successes + min(floor × elapsed seconds, successes)` (without the
+/// gate, `floor × elapsed seconds` alone).
 ///
 /// A cheap [`Clone`] handle: clones share one budget, so every service of a client can draw on
 /// the same one. Deposits and withdrawals are lock-free (compare-and-swap on fixed-point
@@ -112,6 +121,9 @@ struct Inner {
     error_cost: i64,
     timeout_cost: i64,
     floor: Option<Floor>,
+    /// The floor's credit, in millionths: one token per success, up to the floor's bank. `None`
+    /// when the floor does not need successes (or there is no floor).
+    floor_credit: Option<Credit>,
     deposits: AtomicU64,
     granted: AtomicU64,
     denied: AtomicU64,
@@ -127,6 +139,48 @@ struct Floor {
     /// How far ahead of now the theoretical time may run: the floor's bank, in nanoseconds.
     tolerance_ns: u64,
     per_second: f64,
+}
+
+/// Tokens the floor may still lend, earned one per success and capped at the floor's bank.
+struct Credit {
+    micros: AtomicI64,
+    cap: i64,
+}
+
+impl Credit {
+    fn add(&self, micros: i64) {
+        let mut cur = self.micros.load(Relaxed);
+        loop {
+            // A healthy client sits at the cap: one load, no write.
+            if cur >= self.cap {
+                return;
+            }
+            let next = cur.saturating_add(micros).min(self.cap);
+            match self
+                .micros
+                .compare_exchange_weak(cur, next, Relaxed, Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    fn take(&self, micros: i64) -> bool {
+        let mut cur = self.micros.load(Relaxed);
+        loop {
+            if cur < micros {
+                return false;
+            }
+            match self
+                .micros
+                .compare_exchange_weak(cur, cur - micros, Relaxed, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
 }
 
 struct Series {
@@ -262,6 +316,28 @@ impl Inner {
         }
     }
 
+    /// The floor's grant: needs the floor's time-based allowance and, when the floor is gated,
+    /// its credit from successes. The credit is taken first and given back if the allowance
+    /// says no, so neither is spent for a retry that is not granted.
+    fn floor_take(&self, cost: i64) -> bool {
+        let Some(floor) = &self.floor else {
+            return false;
+        };
+        match &self.floor_credit {
+            None => floor.try_take(cost),
+            Some(credit) => {
+                if !credit.take(cost) {
+                    return false;
+                }
+                if floor.try_take(cost) {
+                    return true;
+                }
+                credit.add(cost);
+                false
+            }
+        }
+    }
+
     fn publish(&self, balance: i64) {
         self.series.tokens.set(balance as f64 / MICROS);
     }
@@ -269,8 +345,8 @@ impl Inner {
 
 impl RetryBudget {
     /// Starts a builder for a budget named `name` (the metrics label), with the defaults: ratio
-    /// 0.01, a floor of 1 retry per second, a cap of 10 tokens, a timeout cost of 2 and no
-    /// initial tokens.
+    /// 0.01, a floor of 1 retry per second that lends only against successes, a cap of 10
+    /// tokens, a timeout cost of 2 and no initial tokens.
     pub fn builder(name: impl Into<String>) -> RetryBudgetBuilder {
         RetryBudgetBuilder::new(name.into())
     }
@@ -312,6 +388,21 @@ impl RetryBudget {
         self.inner.floor.as_ref().map_or(0.0, |f| f.per_second)
     }
 
+    /// True when the floor lends only against successes seen
+    /// ([`floor_needs_successes`](RetryBudgetBuilder::floor_needs_successes)).
+    pub fn floor_needs_successes(&self) -> bool {
+        self.inner.floor_credit.is_some()
+    }
+
+    /// The floor's credit from successes, in tokens: what it may still lend, time allowing
+    /// (0 when the floor is not gated or there is none).
+    pub fn floor_credit(&self) -> f64 {
+        self.inner
+            .floor_credit
+            .as_ref()
+            .map_or(0.0, |c| c.micros.load(Relaxed) as f64 / MICROS)
+    }
+
     /// The most earned tokens the budget stores.
     pub fn max_tokens(&self) -> f64 {
         self.inner.cap as f64 / MICROS
@@ -332,6 +423,9 @@ impl Budget for RetryBudget {
         if after != before {
             i.publish(after);
         }
+        if let Some(credit) = &i.floor_credit {
+            credit.add(i.error_cost);
+        }
     }
 
     fn try_withdraw(&self, kind: RetryKind) -> bool {
@@ -342,7 +436,7 @@ impl Budget for RetryBudget {
                 i.publish(balance);
                 true
             }
-            None => i.floor.as_ref().is_some_and(|f| f.try_take(cost)),
+            None => i.floor_take(cost),
         };
         if granted {
             i.granted.fetch_add(1, Relaxed);
@@ -400,6 +494,7 @@ pub struct RetryBudgetBuilder {
     max_tokens: f64,
     timeout_cost: f64,
     initial_tokens: f64,
+    floor_needs_successes: bool,
 }
 
 impl RetryBudgetBuilder {
@@ -411,6 +506,7 @@ impl RetryBudgetBuilder {
             max_tokens: 10.0,
             timeout_cost: 2.0,
             initial_tokens: 0.0,
+            floor_needs_successes: true,
         }
     }
 
@@ -439,6 +535,17 @@ impl RetryBudgetBuilder {
     /// [1, max_tokens]. Default 2.
     pub fn timeout_cost(mut self, cost: f64) -> Self {
         self.timeout_cost = cost;
+        self
+    }
+
+    /// Whether the floor lends only against successes: one token per success seen, holding at
+    /// most the floor's bank (`max(floor × 1 s, timeout_cost)`), so a client whose calls all
+    /// fail gets no retries from the floor, while a quiet client that mostly succeeds still
+    /// retries up to the floor's rate. Default true. With false, the floor is tower's: a fixed
+    /// allowance per second, which at 10 requests/s and a floor of 1/s adds 10% to the load
+    /// of an outage at every level that retries.
+    pub fn floor_needs_successes(mut self, needs: bool) -> Self {
+        self.floor_needs_successes = needs;
         self
     }
 
@@ -482,7 +589,12 @@ impl RetryBudgetBuilder {
             "in [0, max_tokens]",
         )?;
         let micros = |t: f64| (t * MICROS).round() as i64;
-        let floor = (floor > 0.0).then(|| Floor::new(floor, (floor * 1.0).max(timeout_cost)));
+        let bank = (floor * 1.0).max(timeout_cost);
+        let floor_credit = (floor > 0.0 && self.floor_needs_successes).then(|| Credit {
+            micros: AtomicI64::new(0),
+            cap: micros(bank),
+        });
+        let floor = (floor > 0.0).then(|| Floor::new(floor, bank));
         let inner = Inner {
             series: Series::register(&self.name),
             name: self.name,
@@ -492,6 +604,7 @@ impl RetryBudgetBuilder {
             error_cost: micros(1.0),
             timeout_cost: micros(timeout_cost),
             floor,
+            floor_credit,
             deposits: AtomicU64::new(0),
             granted: AtomicU64::new(0),
             denied: AtomicU64::new(0),
@@ -561,6 +674,7 @@ mod tests {
     async fn the_floor_accrues_with_time_and_banks_little() {
         let b = RetryBudget::builder("t")
             .min_per_second(2.0)
+            .floor_needs_successes(false)
             .build()
             .unwrap();
         assert!(
@@ -577,6 +691,45 @@ mod tests {
             .filter(|_| b.try_withdraw(RetryKind::AfterError))
             .count();
         assert_eq!(granted, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gated_floor_lends_one_token_per_success_up_to_its_bank() {
+        let b = RetryBudget::builder("t")
+            .min_per_second(2.0)
+            .build()
+            .unwrap();
+        assert!(b.floor_needs_successes());
+        // A minute of calls that all fail: time alone lends nothing.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(b.floor_tokens(), 2.0, "the time allowance is there");
+        assert!(!b.try_withdraw(RetryKind::AfterError), "but no success yet");
+        // One success lends one retry (the ratio's 0.01 is far from a token).
+        b.deposit();
+        assert_eq!(b.floor_credit(), 1.0);
+        assert!(b.try_withdraw(RetryKind::AfterError));
+        assert!(!b.try_withdraw(RetryKind::AfterError));
+        // A retry after a timeout costs 2: it needs two successes.
+        b.deposit();
+        assert!(!b.try_withdraw(RetryKind::AfterTimeout));
+        assert_eq!(b.floor_credit(), 1.0, "a refused grant keeps the credit");
+        b.deposit();
+        // (The time allowance too: half of its 1 s bank went on the first retry.)
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.try_withdraw(RetryKind::AfterTimeout));
+        // Credit is capped at the bank (2 tokens), and the time allowance still binds: after
+        // many successes, one second lends 2 retries, not 100.
+        for _ in 0..100 {
+            b.deposit();
+        }
+        assert_eq!(b.floor_credit(), 2.0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let granted = (0..100)
+            .filter(|_| b.try_withdraw(RetryKind::AfterError))
+            .count();
+        // 1.03 earned tokens (103 successes × 0.01, less nothing spent from them) pay one more.
+        assert_eq!(granted, 3);
+        assert_eq!(b.floor_credit(), 0.0);
     }
 
     #[test]

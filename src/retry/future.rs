@@ -112,10 +112,7 @@ where
                             Some((service, request, delay))
                         });
                     let Some((service, request, (kind, delay))) = retry else {
-                        if shared.mark == MarkRetried::Always {
-                            return Poll::Ready(mark(shared, result));
-                        }
-                        return Poll::Ready(result);
+                        return Poll::Ready(pass_up(shared, result, false));
                     };
                     *this.unsent = Some(kind);
                     let sleep = (!delay.is_zero()).then(|| sleep_until(Instant::now() + delay));
@@ -150,10 +147,7 @@ where
                             shared.budget.refund(kind);
                         }
                         let failed = failed.take().expect("the first answer is passed up once");
-                        if shared.mark == MarkRetried::Always {
-                            return Poll::Ready(mark(shared, failed));
-                        }
-                        return Poll::Ready(failed);
+                        return Poll::Ready(pass_up(shared, failed, false));
                     }
                     let mut request = request.take().expect("the retry is sent once");
                     request.set_attempt(2);
@@ -169,9 +163,7 @@ where
                             shared.budget.deposit();
                             result
                         }
-                        Outcome::Retryable if shared.mark != MarkRetried::Never => {
-                            mark(shared, result)
-                        }
+                        Outcome::Retryable => pass_up(shared, result, true),
                         _ => result,
                     });
                 }
@@ -222,6 +214,31 @@ fn is_marked<Res, B, C: RetriedMarker<Res>>(
         Ok(res) => shared.classifier.is_retried(res),
         Err(e) => AlreadyRetried::is_marked(e.as_ref()),
     }
+}
+
+/// A retryable failure leaving the layer: marked "decided below" as the layer's
+/// [`MarkRetried`] says (`retried`: this layer sent the retry), and reported to the server scope
+/// of [`PropagateRetried`](super::PropagateRetried), if any, when it leaves marked, so the
+/// server's own answer carries the mark to its callers.
+fn pass_up<Res, B, C: RetriedMarker<Res>>(
+    shared: &Shared<B, C>,
+    result: Result<Res, BoxError>,
+    retried: bool,
+) -> Result<Res, BoxError> {
+    let mark_it = match shared.mark {
+        MarkRetried::Never => false,
+        MarkRetried::AfterRetry => retried,
+        MarkRetried::Always => true,
+    };
+    let result = if mark_it {
+        mark(shared, result)
+    } else {
+        result
+    };
+    if mark_it || is_marked(shared, &result) {
+        super::propagate::note_decided();
+    }
+    result
 }
 
 fn mark<Res, B, C: RetriedMarker<Res>>(

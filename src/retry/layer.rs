@@ -11,19 +11,33 @@ use super::{Budget, Retry};
 use crate::classify::DefaultClassifier;
 use crate::error::{ConfigError, check};
 
-/// What the layer marks as "already retried" on the failures it passes up, so layers above do
-/// not retry them again (retry at the edge only).
+/// Which retryable failures the layer passes up marked "decided below" ([`AlreadyRetried`] on
+/// an error, the [`RETRIED_HEADER`] on an HTTP response), so that layers above, in this process
+/// or in the callers of this service, do not retry them again.
+///
+/// [`AlreadyRetried`]: super::AlreadyRetried
+/// [`RETRIED_HEADER`]: super::RETRIED_HEADER
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MarkRetried {
     /// Mark nothing.
     Never,
-    /// Mark a retryable failure when this layer already retried it (the default): the request
-    /// reached the layers below twice, and a retry above would send it twice more.
-    #[default]
+    /// Mark a retryable failure only when this layer retried it. A failure whose retry this
+    /// layer declined (budget empty, too little time left, not idempotent, no retries
+    /// configured) goes up unmarked, and a layer above may retry it: in a chain of four
+    /// retrying services, one request can then reach the bottom 3 times or more.
     AfterRetry,
-    /// Mark every retryable failure: for an internal service that leaves retries to the
-    /// outermost client (often with `max_retries(0)`).
+    /// Mark every retryable failure this layer saw, retried or not (the default): the retry was
+    /// decided here, once, by the layer closest to the failure, and every layer above passes
+    /// the failure up, so a request reaches the bottom of a chain at most twice at any depth.
+    /// The name is kept from when this was an opt-in for internal services.
+    #[default]
     Always,
+}
+
+impl MarkRetried {
+    /// The default, under the name that says what it means: every retryable failure goes up
+    /// marked "decided below", retried or not.
+    pub const DECIDED: MarkRetried = MarkRetried::Always;
 }
 
 /// Retries a failed request at most once, when a shared [`Budget`] allows; see the
@@ -65,8 +79,9 @@ impl<B: Budget> RetryLayer<B> {
     /// from [0, 100 ms] (base 50 ms, cap 1 s), no retry with less than 10 ms left before the
     /// deadline, [`DefaultClassifier`] (HTTP semantics for `http::Response`), only requests that say they are idempotent
     /// ([`RetryRequest::is_idempotent`](super::RetryRequest::is_idempotent): for HTTP an idempotent
-    /// method or the [`Idempotent`](super::Idempotent) marker), markers honoured and set
-    /// after a retry ([`MarkRetried::AfterRetry`]), and the thread-local random generator.
+    /// method or the [`Idempotent`](super::Idempotent) marker), markers honoured and set on
+    /// every retryable failure passed up, retried or declined ([`MarkRetried::Always`]), and
+    /// the thread-local random generator.
     pub fn builder(budget: B) -> RetryLayerBuilder<B> {
         RetryLayerBuilder {
             budget,
@@ -77,7 +92,7 @@ impl<B: Budget> RetryLayer<B> {
             cap: Duration::from_secs(1),
             min_time_left: Duration::from_millis(10),
             honour_marker: true,
-            mark: MarkRetried::AfterRetry,
+            mark: MarkRetried::Always,
             seed: None,
         }
     }
@@ -186,15 +201,15 @@ impl<B, C, I> RetryLayerBuilder<B, C, I> {
         self
     }
 
-    /// Whether a failure marked "already retried below" is passed up without a retry. Default
+    /// Whether a failure marked "decided below" is passed up without a retry. Default
     /// true.
     pub fn honour_retried_marker(mut self, honour: bool) -> Self {
         self.honour_marker = honour;
         self
     }
 
-    /// Which failures passed up get the "already retried" marker. Default
-    /// [`MarkRetried::AfterRetry`].
+    /// Which failures passed up get the "decided below" marker. Default
+    /// [`MarkRetried::Always`]: every retryable failure, retried or declined.
     pub fn mark_retried(mut self, mark: MarkRetried) -> Self {
         self.mark = mark;
         self

@@ -10,7 +10,10 @@ use crate::timeout::HasDeadline;
 /// The header naming the attempt a request is (`2` on a retry), so a load balancer can send a
 /// retry to another server (grey failures) and servers can count retries.
 pub const ATTEMPT_HEADER: &str = "backstop-attempt";
-/// The header on a response meaning "already retried below, do not retry again".
+/// The header on a response meaning "decided below, do not retry": a retry layer closer to the
+/// failure saw it and retried it or declined to. It travels on HTTP responses from server to
+/// caller; a server carries it onto its own failures with
+/// [`PropagateRetriedLayer`](super::PropagateRetriedLayer).
 pub const RETRIED_HEADER: &str = "backstop-retried";
 
 /// Marks a request as safe to send twice. Put it in an `http::Request`'s extensions (needed for a
@@ -87,24 +90,7 @@ impl<B> RetryRequest for http::Request<B> {
     }
 }
 
-/// Simulated requests: idempotent when their extensions hold [`Idempotent`]; the retry gets an
-/// [`Attempt`] extension. (The harness's own `attempt` field is left to the harness.)
-#[cfg(all(feature = "sim", feature = "http"))]
-impl RetryRequest for crate::sim::SimRequest {
-    fn is_idempotent(&self) -> bool {
-        self.extensions.get::<Idempotent>().is_some()
-    }
-    fn set_attempt(&mut self, attempt: u32) {
-        self.extensions.insert(Attempt(attempt));
-    }
-}
-
-/// Simulated requests, without the `http` feature: never idempotent unless a predicate or
-/// [`AnyRequest`] says so, and the retry is not marked.
-#[cfg(all(feature = "sim", not(feature = "http")))]
-impl RetryRequest for crate::sim::SimRequest {}
-
-/// Reads and writes the "already retried below" marker on a successful call's response, for
+/// Reads and writes the "decided below" marker on a successful call's response, for
 /// protocols that report failures in responses (an HTTP 5xx). Errors carry the marker as
 /// [`AlreadyRetried`], for any protocol.
 ///
@@ -113,12 +99,12 @@ impl RetryRequest for crate::sim::SimRequest {}
 /// header; [`ErrorClassifier`] and [`classify_fn`](crate::classify::classify_fn) mark errors
 /// only. For your own classifier, `impl<R> RetriedMarker<R> for MyClassifier {}` does the same.
 pub trait RetriedMarker<Res> {
-    /// True when `res` says it was already retried below. Default: false.
+    /// True when `res` says a retry layer below already decided about it. Default: false.
     fn is_retried(&self, res: &Res) -> bool {
         let _ = res;
         false
     }
-    /// Marks `res` as already retried. Default: does nothing.
+    /// Marks `res` as decided below. Default: does nothing.
     fn mark_retried(&self, res: &mut Res) {
         let _ = res;
     }
@@ -150,9 +136,10 @@ impl<B> RetriedMarker<http::Response<B>> for crate::classify::HttpClassifier {
     }
 }
 
-/// An error that was already retried below: layers above do not retry it again.
+/// An error a retry layer below already decided about, retrying it or declining to: layers
+/// above do not retry it. (The name is from when only retried errors were marked.)
 ///
-/// The [`RetryLayer`](super::RetryLayer) wraps the errors it passes up in it (see
+/// The [`RetryLayer`](super::RetryLayer) wraps the retryable errors it passes up in it (see
 /// [`MarkRetried`](super::MarkRetried)); the original error is its
 /// [`source`](StdError::source), so [`find_overload`](crate::find_overload),
 /// [`is_timeout`](crate::is_timeout) and the classifiers still see it.
@@ -167,17 +154,17 @@ impl AlreadyRetried {
         AlreadyRetried { source }
     }
 
-    /// The error that was retried.
+    /// The error that was decided about.
     pub fn inner(&self) -> &BoxError {
         &self.source
     }
 
-    /// Unwraps the error that was retried.
+    /// Unwraps the error that was decided about.
     pub fn into_inner(self) -> BoxError {
         self.source
     }
 
-    /// True when `err`, or anything in its source chain, is marked as already retried.
+    /// True when `err`, or anything in its source chain, is marked as decided below.
     pub fn is_marked(err: &(dyn StdError + 'static)) -> bool {
         find_in_chain::<AlreadyRetried>(err).is_some()
     }
@@ -185,7 +172,7 @@ impl AlreadyRetried {
 
 impl fmt::Display for AlreadyRetried {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "already retried: {}", self.source)
+        write!(f, "retry decided below: {}", self.source)
     }
 }
 

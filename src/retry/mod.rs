@@ -19,19 +19,28 @@
 //!   marker), or it passes the predicate
 //!   given to [`idempotent_if`](RetryLayerBuilder::idempotent_if), or the user opted in with
 //!   [`retry_non_idempotent`](RetryLayerBuilder::retry_non_idempotent);
-//! - the failure is not marked "already retried below" ([`AlreadyRetried`] on an error, the
-//!   [`RETRIED_HEADER`] on an HTTP response): retry at the edge only;
+//! - the failure is not marked "decided below" ([`AlreadyRetried`] on an error, the
+//!   [`RETRIED_HEADER`] on an HTTP response): a retry layer closer to the failure already saw
+//!   it and retried it or declined to;
 //! - enough time is left before the request's [`Deadline`](crate::timeout::Deadline) (at least
 //!   [`min_time_left`](RetryLayerBuilder::min_time_left));
 //! - and the shared [`Budget`] pays for it: a [`RetryBudget`] earns `ratio` of a token per
 //!   success (default 0.01), charges 1 per retry after an error and 2 after a timeout, has a
-//!   small time-based floor, a cap, and starts empty.
+//!   small time-based floor that lends only against successes seen, a cap, and starts empty.
 //!
 //! Before the retry it waits a full-jitter delay that ends before the deadline. The retry is
 //! marked ([`Attempt`]; the [`ATTEMPT_HEADER`] header for HTTP) so a load balancer can send it
-//! to another server and servers can count retries. A retryable failure this layer already
-//! retried is passed up marked as retried ([`MarkRetried`]), so the layers above do not
-//! multiply it.
+//! to another server and servers can count retries.
+//!
+//! # Decided below
+//! Every retryable failure the layer passes up goes up marked, whether it retried it or
+//! declined to (budget empty, too little time left, not idempotent, no retries configured):
+//! the decision was made once, by the layer closest to the failure ([`MarkRetried`]). Without
+//! the mark on a declined retry, a refusal below becomes a retry above: in a chain of four
+//! retrying services whose bottom fails, one request reached the bottom 3 times (5 with no
+//! mark at all); with it, at most twice at any depth. Across processes the mark travels on the
+//! response ([`RETRIED_HEADER`]), and a server that answers its caller with its own failure
+//! carries it on with [`PropagateRetriedLayer`], so A → B → C over HTTP obeys it too.
 //!
 //! # Cancellation
 //! The budget is charged when the retry is decided, before the delay, so that a burst of
@@ -59,8 +68,9 @@
 //! # When to use it
 //! In clients, once, at the edge: below the overall timeout and above the per-attempt timeout
 //! (`timeout(overall) → retry(budget) → ... → timeout(attempt) → transport`). Share one
-//! [`RetryBudget`] across all the services of a client. Internal services should pass failures
-//! up (`max_retries(0)` with [`MarkRetried::Always`]) and let the outermost caller decide.
+//! [`RetryBudget`] across all the services of a client. A server whose handler calls other
+//! services puts [`PropagateRetriedLayer`] on its own stack, so its failures carry the mark of
+//! the failures it got.
 //!
 //! # Example
 //! ```
@@ -112,6 +122,7 @@ mod budget;
 mod future;
 mod layer;
 mod marker;
+mod propagate;
 mod service;
 
 pub use self::budget::{Budget, RetryBudget, RetryBudgetBuilder, RetryBudgetStats, RetryKind};
@@ -123,4 +134,5 @@ pub use self::marker::{
     ATTEMPT_HEADER, AlreadyRetried, AnyRequest, Attempt, Idempotency, Idempotent, IdempotentFn,
     MarkedIdempotent, RETRIED_HEADER, RetriedMarker, RetryRequest,
 };
+pub use self::propagate::{PropagateFuture, PropagateRetried, PropagateRetriedLayer};
 pub use self::service::Retry;

@@ -97,6 +97,38 @@ pub struct SimResponse {
     pub service: Duration,
 }
 
+// The simulator implements the library's request traits: no primitive knows the simulator.
+
+/// Simulated requests: idempotent when their extensions hold
+/// [`Idempotent`](crate::retry::Idempotent); the retry gets an [`Attempt`](crate::retry::Attempt)
+/// extension. (The harness's own `attempt` field is left to the harness.) Without the `http`
+/// feature they are never idempotent unless a predicate or `AnyRequest` says so.
+impl crate::retry::RetryRequest for SimRequest {
+    #[cfg(feature = "http")]
+    fn is_idempotent(&self) -> bool {
+        self.extensions.get::<crate::retry::Idempotent>().is_some()
+    }
+    #[cfg(feature = "http")]
+    fn set_attempt(&mut self, attempt: u32) {
+        self.extensions.insert(crate::retry::Attempt(attempt));
+    }
+}
+
+/// Simulated requests: idempotent when their extensions hold
+/// [`Idempotent`](crate::retry::Idempotent); copies are marked with their
+/// [`HedgeCopy`](crate::hedge::HedgeCopy). Without the `http` feature they are never idempotent
+/// unless a predicate says so.
+impl crate::hedge::HedgeRequest for SimRequest {
+    #[cfg(feature = "http")]
+    fn is_idempotent(&self) -> bool {
+        self.extensions.get::<crate::retry::Idempotent>().is_some()
+    }
+    #[cfg(feature = "http")]
+    fn mark_copy(&mut self, copy: crate::hedge::HedgeCopy) {
+        self.extensions.insert(copy);
+    }
+}
+
 /// A simulated answer is always a success: the simulated servers fail with errors.
 impl crate::classify::DefaultClassify for SimResponse {}
 

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::error::{BoxError, OverloadReason, Overloaded, find_overload};
+use super::error::MissingClientKey;
+use crate::error::{BoxError, OverloadReason, Overloaded, find_in_chain, find_overload};
 
 impl Overloaded {
     /// The status a server answers this refusal with: 429 Too Many Requests when the client is
@@ -48,14 +49,19 @@ impl Overloaded {
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Whole seconds, rounded up, at least 1: a client told "0" would come straight back.
+/// Saturates at `u64::MAX` (`Duration::MAX` has `u64::MAX` whole seconds and a fraction).
 fn retry_after_seconds(after: Duration) -> u64 {
-    (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)
+    after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0))
+        .max(1)
 }
 
-/// Turns an [`Overloaded`] error (anywhere in the error's source chain) into its response and
-/// passes everything else through. Put it outermost in a server stack with
-/// `ServiceBuilder::map_result(overload_to_response)`, so the refusals of every backstop layer
-/// below become 429/503 answers:
+/// Turns an [`Overloaded`] error (anywhere in the error's source chain) into its response, a
+/// [`MissingClientKey`] (a throttle set to [`MissingKey::Refuse`](super::MissingKey::Refuse))
+/// into 400 Bad Request, and passes everything else through. Put it outermost in a server stack
+/// with `ServiceBuilder::map_result(overload_to_response)`, so the refusals of every backstop
+/// layer below become 429/503 answers:
 ///
 /// ```
 /// use backstop::throttle::{overload_to_response, HeaderKey, ShedFraction, ThrottleLayer};
@@ -67,7 +73,7 @@ fn retry_after_seconds(after: Duration) -> u64 {
 /// let shed = ShedFraction::builder("api").initial(1.0).build()?; // shed everyone
 /// let svc = ServiceBuilder::new()
 ///     .map_result(overload_to_response)
-///     .layer(ThrottleLayer::builder(HeaderKey::default()).shed(shed).build()?)
+///     .layer(ThrottleLayer::builder("throttle", HeaderKey::default()).shed(shed).build()?)
 ///     .service_fn(|_req: http::Request<String>| async {
 ///         Ok::<_, BoxError>(http::Response::new(String::from("hello")))
 ///     });
@@ -83,6 +89,12 @@ pub fn overload_to_response<B: Default>(
     match result {
         Err(err) => match find_overload(err.as_ref()) {
             Some(overload) => Ok(overload.to_http_response()),
+            None if find_in_chain::<MissingClientKey>(err.as_ref()).is_some() => {
+                let mut res = http::Response::new(B::default());
+                // Not an overload: the request cannot be served as sent, so no Retry-After.
+                *res.status_mut() = http::StatusCode::BAD_REQUEST;
+                Ok(res)
+            }
             None => Err(err),
         },
         ok => ok,
@@ -99,6 +111,7 @@ mod tests {
         assert_eq!(retry_after_seconds(Duration::from_nanos(1)), 1);
         assert_eq!(retry_after_seconds(Duration::from_secs(3)), 3);
         assert_eq!(retry_after_seconds(Duration::from_millis(3001)), 4);
+        assert_eq!(retry_after_seconds(Duration::MAX), u64::MAX);
     }
 
     #[test]
@@ -127,6 +140,13 @@ mod tests {
             let outcome = HttpClassifier.classify(Ok::<_, &BoxError>(&res));
             assert_eq!(outcome, Outcome::Overload(Some(Duration::from_secs(3))));
         }
+    }
+
+    #[test]
+    fn a_missing_client_key_is_a_bad_request() {
+        let res = overload_to_response::<()>(Err(MissingClientKey.into())).unwrap();
+        assert_eq!(res.status(), 400);
+        assert!(!res.headers().contains_key(http::header::RETRY_AFTER));
     }
 
     #[test]

@@ -38,7 +38,7 @@ impl ClientId {
         }
     }
 
-    /// The key all requests without an identity share (when [`MissingKey::Anonymous`]): the
+    /// The key all requests without an identity share (when [`MissingKey::Shared`]): the
     /// empty byte string.
     pub fn anonymous() -> Self {
         ClientId::from_bytes(&[])
@@ -160,16 +160,25 @@ where
 }
 
 /// What to do with a request whose [`ClientKey`] finds no identity.
+///
+/// Every such request is counted in `backstop_throttle_keyless_requests_total`, whichever the
+/// choice, so a stack whose clients are not identified shows it. With HTTP, prefer a key that
+/// always finds someone: [`HeaderKey`](super::HeaderKey) falls back to the remote address when
+/// the header is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MissingKey {
-    /// All such requests are one client, [`ClientId::anonymous`]: they share its quota and
-    /// are shed together.
+    /// All such requests are one client, [`ClientId::anonymous`]: they share its quota and are
+    /// shed together (the default, so that unidentified callers are still throttled; watch
+    /// the keyless series, or choose another variant).
     #[default]
-    Anonymous,
-    /// Refuse them with [`MissingClientKey`](super::MissingClientKey).
+    Shared,
+    /// Refuse them with [`MissingClientKey`](super::MissingClientKey) (which
+    /// `overload_to_response` answers with 400 Bad Request).
     Refuse,
+    /// Let them through untouched: neither shed nor held to a quota. Only for callers that
+    /// are trusted or bounded by another layer: a client escapes the throttle by sending no key.
+    Exempt,
 }
-
 #[cfg(feature = "http")]
 pub use self::http_keys::{HeaderKey, Principal, PrincipalKey, RemoteAddrKey};
 
@@ -180,20 +189,57 @@ mod http_keys {
     use crate::error::{ConfigError, check};
     use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-    /// The client named by a request header, `x-client-id` by default. An empty header counts
-    /// as missing.
+    /// The client named by a request header, `x-client-id` by default; when the header is
+    /// missing or empty, the remote address ([`RemoteAddrKey::new`]: a [`SocketAddr`] or an
+    /// [`IpAddr`] in the request's extensions), so that callers who send no header are not one
+    /// client sharing one quota. Only when neither is there does the layer's
+    /// [`MissingKey`](super::MissingKey) apply.
+    ///
+    /// An address key is tagged (a leading 0 byte, which no header value can hold), so no header
+    /// value can pose as an address. With axum, say where the address is:
+    ///
+    /// ```
+    /// use axum::extract::ConnectInfo;
+    /// use backstop::throttle::{HeaderKey, RemoteAddrKey};
+    /// use std::net::SocketAddr;
+    ///
+    /// let key = HeaderKey::default()
+    ///     .or_remote_addr(RemoteAddrKey::with(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())));
+    /// # let _ = key;
+    /// ```
     #[derive(Debug, Clone)]
     pub struct HeaderKey {
         name: http::HeaderName,
+        fallback: Option<RemoteAddrKey>,
     }
 
     impl HeaderKey {
         /// The header read by [`HeaderKey::default`].
         pub const DEFAULT: &'static str = "x-client-id";
 
-        /// Reads the client from header `name`.
+        /// Reads the client from header `name`, else from the remote address.
         pub fn new(name: http::HeaderName) -> Self {
-            HeaderKey { name }
+            HeaderKey {
+                name,
+                fallback: Some(RemoteAddrKey::new()),
+            }
+        }
+
+        /// Falls back to the address `key` finds when the header is missing.
+        pub fn or_remote_addr(self, key: RemoteAddrKey) -> Self {
+            HeaderKey {
+                fallback: Some(key),
+                ..self
+            }
+        }
+
+        /// No fallback: a request without the header has no key (the layer's
+        /// [`MissingKey`](super::MissingKey) decides).
+        pub fn header_only(self) -> Self {
+            HeaderKey {
+                fallback: None,
+                ..self
+            }
         }
     }
 
@@ -205,8 +251,17 @@ mod http_keys {
 
     impl<B> ClientKey<http::Request<B>> for HeaderKey {
         fn client_key(&self, req: &http::Request<B>) -> Option<ClientId> {
-            let value = req.headers().get(&self.name)?.as_bytes();
-            (!value.is_empty()).then(|| ClientId::from_bytes(value))
+            if let Some(value) = req.headers().get(&self.name)
+                && !value.is_empty()
+            {
+                return Some(ClientId::from_bytes(value.as_bytes()));
+            }
+            let address = self.fallback.as_ref()?.client_key(req)?;
+            // 0 then the address's octets: header values cannot contain a 0 byte.
+            let octets = address.as_bytes();
+            let mut tagged = [0u8; 17];
+            tagged[1..=octets.len()].copy_from_slice(octets);
+            Some(ClientId::from_bytes(&tagged[..=octets.len()]))
         }
     }
 

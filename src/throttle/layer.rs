@@ -17,6 +17,12 @@ use crate::metrics::names;
 /// holds each client to its [`ClientQuotas`]; see the [module docs](super).
 ///
 /// Every service this layer makes shares its handles.
+///
+/// A request whose key extractor finds no client is handled as
+/// [`missing_key`](ThrottleLayerBuilder::missing_key) says (by default all such requests are
+/// one shared client) and counted in `backstop_throttle_keyless_requests_total`. Over HTTP,
+/// [`HeaderKey`](super::HeaderKey) finds few such requests: it falls back to the remote
+/// address when the header is missing.
 pub struct ThrottleLayer<K> {
     policy: Arc<Policy<K>>,
 }
@@ -36,11 +42,11 @@ impl<K> fmt::Debug for ThrottleLayer<K> {
 }
 
 impl<K> ThrottleLayer<K> {
-    /// Starts a builder that finds each request's client with `key`.
-    pub fn builder(key: K) -> ThrottleLayerBuilder<K> {
+    /// Starts a builder whose series carry `name`, finding each request's client with `key`.
+    pub fn builder(name: impl Into<String>, key: K) -> ThrottleLayerBuilder<K> {
         ThrottleLayerBuilder {
             key,
-            name: "throttle".to_owned(),
+            name: name.into(),
             missing: MissingKey::default(),
             shed: None,
             quotas: None,
@@ -79,14 +85,9 @@ pub struct ThrottleLayerBuilder<K> {
 }
 
 impl<K> ThrottleLayerBuilder<K> {
-    /// The name the layer's series carry. Default `throttle`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// What to do with requests that carry no client key. Default: they are one anonymous
-    /// client.
+    /// What to do with requests whose key extractor finds no client (see [`MissingKey`]).
+    /// Default: [`MissingKey::Shared`], one client for all of them. Every such request is
+    /// counted in `backstop_throttle_keyless_requests_total`.
     pub fn missing_key(mut self, missing: MissingKey) -> Self {
         self.missing = missing;
         self
@@ -104,9 +105,10 @@ impl<K> ThrottleLayerBuilder<K> {
         self
     }
 
-    /// The `retry_after` hint given to shed clients (default 1 s, greater than zero). The
-    /// choice changes only when the fraction falls or the epoch turns, so a longer hint is
-    /// honest when the signal moves slowly.
+    /// The `retry_after` hint given to shed clients (default 1 s; greater than zero, any
+    /// longer value is accepted, an HTTP answer saturates it). The choice changes only when the
+    /// fraction falls or the epoch turns, so a longer hint is honest when the signal moves
+    /// slowly.
     pub fn shed_retry_after(mut self, after: Duration) -> Self {
         self.shed_retry_after = after;
         self
@@ -134,6 +136,8 @@ impl<K> ThrottleLayerBuilder<K> {
             c.absolute(0);
             c
         });
+        let keyless = counter!(names::THROTTLE_KEYLESS, names::NAME_LABEL => self.name.clone());
+        keyless.absolute(0);
         Ok(ThrottleLayer {
             policy: Arc::new(Policy {
                 key: self.key,
@@ -146,6 +150,7 @@ impl<K> ThrottleLayerBuilder<K> {
                 shed_count: shed,
                 quota_count: quota,
                 missing_count: missing_key,
+                keyless,
             }),
         })
     }
@@ -163,6 +168,7 @@ pub(super) struct Policy<K> {
     shed_count: Counter,
     quota_count: Counter,
     missing_count: Counter,
+    keyless: Counter,
 }
 
 impl<K> Policy<K> {
@@ -173,13 +179,20 @@ impl<K> Policy<K> {
     {
         let key = match self.key.client_key(req) {
             Some(key) => key,
-            None => match self.missing {
-                MissingKey::Anonymous => ClientId::anonymous(),
-                MissingKey::Refuse => {
-                    self.missing_count.increment(1);
-                    return Err(MissingClientKey.into());
+            None => {
+                self.keyless.increment(1);
+                match self.missing {
+                    MissingKey::Shared => ClientId::anonymous(),
+                    MissingKey::Refuse => {
+                        self.missing_count.increment(1);
+                        return Err(MissingClientKey.into());
+                    }
+                    MissingKey::Exempt => {
+                        self.admitted.increment(1);
+                        return Ok(());
+                    }
                 }
-            },
+            }
         };
         // Shedding first: a shed request must not spend its client's quota.
         if let Some(shed) = &self.shed

@@ -13,15 +13,18 @@
 //! The pieces:
 //! - [`ClientKey`] finds a request's client ([`ClientId`]): a header ([`HeaderKey`],
 //!   `x-client-id` by default), an authenticated [`Principal`] in the extensions
-//!   ([`PrincipalKey`]), the remote address ([`RemoteAddrKey`]), or any closure. Requests with
-//!   no key are one anonymous client or are refused ([`MissingKey`]).
+//!   ([`PrincipalKey`]), the remote address ([`RemoteAddrKey`]), or any closure. `HeaderKey`
+//!   falls back to the remote address when the header is missing. Requests with no key at all
+//!   are one shared client (the default), refused, or let through ([`MissingKey`]), and
+//!   counted in `backstop_throttle_keyless_requests_total` whichever you choose.
 //! - [`ShedFraction`] is a shared handle with [`set`](ShedFraction::set) /
 //!   [`get`](ShedFraction::get) for a signal (the PID admission controller, a load gauge, an
 //!   operator) to say what fraction of clients to shed. The choice is a seeded hash of the
 //!   client key: stable (raising `p` only adds clients), fleet-consistent (same seed, same
 //!   clients on every server) and rotating on a slow epoch.
-//! - [`ClientQuotas`] holds every client to a rate quota (governor's GCRA) with per-key
-//!   overrides, and bounded memory: idle clients are swept out and the table is capped.
+//! - [`ClientQuotas`] holds every client to a rate quota (GCRA) with per-key overrides, in a
+//!   table of fixed size and 24 bytes per client (a 64-bit fingerprint, never the key): a flood
+//!   of new keys cannot grow memory, and cannot get a client refused but by its own quota.
 //! - [`ThrottleLayer`] applies both, shedding first, and refuses with
 //!   [`Overloaded`](crate::Overloaded)`{ reason: Throttled, retry_after }`.
 //! - With the `http` feature, [`Overloaded::to_http_response`](crate::Overloaded::to_http_response)
@@ -54,7 +57,7 @@
 //! let shed = ShedFraction::builder("api").seed(0x5eed).build()?;
 //! let quotas = ClientQuotas::builder("api", Quota::per_second(NonZeroU32::new(100).unwrap())).build()?;
 //! let mut svc = ServiceBuilder::new()
-//!     .layer(ThrottleLayer::builder(HeaderKey::default()).shed(shed.clone()).quotas(quotas).build()?)
+//!     .layer(ThrottleLayer::builder("throttle", HeaderKey::default()).shed(shed.clone()).quotas(quotas).build()?)
 //!     .service_fn(|_req: http::Request<()>| async { Ok::<_, BoxError>("ok") });
 //!
 //! let request = |client: &str| http::Request::builder().header("x-client-id", client).body(()).unwrap();
@@ -75,6 +78,7 @@ mod layer;
 mod quota;
 mod service;
 mod shed;
+mod table;
 
 pub use self::error::MissingClientKey;
 pub use self::future::ResponseFuture;

@@ -1,56 +1,62 @@
-//! [`ClientQuotas`]: per-client rate quotas on governor's GCRA, with bounded memory.
+//! [`ClientQuotas`]: per-client rate quotas (GCRA, as governor computes it) in a table of fixed
+//! size and fixed bytes per client.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::keyed::ShrinkableKeyedStateStore;
-use governor::state::{InMemoryState, NotKeyed, StateStore};
-use governor::{Quota, RateLimiter};
+use governor::Quota;
 use metrics::{Counter, Gauge, counter, gauge};
 use tokio::time::Instant;
 
 use super::key::ClientId;
+use super::table::{Change, KeyTable, MAX_KEYS};
 use crate::error::{ConfigError, check};
 use crate::metrics::names;
 
-/// governor's clock, read from tokio's: time since the quotas were built. `tokio::time::pause`
-/// therefore drives the quotas in tests.
-#[derive(Debug, Clone, Copy)]
-struct TokioClock {
-    origin: Instant,
-}
-
-impl Clock for TokioClock {
-    type Instant = Duration;
-    fn now(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.origin)
-    }
-}
-
-type KeyedLimiter = RateLimiter<ClientId, CappedStore, TokioClock, NoOpMiddleware<Duration>>;
-type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
-
 /// Per-client rate quotas, shared by every layer and clone that holds the handle.
 ///
-/// Each client gets governor's GCRA with the default [`Quota`], or its own override. A client
-/// over its quota is refused until it is back under, with governor's wait as the hint.
+/// Each client gets the GCRA of the default [`Quota`] (the algorithm and the answers of
+/// governor's rate limiter), or its own override. A client over its quota is refused until it is
+/// back under, with the wait as the hint.
 ///
-/// # Memory
-/// At most [`max_keys`](ClientQuotasBuilder::max_keys) clients are tracked (default 100,000).
-/// When new clients arrive (the only time memory grows) or the table is full, at most every
-/// [`sweep_every`](ClientQuotasBuilder::sweep_every) (default 10 s), one request pays for a
-/// sweep that drops the clients whose bucket is full again: their state is the same as a
-/// client never seen, so dropping them changes no decision. Call [`sweep`](Self::sweep) from a
-/// timer to give memory back when traffic stops. When the table is full, clients
-/// not in it share one overflow bucket with the default quota until a sweep makes room: a
-/// flood of new keys cannot grow memory, and cannot get past the quota by being new.
+/// # Memory and fairness under any key stream
+/// Clients are kept in a table allocated once, at build, with room for
+/// [`max_keys`](ClientQuotasBuilder::max_keys) clients (default 100,000; 24 bytes each, 2.4 MB).
+/// It never grows, whatever keys arrive: a client is stored as a 64-bit fingerprint of its key
+/// (SipHash-1-3 under a random key drawn at build), never the key, so a 1 KiB key costs what a
+/// 3-byte key costs. Clients spread over sets of 8 unevenly, so the table starts replacing
+/// clients in a full set before every slot is used (10⁵ distinct clients arriving at a table of
+/// 10⁵ occupy about 86% of it); it never holds more than its bound.
+///
+/// A new client whose place in the table is full (a set of 8 slots its fingerprint picks)
+/// replaces, in this order, a client whose bucket is full again (dropping it changes no
+/// decision), else the one that made the fewest requests. **A request is refused only by its own
+/// client's bucket**: a flood of new keys cannot lock out a newcomer nor a known client, and
+/// since one-shot keys make one request each, they replace each other and leave alone the
+/// clients that keep coming back (the busy ones, and the ones over their quota, whom forgetting
+/// would let out of it). A forgotten client starts again from a full bucket, as a new one does.
+///
+/// Per-client quotas share capacity fairly among clients; they cannot bound the total work of a
+/// caller free to mint keys (each new key is a new client). Bound that with a key the caller
+/// cannot choose ([`PrincipalKey`](super::PrincipalKey),
+/// [`RemoteAddrKey`](super::RemoteAddrKey)) and with whole-client shedding driven by load
+/// ([`ShedFraction`](super::ShedFraction)).
+///
+/// Two keys share a state only if their fingerprints are equal: probability 2⁻⁶⁴ for a pair. At
+/// the default bound of 10⁵ clients a new key meets some tracked client's fingerprint with
+/// probability 10⁵ / 2⁶⁴ ≈ 5.4 × 10⁻¹⁵, and a full table holds any colliding pair at all with
+/// probability ≈ n² / 2⁶⁵ ≈ 2.7 × 10⁻¹⁰. The fingerprint key is secret and per handle, so a
+/// client cannot search for a key that collides with another client's offline.
+///
+/// Clients whose bucket is full again are also dropped by a sweep, at most every
+/// [`sweep_every`](ClientQuotasBuilder::sweep_every) (default 10 s), paid by a request of a new
+/// client (known clients never pay it), so [`tracked_keys`](Self::tracked_keys) and the
+/// `backstop_throttle_tracked_keys` gauge, updated whenever the count changes, show the clients
+/// active now. Call [`sweep`](Self::sweep) from a timer if no new client comes.
 ///
 /// ```
 /// use backstop::throttle::{ClientId, ClientQuotas, Quota};
@@ -77,15 +83,66 @@ pub struct ClientQuotas {
 
 struct Inner {
     name: String,
-    limiter: KeyedLimiter,
-    /// The limiter's state, shared, for its counters.
-    store: CappedStore,
-    overrides: HashMap<ClientId, DirectLimiter>,
+    origin: Instant,
+    fingerprint: RandomState,
+    default: Gcra,
+    table: KeyTable,
+    /// Overrides by fingerprint (already a keyed hash, so the map does not hash it again).
+    overrides: HashMap<u64, Override, BuildHasherDefault<Identity>>,
+    len: AtomicUsize,
     sweep_every_nanos: u64,
-    /// When the next sweep is due, in nanoseconds on the limiter's clock.
+    /// When the next sweep is due, in nanoseconds since `origin`.
     next_sweep: AtomicU64,
+    /// Clients replaced while their bucket was not full, so far.
+    forgotten: AtomicU64,
     tracked: Gauge,
     evicted: Counter,
+}
+
+struct Override {
+    gcra: Gcra,
+    tat: AtomicU64,
+}
+
+/// The generic cell rate algorithm: one request costs `t`; up to `tau` of credit may be used
+/// ahead (a burst of `tau / t + 1`). The same arithmetic as governor's, on `u64` nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct Gcra {
+    t: u64,
+    tau: u64,
+}
+
+/// The longest window (`period × burst`) a quota may have: 2⁶² ns, about 146 years, so that
+/// theoretical arrival times stay far inside `u64` nanoseconds.
+const MAX_WINDOW_NANOS: u128 = 1 << 62;
+
+impl Gcra {
+    fn of(field: &'static str, quota: Quota) -> Result<Gcra, ConfigError> {
+        let t = quota.replenish_interval().as_nanos().max(1);
+        let burst = u128::from(quota.burst_size().get());
+        if t * burst > MAX_WINDOW_NANOS {
+            return Err(ConfigError::new(
+                field,
+                quota,
+                "a quota whose period × burst is at most 2^62 ns (about 146 years)",
+            ));
+        }
+        Ok(Gcra {
+            t: t as u64,
+            tau: (t * (burst - 1)) as u64,
+        })
+    }
+
+    /// `Ok(new tat)` if a request at `now` conforms, else `Err(wait)`.
+    fn decide(self, tat: Option<u64>, now: u64) -> Result<u64, u64> {
+        let tat = tat.unwrap_or(now);
+        let earliest = tat.saturating_sub(self.tau);
+        if now < earliest {
+            Err(earliest - now)
+        } else {
+            Ok(tat.max(now) + self.t)
+        }
+    }
 }
 
 impl ClientQuotas {
@@ -104,50 +161,71 @@ impl ClientQuotas {
     /// Takes one request from `key`'s quota: `Err(wait)` when the client is over it, with the
     /// time until its next request would conform.
     pub fn check(&self, key: &ClientId) -> Result<(), Duration> {
-        let i = &self.inner;
-        let clock = i.limiter.clock();
-        if let Some(limiter) = i.overrides.get(key) {
-            return limiter
-                .check()
-                .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()));
+        let i = &*self.inner;
+        let fp = i.fingerprint.hash_one(key.as_bytes());
+        let now = self.now();
+        if !i.overrides.is_empty()
+            && let Some(o) = i.overrides.get(&fp)
+        {
+            let mut prev = o.tat.load(Relaxed);
+            loop {
+                let next = o
+                    .gcra
+                    .decide((prev != 0).then_some(prev), now)
+                    .map_err(Duration::from_nanos)?;
+                match o.tat.compare_exchange_weak(prev, next, Relaxed, Relaxed) {
+                    Ok(_) => return Ok(()),
+                    Err(actual) => prev = actual,
+                }
+            }
         }
-        // Memory grows only when new clients arrive, so that is when a sweep may be due (and
-        // while the table is full, so that room is made as soon as it is); the request path of
-        // known clients reads no clock for it.
-        let store = &i.store.0;
-        if store.grew.load(Relaxed) || store.len.load(Relaxed) >= store.cap {
-            store.grew.store(false, Relaxed);
-            self.maybe_sweep();
+        let gcra = i.default;
+        let (decision, change) = i.table.check(fp, now, |tat| gcra.decide(tat, now));
+        match change {
+            Change::None => {}
+            Change::Added => {
+                let len = i.len.fetch_add(1, Relaxed) + 1;
+                i.tracked.set(len as f64);
+                self.maybe_sweep(now);
+            }
+            Change::Replaced { lost } => {
+                i.evicted.increment(1);
+                if lost {
+                    i.forgotten.fetch_add(1, Relaxed);
+                }
+                self.maybe_sweep(now);
+            }
         }
-        i.limiter
-            .check_key(key)
-            .map_err(|not_until| not_until.wait_time_from(clock.now()))
+        decision.map_err(Duration::from_nanos)
     }
 
     /// Clients tracked now (overrides not counted).
     pub fn tracked_keys(&self) -> usize {
-        self.inner.limiter.len()
+        self.inner.len.load(Relaxed)
     }
 
-    /// The most clients tracked at once.
+    /// The most clients tracked at once: `max_keys`, rounded up to whole sets of 8.
     pub fn max_keys(&self) -> usize {
-        self.store().cap
+        self.inner.table.capacity()
     }
 
-    /// Checks that found the table full and used the shared overflow bucket, so far.
-    pub fn overflowed(&self) -> u64 {
-        self.store().overflowed.load(Relaxed)
+    /// Clients the table forgot to make room for a new one while their bucket was not full
+    /// again, so far: each started again from a full bucket. Near zero unless the table is too
+    /// small for the clients that are active at once.
+    pub fn forgotten(&self) -> u64 {
+        self.inner.forgotten.load(Relaxed)
     }
 
     /// Drops every client whose bucket is full again, now. New clients trigger this at most
-    /// every `sweep_every`; call it from a timer task to give memory back when traffic stops.
+    /// every `sweep_every`; call it from a timer task to see the count fall when traffic stops.
     pub fn sweep(&self) {
         let i = &self.inner;
-        let before = i.limiter.len();
-        i.limiter.retain_recent();
-        let after = i.limiter.len();
-        i.evicted.increment(before.saturating_sub(after) as u64);
-        i.tracked.set(after as f64);
+        let dropped = i.table.sweep(self.now());
+        if dropped > 0 {
+            let len = i.len.fetch_sub(dropped, Relaxed) - dropped;
+            i.evicted.increment(dropped as u64);
+            i.tracked.set(len as f64);
+        }
     }
 
     /// The handle's name.
@@ -155,13 +233,14 @@ impl ClientQuotas {
         &self.inner.name
     }
 
-    fn store(&self) -> &StoreInner {
-        &self.inner.store.0
+    /// Nanoseconds since the handle was built, on tokio's clock (so `tokio::time::pause` drives
+    /// the quotas in tests).
+    fn now(&self) -> u64 {
+        nanos(Instant::now().saturating_duration_since(self.inner.origin))
     }
 
-    fn maybe_sweep(&self) {
+    fn maybe_sweep(&self, now: u64) {
         let i = &self.inner;
-        let now = nanos(i.limiter.clock().now());
         let due = i.next_sweep.load(Relaxed);
         // One request wins the sweep; the others go on.
         if now >= due
@@ -194,6 +273,24 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The hasher of a map whose keys are fingerprints already.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Builds [`ClientQuotas`].
 #[derive(Debug, Clone)]
 pub struct ClientQuotasBuilder {
@@ -206,19 +303,22 @@ pub struct ClientQuotasBuilder {
 
 impl ClientQuotasBuilder {
     /// Gives `key` its own quota instead of the default (a paying tenant, a batch job).
-    /// Overridden clients do not count towards `max_keys`.
+    /// Overridden clients do not count towards `max_keys`. Every quota (this one and the
+    /// default) must have a window (`period × burst`) of at most 2⁶² ns, about 146 years.
     pub fn override_key(mut self, key: impl Into<ClientId>, quota: Quota) -> Self {
         self.overrides.push((key.into(), quota));
         self
     }
 
-    /// The most clients tracked at once (default 100,000; at least 1).
+    /// The most clients tracked at once, in [1, 2²⁴ = 16,777,216] (default 100,000). The
+    /// table takes 24 bytes per client, allocated at build.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
     }
 
-    /// How often idle clients are dropped (default 10 s; at least 1 ms).
+    /// How often clients whose bucket is full again are dropped (default 10 s; at least 1 ms;
+    /// `Duration::MAX` never).
     pub fn sweep_every(mut self, every: Duration) -> Self {
         self.sweep_every = every;
         self
@@ -226,37 +326,51 @@ impl ClientQuotasBuilder {
 
     /// Checks the settings and builds the handle.
     pub fn build(self) -> Result<ClientQuotas, ConfigError> {
-        let max_keys = check("max_keys", self.max_keys, |n| *n >= 1, "at least 1")?;
+        let max_keys = check(
+            "max_keys",
+            self.max_keys,
+            |n| (1..=MAX_KEYS).contains(n),
+            "in [1, 16777216]",
+        )?;
         let sweep_every = check(
             "sweep_every",
             self.sweep_every,
             |d| *d >= Duration::from_millis(1),
             "at least 1 ms",
         )?;
-        let clock = TokioClock {
-            origin: Instant::now(),
-        };
-        let store = CappedStore::new(max_keys);
-        let limiter = RateLimiter::new(self.default_quota, store.clone(), clock);
-        let overrides = self
-            .overrides
-            .into_iter()
-            .map(|(key, quota)| (key, RateLimiter::direct_with_clock(quota, clock)))
-            .collect();
+        let default = Gcra::of("default_quota", self.default_quota)?;
+        let fingerprint = RandomState::new();
+        let mut overrides = HashMap::default();
+        for (key, quota) in self.overrides {
+            let gcra = Gcra::of("override_key", quota)?;
+            let fp = fingerprint.hash_one(key.as_bytes());
+            overrides.insert(
+                fp,
+                Override {
+                    gcra,
+                    tat: AtomicU64::new(0),
+                },
+            );
+        }
         names::describe_throttle();
         let label = self.name.clone();
         let tracked = gauge!(names::THROTTLE_TRACKED_KEYS, names::NAME_LABEL => label.clone());
         let evicted = counter!(names::THROTTLE_EVICTED_KEYS, names::NAME_LABEL => label);
         tracked.set(0.0);
         evicted.absolute(0);
+        let sweep_every_nanos = nanos(sweep_every);
         Ok(ClientQuotas {
             inner: Arc::new(Inner {
                 name: self.name,
-                limiter,
-                store,
+                origin: Instant::now(),
+                fingerprint,
+                default,
+                table: KeyTable::new(max_keys),
                 overrides,
-                sweep_every_nanos: nanos(sweep_every),
-                next_sweep: AtomicU64::new(nanos(sweep_every)),
+                len: AtomicUsize::new(0),
+                sweep_every_nanos,
+                next_sweep: AtomicU64::new(sweep_every_nanos),
+                forgotten: AtomicU64::new(0),
                 tracked,
                 evicted,
             }),
@@ -264,118 +378,31 @@ impl ClientQuotasBuilder {
     }
 }
 
-/// Shards of the client table: enough that concurrent requests rarely meet on one lock.
-const SHARDS: usize = 16;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
 
-/// governor's keyed state, with a hard cap on entries and a shared overflow state. The request
-/// path takes one shard's read lock (as governor's own DashMap store does); inserting a new
-/// client takes its write lock.
-#[derive(Clone)]
-struct CappedStore(Arc<StoreInner>);
-
-struct StoreInner {
-    shards: Box<[RwLock<HashMap<ClientId, InMemoryState>>]>,
-    /// Seed of the shard choice. The maps inside use SipHash with random keys (client keys come
-    /// from clients); the shard choice only needs spreading, so it takes the cheap mixer.
-    shard_seed: u64,
-    len: AtomicUsize,
-    /// Set when a new client was inserted or overflowed: a sweep may be due.
-    grew: std::sync::atomic::AtomicBool,
-    cap: usize,
-    overflow: InMemoryState,
-    overflowed: AtomicU64,
-}
-
-impl CappedStore {
-    fn new(cap: usize) -> Self {
-        CappedStore(Arc::new(StoreInner {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            shard_seed: std::hash::RandomState::new().hash_one(0x5eed_u64),
-            len: AtomicUsize::new(0),
-            grew: std::sync::atomic::AtomicBool::new(false),
-            cap,
-            overflow: InMemoryState::default(),
-            overflowed: AtomicU64::new(0),
-        }))
+    #[test]
+    fn gcra_matches_governors_answers() {
+        // 2 per second: t = 500 ms, burst 2.
+        let g = Gcra::of("q", Quota::per_second(NonZeroU32::new(2).unwrap())).unwrap();
+        let ms = 1_000_000;
+        let tat = g.decide(None, 0).unwrap();
+        let tat = g.decide(Some(tat), 0).unwrap();
+        assert_eq!(g.decide(Some(tat), 0), Err(500 * ms));
+        assert_eq!(g.decide(Some(tat), 500 * ms), Ok(1500 * ms));
     }
 
-    fn shard(&self, key: &ClientId) -> &RwLock<HashMap<ClientId, InMemoryState>> {
-        let s = &self.0;
-        let h = super::shed::stable_hash(s.shard_seed, 0, key.as_bytes());
-        &s.shards[(h as usize) % SHARDS]
+    #[test]
+    fn windows_past_146_years_are_refused() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let long = Quota::with_period(year * 100).unwrap();
+        assert!(Gcra::of("q", long).is_ok());
+        let too_long = long.allow_burst(NonZeroU32::new(2).unwrap());
+        assert_eq!(Gcra::of("q", too_long).unwrap_err().field(), "q");
+        let max = Quota::with_period(Duration::MAX).unwrap();
+        assert!(Gcra::of("q", max).is_err());
+        assert!(Gcra::of("q", Quota::per_second(NonZeroU32::MAX)).is_ok());
     }
-}
-
-impl StateStore for CappedStore {
-    type Key = ClientId;
-
-    fn measure_and_replace<T, F, E>(&self, key: &ClientId, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        let shard = self.shard(key);
-        if let Some(state) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
-            return state.measure_and_replace(&NotKeyed::NonKey, f);
-        }
-        let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(state) = map.get(key) {
-            return state.measure_and_replace(&NotKeyed::NonKey, f);
-        }
-        let s = &self.0;
-        s.grew.store(true, Relaxed);
-        let room = s
-            .len
-            .fetch_update(Relaxed, Relaxed, |n| (n < s.cap).then_some(n + 1));
-        if room.is_err() {
-            drop(map);
-            s.overflowed.fetch_add(1, Relaxed);
-            return s.overflow.measure_and_replace(&NotKeyed::NonKey, f);
-        }
-        map.entry(key.clone())
-            .or_default()
-            .measure_and_replace(&NotKeyed::NonKey, f)
-    }
-}
-
-impl ShrinkableKeyedStateStore<ClientId> for CappedStore {
-    fn retain_recent(&self, drop_below: Nanos) {
-        for shard in &self.0.shards {
-            let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
-            let before = map.len();
-            map.retain(|_, state| !is_older_than(state, drop_below));
-            self.0.len.fetch_sub(before - map.len(), Relaxed);
-            // Give memory back after a flood.
-            if map.capacity() > 4 * map.len().max(16) {
-                map.shrink_to_fit();
-            }
-        }
-    }
-
-    fn shrink_to_fit(&self) {
-        for shard in &self.0.shards {
-            shard
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .shrink_to_fit();
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.0.len.load(Relaxed)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Whether a state's theoretical arrival time is at or before `drop_below` (governor keeps this
-/// test private; reading the state with a measurement that declines to update it gives the same
-/// answer).
-fn is_older_than(state: &InMemoryState, drop_below: Nanos) -> bool {
-    let tat = state
-        .measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), _>)
-        .err()
-        .flatten();
-    tat.is_none_or(|t| t.as_u64() <= drop_below.as_u64())
 }

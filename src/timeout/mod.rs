@@ -52,6 +52,7 @@
 //! ```
 
 mod deadline;
+mod deadline_of;
 mod error;
 mod future;
 #[cfg(feature = "http")]
@@ -61,6 +62,7 @@ mod service;
 mod with_deadline;
 
 pub use self::deadline::{Deadline, HasDeadline};
+pub use self::deadline_of::{DeadlineOf, FromRequest, NoDeadline};
 pub use self::error::{Elapsed, ElapsedCause};
 pub use self::future::ResponseFuture;
 pub use self::layer::{TimeoutLayer, TimeoutLayerBuilder};

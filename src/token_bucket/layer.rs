@@ -5,7 +5,7 @@ use tower_layer::Layer;
 use super::{TokenBucket, TokenBucketService};
 use crate::classify::DefaultClassifier;
 use crate::error::{ConfigError, check};
-use crate::lifo_queue::{FromRequest, NoDeadline};
+use crate::timeout::{FromRequest, NoDeadline};
 
 /// What the layer does when the bucket is empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl<C, D> TokenBucketLayerBuilder<C, D> {
     }
 
     /// Where a waiting request's deadline is read from (see
-    /// [`DeadlineOf`](crate::lifo_queue::DeadlineOf)).
+    /// [`DeadlineOf`](crate::timeout::DeadlineOf)).
     pub fn deadlines<D2>(self, deadlines: D2) -> TokenBucketLayerBuilder<C, D2> {
         TokenBucketLayerBuilder {
             bucket: self.bucket,

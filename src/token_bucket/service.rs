@@ -7,7 +7,7 @@ use super::layer::Mode;
 use super::{ResponseFuture, TokenBucket};
 use crate::classify::Classify;
 use crate::error::{BoxError, OverloadReason, Overloaded};
-use crate::lifo_queue::DeadlineOf;
+use crate::timeout::DeadlineOf;
 
 /// A service behind a [`TokenBucketLayer`](super::TokenBucketLayer). Clones share the bucket.
 ///

@@ -336,24 +336,7 @@ pub struct KnownOpen {
     pub why: &'static str,
 }
 
-pub static KNOWN_OPEN: &[KnownOpen] = &[
-    KnownOpen {
-        builder: "ThrottleLayer+ShedFraction+ClientQuotas",
-        field: "shed_retry_after",
-        value: |v| matches!(v, Value::Duration(d) if d.as_secs() == u64::MAX),
-        why: "shed_retry_after(Duration::MAX) is accepted; the first shed request's \
-              Overloaded::to_http_response (overload_to_response) overflows `as_secs() + 1` in \
-              retry_after_seconds (src/throttle/http.rs)",
-    },
-    KnownOpen {
-        builder: "AdmissionLayer+AdmissionController",
-        field: "setpoint",
-        value: |v| matches!(v, Value::F64(x) if x < 0.0),
-        why: "a negative setpoint is accepted, and a queue-delay signal that is idle (0) is then \
-          above it: the controller sheds up to 1 - min_admission of the traffic of an idle \
-          server (src/pid, AdmissionControllerBuilder::setpoint)",
-    },
-];
+pub static KNOWN_OPEN: &[KnownOpen] = &[];
 
 thread_local! {
     static IN_CASE: Cell<bool> = const { Cell::new(false) };
@@ -529,7 +512,7 @@ fn retry(s: &Settings<'_>) -> Result<Built, ConfigError> {
 fn hedge(s: &Settings<'_>) -> Result<Built, ConfigError> {
     let rt = runtime();
     let _guard = rt.enter();
-    let b = HedgeLayer::builder();
+    let b = HedgeLayer::builder("hedge");
     let b = with(b, s.f64("percentile"), |b, v| b.percentile(v));
     let b = with(b, s.dur("window"), |b, v| b.window(v));
     let b = with(b, s.u64("min_samples"), |b, v| b.min_samples(v));
@@ -553,7 +536,7 @@ fn hedge_parts(s: &Settings<'_>) -> Result<Built, ConfigError> {
     let t = with(t, s.u64("min_samples"), |b, v| b.min_samples(v));
     let t = with(t, s.f64("quantile"), |b, v| b.watch(v));
     let tracker = t.build()?;
-    let layer = HedgeLayer::builder()
+    let layer = HedgeLayer::builder("hedge")
         .tracker(tracker)
         .budget(bucket)
         .build_with()?;
@@ -614,7 +597,7 @@ fn throttle(s: &Settings<'_>) -> Result<Built, ConfigError> {
     let b = with(b, s.usize("max_keys"), |b, v| b.max_keys(v));
     let b = with(b, s.dur("sweep_every"), |b, v| b.sweep_every(v));
     let quotas = b.build()?;
-    let b = ThrottleLayer::builder(HeaderKey::default())
+    let b = ThrottleLayer::builder("throttle", HeaderKey::default())
         .shed(shed)
         .quotas(quotas);
     let b = with(b, s.dur("shed_retry_after"), |b, v| b.shed_retry_after(v));
@@ -630,7 +613,7 @@ fn pid_admission(s: &Settings<'_>) -> Result<Built, ConfigError> {
     let rt = runtime();
     let _guard = rt.enter();
     // An idle signal: nothing is queued, so nothing should be shed.
-    let b = AdmissionController::builder(signal_fn(|_| Some(0.0))).seed(11);
+    let b = AdmissionController::builder("admission", signal_fn(|_| Some(0.0))).seed(11);
     let b = with(b, s.dur("tick"), |b, v| b.tick(v));
     let b = with(b, s.f64("setpoint"), |b, v| b.setpoint(v));
     let b = match (s.f64("kp"), s.f64("ki"), s.f64("kd")) {
@@ -700,7 +683,7 @@ fn backpressure(s: &Settings<'_>) -> Result<Built, ConfigError> {
     let rt = runtime();
     let _guard = rt.enter();
     // A small default limit, so that waves of 25 wait and the queue's code runs.
-    let b = BackpressureLayer::builder().max_in_flight(4);
+    let b = BackpressureLayer::builder("backpressure").max_in_flight(4);
     let b = with(b, s.usize("max_in_flight"), |b, v| b.max_in_flight(v));
     let b = with(b, s.usize("max_waiting"), |b, v| b.max_waiting(v));
     let layer = b.build()?;
@@ -711,7 +694,7 @@ fn lifo_queue(s: &Settings<'_>) -> Result<Built, ConfigError> {
     let rt = runtime();
     let _guard = rt.enter();
     // A small default limit, so that waves of 25 wait and the shedding code runs.
-    let b = LifoQueueLayer::builder().max_in_flight(4);
+    let b = LifoQueueLayer::builder("lifo_queue").max_in_flight(4);
     let b = with(b, s.usize("max_in_flight"), |b, v| b.max_in_flight(v));
     let b = with(b, s.usize("max_waiting"), |b, v| b.max_waiting(v));
     let b = with(b, s.dur("target"), |b, v| b.target(v));

@@ -121,7 +121,7 @@ impl Service<u64> for Server {
 /// does, so their overload answers reach the layer first.
 fn run(
     layer: HedgeLayer<
-        backstop::classify::ErrorClassifier,
+        backstop::classify::DefaultClassifier,
         HedgeBucket,
         backstop::hedge::AnyRequest,
     >,
@@ -214,8 +214,7 @@ fn run(
 /// backstop's defaults (for any request type).
 pub fn defaults() -> Figures {
     run(
-        HedgeLayer::builder()
-            .name("hostile_hedge")
+        HedgeLayer::builder("hostile_hedge")
             .hedge_any()
             .build()
             .expect("the defaults are valid"),
@@ -227,8 +226,7 @@ pub fn defaults() -> Figures {
 /// the share of late requests.
 pub fn former() -> Figures {
     run(
-        HedgeLayer::builder()
-            .name("hostile_hedge_former")
+        HedgeLayer::builder("hostile_hedge_former")
             .hedge_any()
             .starting_tokens(500.0)
             .max_late_share(1.0)
@@ -242,8 +240,7 @@ pub fn former() -> Figures {
 /// (0.2 s of traffic) refused before the burst arrives.
 pub fn budget_only() -> Figures {
     run(
-        HedgeLayer::builder()
-            .name("hostile_hedge_budget_only")
+        HedgeLayer::builder("hostile_hedge_budget_only")
             .hedge_any()
             .starting_tokens(500.0)
             .max_late_share(1.0)

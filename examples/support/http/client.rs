@@ -149,8 +149,7 @@ impl ClientStack {
             overall: Some(Duration::from_secs(1)),
             budget: Some(RetryBudget::builder("http_client").build()?),
             hedge: Some(
-                HedgeLayer::builder()
-                    .name("http_client")
+                HedgeLayer::builder("http_client")
                     .classifier(HttpClassifier)
                     .build()?,
             ),

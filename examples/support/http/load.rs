@@ -55,6 +55,9 @@ pub struct Tally {
     pub elapsed: Duration,
     /// How long requests were being sent.
     pub sending: Duration,
+    /// Every request: when it was sent, from the start of the whole load (not of its phase),
+    /// and whether it got a 2xx. In the order sent.
+    pub sent_at: Vec<(Duration, bool)>,
 }
 
 impl Tally {
@@ -205,28 +208,66 @@ pub async fn drive_clients(
     max_requests: u64,
     hang_bound: Duration,
 ) -> Tally {
-    let mut tally = Tally::default();
+    let phase = Phase { rate, duration };
+    let mut tallies = drive_phases(clients, url, &[phase], max_requests, hang_bound).await;
+    tallies.pop().unwrap_or_default()
+}
+
+/// One phase of a load: `rate` requests per second for `duration`.
+#[derive(Debug, Clone, Copy)]
+pub struct Phase {
+    pub rate: f64,
+    pub duration: Duration,
+}
+
+/// [`drive_clients`] through `phases` one after the other (a surge, then the load falls), at
+/// most `max_requests` in all; one [`Tally`] per phase, each counting the requests sent in it,
+/// whenever their outcome came. Client ids go on in turn across phases.
+pub async fn drive_phases(
+    clients: &[HttpClient],
+    url: &str,
+    phases: &[Phase],
+    max_requests: u64,
+    hang_bound: Duration,
+) -> Vec<Tally> {
+    let mut tallies = vec![Tally::default(); phases.len()];
     let mut tasks = JoinSet::new();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let start = Instant::now();
-    while start.elapsed() < duration && tally.sent < max_requests {
-        tick.tick().await;
-        let id = tally.sent % CLIENTS;
-        let client = clients[id as usize % clients.len()].clone();
-        tasks.spawn(one(client, url.to_owned(), id, hang_bound));
-        tally.sent += 1;
-        // Collect finished ones as we go, so the set does not grow without bound.
-        while let Some(done) = tasks.try_join_next() {
-            tally.add(done.unwrap_or(Outcome::ClientError));
+    let mut sent = 0u64;
+    let record = |tallies: &mut Vec<Tally>, done: Result<(usize, Duration, Outcome), _>| {
+        // A task that panicked has no phase to go to: count it against the first.
+        let (phase, at, outcome) = done.unwrap_or((0, Duration::ZERO, Outcome::ClientError));
+        let tally: &mut Tally = &mut tallies[phase];
+        tally.sent_at.push((at, matches!(outcome, Outcome::Ok(_))));
+        tally.add(outcome);
+    };
+    for (p, phase) in phases.iter().enumerate() {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / phase.rate));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let phase_start = Instant::now();
+        while phase_start.elapsed() < phase.duration && sent < max_requests {
+            tick.tick().await;
+            let id = sent % CLIENTS;
+            let client = clients[id as usize % clients.len()].clone();
+            let (url, at) = (url.to_owned(), start.elapsed());
+            tasks.spawn(async move { (p, at, one(client, url, id, hang_bound).await) });
+            tallies[p].sent += 1;
+            sent += 1;
+            // Collect finished ones as we go, so the set does not grow without bound.
+            while let Some(done) = tasks.try_join_next() {
+                record(&mut tallies, done);
+            }
         }
+        tallies[p].sending = phase_start.elapsed();
     }
-    tally.sending = start.elapsed();
     while let Some(done) = tasks.join_next().await {
-        tally.add(done.unwrap_or(Outcome::ClientError));
+        record(&mut tallies, done);
     }
-    tally.elapsed = start.elapsed();
-    tally.ok_latencies.sort();
-    tally.refused_latencies.sort();
-    tally
+    for tally in &mut tallies {
+        tally.elapsed = start.elapsed();
+        tally.ok_latencies.sort();
+        tally.refused_latencies.sort();
+        tally.sent_at.sort_by_key(|(at, _)| *at);
+    }
+    tallies
 }

@@ -12,7 +12,7 @@ use backstop::BoxError;
 use backstop::classify::HttpClassifier;
 use backstop::http::ErrorToResponseLayer;
 use backstop::lifo_queue::{AdaptiveQueue, LifoQueueLayer};
-use backstop::metrics::{LittleLayer, LittleMeter};
+use backstop::metrics::{LittleLayer, LittleMeter, names};
 use backstop::pid::{AdmissionController, AdmissionLayer, QueueDelay};
 use backstop::throttle::{ClientQuotas, HeaderKey, Quota, ShedFraction, ThrottleLayer};
 use backstop::timeout::TimeoutLayer;
@@ -66,6 +66,10 @@ pub struct WorkStats {
     pub retries: AtomicU64,
     /// Requests marked as a hedge's duplicate (`backstop-hedge: 1`).
     pub hedges: AtomicU64,
+    /// Answers the whole stack gave with 429 (the throttle: a quota, or the client shed).
+    pub refused_429: AtomicU64,
+    /// Answers the whole stack gave with 503 (the queue full or shedding, admission denied).
+    pub refused_503: AtomicU64,
 }
 
 /// The work: `workers` at once, each request holding one for a service time drawn around
@@ -245,7 +249,7 @@ impl ServerStack {
 
     /// The recommended stack with the PID's output acting as `mode` says.
     pub fn with_pid(workers: usize, mode: PidMode) -> Result<Self, BoxError> {
-        Self::pid_stack(workers, mode, None)
+        Self::pid_stack(workers, mode, None, None)
     }
 
     /// [`with_pid`](Self::with_pid) set up as the PID's documentation recommends, for workers
@@ -262,12 +266,30 @@ impl ServerStack {
         capacity: f64,
     ) -> Result<Self, BoxError> {
         let line = (2.0 * QUEUE_DELAY_SETPOINT * capacity).ceil().max(1.0) as usize;
-        Self::pid_stack(workers, mode, Some(line))
+        Self::pid_stack(workers, mode, Some(line), None)
     }
 
-    fn pid_stack(workers: usize, mode: PidMode, line: Option<usize>) -> Result<Self, BoxError> {
-        let mut lifo = LifoQueueLayer::builder()
-            .name("http_server")
+    /// [`with_pid_short_line`](Self::with_pid_short_line) (or, with `capacity` `None`,
+    /// [`with_pid`](Self::with_pid)) with the controller's
+    /// [`idle_release`](backstop::pid::AdmissionControllerBuilder::idle_release) set to
+    /// `share` (0: off, the shed unwinding at the integral's own pace after a surge).
+    pub fn with_pid_idle_release(
+        workers: usize,
+        mode: PidMode,
+        capacity: Option<f64>,
+        share: f64,
+    ) -> Result<Self, BoxError> {
+        let line = capacity.map(|c| (2.0 * QUEUE_DELAY_SETPOINT * c).ceil().max(1.0) as usize);
+        Self::pid_stack(workers, mode, line, Some(share))
+    }
+
+    fn pid_stack(
+        workers: usize,
+        mode: PidMode,
+        line: Option<usize>,
+        idle_release: Option<f64>,
+    ) -> Result<Self, BoxError> {
+        let mut lifo = LifoQueueLayer::builder("http_server")
             .max_in_flight(workers)
             .hold_until_body_end();
         if let Some(line) = line {
@@ -276,17 +298,21 @@ impl ServerStack {
         let lifo = lifo.build()?;
         let shed = ShedFraction::builder("http_server").build()?;
         let quota = Quota::per_second(CLIENT_QUOTA_PER_SECOND.try_into()?);
-        let throttle = ThrottleLayer::builder(HeaderKey::default())
-            .name("http_server")
+        let throttle = ThrottleLayer::builder("http_server", HeaderKey::default())
             .shed(shed.clone())
             .quotas(ClientQuotas::builder("http_server", quota).build()?)
             .build()?;
-        let mut pid = AdmissionController::builder(QueueDelay::of_queue(lifo.queue()))
-            .name("http_server")
-            .setpoint(QUEUE_DELAY_SETPOINT)
-            .draw(backstop::pid::Draw::Even);
+        let mut pid =
+            AdmissionController::builder("http_server", QueueDelay::of_queue(lifo.queue()))
+                .setpoint(QUEUE_DELAY_SETPOINT)
+                .draw(backstop::pid::Draw::Even);
         if line.is_some() {
             pid = pid.dead_band(QUEUE_DELAY_SETPOINT / 2.0);
+        }
+        // `BACKSTOP_IDLE_RELEASE` sets it for any example server (0: off), unless the caller did.
+        let from_env = || std::env::var("BACKSTOP_IDLE_RELEASE").ok()?.parse().ok();
+        if let Some(share) = idle_release.or_else(from_env) {
+            pid = pid.idle_release(share);
         }
         if mode != PidMode::Admission {
             pid = pid.on_shed_fraction(move |p| shed.set(p));
@@ -338,6 +364,23 @@ pub async fn start(
     stack: ServerStack,
     prometheus: PrometheusHandle,
 ) -> Result<RunningServer, BoxError> {
+    // Series are registered when a layer is built: a recorder installed after the stack was
+    // built never sees them, and `/metrics` would silently lack them. Fail loudly instead.
+    let scrape = prometheus.render();
+    let built = [
+        (stack.lifo.is_some(), names::QUEUE_LENGTH),
+        (stack.throttle.is_some(), names::THROTTLE_SHED_FRACTION),
+        (stack.pid.is_some(), names::ADMISSION_PROBABILITY),
+    ];
+    if let Some((_, missing)) = built
+        .iter()
+        .find(|(built, series)| *built && !scrape.contains(series))
+    {
+        return Err(format!(
+            "{missing} is not in /metrics: install the recorder (support::prometheus()) before building the layers"
+        )
+        .into());
+    }
     let meter = LittleMeter::builder("http_server")
         .capacity(workers.workers as f64)
         .window(Duration::from_secs(1))
@@ -372,12 +415,23 @@ pub async fn start(
         svc = wrap(svc, throttle);
     }
     svc = BoxCloneSyncService::new(svc.map_request(inherit_deadline::<Body>));
-    // The meter sees every outcome, refusals as overloads; then every error becomes its answer
-    // (429/503 + Retry-After, 504, 500), and the route cannot fail, as axum wants.
+    // Every error becomes its answer (429/503 + Retry-After, 504, 500), so the route cannot
+    // fail, as axum wants; the meter under it counts refusals as overloads. Refusals are
+    // counted at the top, so that a summary sees every layer's (the throttle's 429s as well as
+    // the queue's 503s).
+    let stats = workers.stats.clone();
     let route = ServiceBuilder::new()
         .layer(ErrorToResponseLayer::new())
-        .layer(LittleLayer::new(meter.clone()).with_classifier(HttpClassifier))
-        .service(svc);
+        .layer(LittleLayer::new(meter.clone()))
+        .service(svc)
+        .map_response(move |res| {
+            match res.status() {
+                StatusCode::TOO_MANY_REQUESTS => stats.refused_429.fetch_add(1, Relaxed),
+                StatusCode::SERVICE_UNAVAILABLE => stats.refused_503.fetch_add(1, Relaxed),
+                _ => 0,
+            };
+            res
+        });
 
     let app = Router::new().route_service("/work", route).route(
         "/metrics",

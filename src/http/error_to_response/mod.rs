@@ -66,12 +66,12 @@
 //! // 16 workers: utilization is average concurrency over 16.
 //! let meter = LittleMeter::builder("inventory_server").capacity(16.0).build()?;
 //! // 16 at a time; newest first when behind; a waiter whose caller has left is dropped.
-//! let queue = LifoQueueLayer::builder().max_in_flight(16).hold_until_body_end().build()?;
+//! let queue = LifoQueueLayer::builder("lifo_queue").max_in_flight(16).hold_until_body_end().build()?;
 //! // Whole clients are shed, stably and the same on every server sharing the seed...
 //! let shed = ShedFraction::builder("inventory_server").seed(42).build()?;
 //! // ...as far as a PID controller holding the queue delay at 20 ms asks. It ticks on its own
 //! // task and refuses no request itself: it only moves the throttle's shed fraction.
-//! let admission = AdmissionController::builder(QueueDelay::of_queue(queue.queue()))
+//! let admission = AdmissionController::builder("admission", QueueDelay::of_queue(queue.queue()))
 //!     .setpoint(0.020)
 //!     .on_shed_fraction({
 //!         let shed = shed.clone();
@@ -88,7 +88,7 @@
 //!     .layer(MapRequestLayer::new(inherit_deadline::<axum::body::Body>))
 //!     .layer(LittleLayer::new(meter).with_classifier(HttpClassifier))
 //!     // All of a client's requests or none of them.
-//!     .layer(ThrottleLayer::builder(HeaderKey::default()).shed(shed).quotas(quotas).build()?)
+//!     .layer(ThrottleLayer::builder("throttle", HeaderKey::default()).shed(shed).quotas(quotas).build()?)
 //!     .layer(queue)
 //!     // Stop working on a request once its caller has given up, and never take more than 5 s.
 //!     .layer(TimeoutLayer::new(Duration::from_secs(5))?);
