@@ -206,12 +206,10 @@ fn server_stack(
         .capacity(cfg.in_flight as f64)
         .build()?;
     let quota = Quota::per_minute(NonZeroU32::new(cfg.quota_per_minute).ok_or("quota > 0")?);
-    let throttle = ThrottleLayer::builder(HeaderKey::default())
-        .name(cfg.name)
+    let throttle = ThrottleLayer::builder(cfg.name, HeaderKey::default())
         .quotas(ClientQuotas::builder(cfg.name, quota).build()?)
         .build()?;
-    let queue = LifoQueueLayer::builder()
-        .name(cfg.name)
+    let queue = LifoQueueLayer::builder(cfg.name)
         .max_in_flight(cfg.in_flight)
         .max_waiting(cfg.waiting)
         // Waiters in this run wait one request's work (200 ms): past the default 100 ms the
@@ -257,7 +255,7 @@ fn client_stack(name: &str) -> Result<HttpClient, BoxError> {
         // Streamed bodies kept (up to 64 KiB) so the retry and the hedge can send them again.
         .layer(ReplayBodyLayer::new(name))
         .layer(RetryLayer::builder(budget).build()?)
-        .layer(HedgeLayer::builder().name(name).build()?)
+        .layer(HedgeLayer::builder(name).build()?)
         .layer(TokenBucketLayer::builder(bucket).build()?)
         // One attempt: at most 800 ms, and half of what is left, so a retry still has time.
         .layer(
