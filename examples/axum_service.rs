@@ -57,9 +57,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{Route, get, post};
+use backstop::BoxError;
 use backstop::context::{self, ScopeLayer};
 use backstop::hedge::HedgeLayer;
-use backstop::http::{ErrorToResponseLayer, ReplayBody, ReplayBodyLayer, error_status};
+use backstop::http::{ErrorToResponseLayer, ReplayBody, ReplayBodyLayer, error_response};
 use backstop::lifo_queue::LifoQueueLayer;
 use backstop::metrics::{LittleLayer, LittleMeter};
 use backstop::retry::{ATTEMPT_HEADER, Idempotent, RetryBudget, RetryLayer};
@@ -67,7 +68,6 @@ use backstop::throttle::{ClientQuotas, HeaderKey, Quota, ThrottleLayer};
 use backstop::timeout::TimeoutLayer;
 use backstop::timeout::headers::{inherit_deadline, send_deadline};
 use backstop::token_bucket::{TokenBucket, TokenBucketLayer};
-use backstop::{BoxError, find_overload};
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
@@ -402,10 +402,7 @@ async fn relay(result: Result<http::Response<Incoming>, BoxError>, line: String)
         Ok(res) => res,
         // The answer a server stack gives the same error: a refusal keeps its `Retry-After`.
         Err(err) => {
-            let mut res = match find_overload(err.as_ref()) {
-                Some(refusal) => refusal.to_http_response(),
-                None => error_status(err.as_ref()).into_response(),
-            };
+            let mut res: Response = error_response(err.as_ref());
             *res.body_mut() = Body::from(line);
             return res;
         }

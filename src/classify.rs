@@ -253,11 +253,15 @@ mod http_classify {
     use super::*;
     use ::http::{HeaderMap, Response, StatusCode, header::RETRY_AFTER};
 
-    /// The standard HTTP mapping: 2xx and 3xx success; 5xx retryable; 429, and 503 with a
-    /// `Retry-After` header, overload; other 4xx final. Errors are read by [`ErrorClassifier`].
+    /// The standard HTTP mapping: 2xx and 3xx success; 5xx retryable, except 504; 429, and 503
+    /// with a `Retry-After` header, overload; other 4xx, and 504, final. Errors are read by
+    /// [`ErrorClassifier`].
     ///
     /// A 503 without `Retry-After` stays retryable: many proxies answer 503 for a dead upstream,
-    /// which another server may well serve.
+    /// which another server may well serve. A 504 is final: under deadline propagation it says
+    /// the time the caller gave has run out below (a backstop server answers a passed deadline
+    /// with it), and a retry with what is left of the same deadline only adds load; timeouts are
+    /// the worst thing to retry.
     ///
     /// ```
     /// use backstop::classify::{Classify, HttpClassifier, Outcome};
@@ -280,6 +284,7 @@ mod http_classify {
                 StatusCode::SERVICE_UNAVAILABLE if retry_after.is_some() => {
                     Outcome::Overload(retry_after)
                 }
+                StatusCode::GATEWAY_TIMEOUT => Outcome::Final,
                 s if s.is_server_error() => Outcome::Retryable,
                 s if s.is_client_error() => Outcome::Final,
                 _ => Outcome::Success,
@@ -337,6 +342,7 @@ mod http_classify {
             assert_eq!(status(304, None), Outcome::Success);
             assert_eq!(status(500, None), Outcome::Retryable);
             assert_eq!(status(502, None), Outcome::Retryable);
+            assert_eq!(status(504, None), Outcome::Final);
             assert_eq!(status(503, None), Outcome::Retryable);
             assert_eq!(
                 status(503, Some("7")),

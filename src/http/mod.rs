@@ -19,6 +19,7 @@ pub mod error_to_response;
 pub mod replay;
 
 pub use self::error_to_response::{
-    ErrorToResponse, ErrorToResponseLayer, OnError, ResponseBody, ResponseFuture, error_status,
+    ErrorToResponse, ErrorToResponseLayer, OnError, ResponseBody, ResponseFuture, error_response,
+    error_status,
 };
 pub use self::replay::{ReplayBody, ReplayBodyLayer};

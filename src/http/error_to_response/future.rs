@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use http::Response;
 use pin_project::pin_project;
 
-use super::respond::error_response;
+use super::respond::error_answer;
 use super::{OnError, ResponseBody};
 use crate::error::BoxError;
 
@@ -68,7 +68,7 @@ where
                 .take()
                 .expect("ErrorToResponse's future polled after it completed"),
         };
-        let res = error_response(&err, *this.expose_error_text);
+        let res = error_answer(&err, *this.expose_error_text);
         this.on_error.on_error(&err, res.status());
         Poll::Ready(Ok(res))
     }

@@ -138,5 +138,5 @@ mod service;
 pub use self::body::ResponseBody;
 pub use self::future::ResponseFuture;
 pub use self::layer::ErrorToResponseLayer;
-pub use self::respond::{OnError, error_status};
+pub use self::respond::{OnError, error_response, error_status};
 pub use self::service::ErrorToResponse;

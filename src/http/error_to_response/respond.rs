@@ -32,9 +32,33 @@ pub fn error_status(err: &(dyn StdError + 'static)) -> StatusCode {
     }
 }
 
+/// The answer a server gives for `err`, for a handler whose own call failed: [`error_status`],
+/// with `Retry-After` on a refusal (so a caller behind a refused call is told when to come
+/// back), and an empty body.
+///
+/// ```
+/// use backstop::http::error_response;
+/// use backstop::{BoxError, OverloadReason, Overloaded};
+///
+/// let refusal: BoxError = Overloaded::new(OverloadReason::Throttled).into();
+/// let res: http::Response<String> = error_response(refusal.as_ref());
+/// assert_eq!(res.status(), 429);
+/// assert_eq!(res.headers()["retry-after"], "1");
+/// ```
+pub fn error_response<B: Default>(err: &(dyn StdError + 'static)) -> Response<B> {
+    match find_overload(err) {
+        Some(overload) => overload.to_http_response(),
+        None => {
+            let mut res = Response::new(B::default());
+            *res.status_mut() = error_status(err);
+            res
+        }
+    }
+}
+
 /// The answer to `err`: [`error_status`], with `Retry-After` on a refusal, and an empty body
 /// unless `expose_text` asks for the error's `Display` (a line of text).
-pub(crate) fn error_response<B>(err: &BoxError, expose_text: bool) -> Response<ResponseBody<B>> {
+pub(crate) fn error_answer<B>(err: &BoxError, expose_text: bool) -> Response<ResponseBody<B>> {
     let err = err.as_ref() as &(dyn StdError + 'static);
     let mut res = match find_overload(err) {
         // The same answer `overload_to_response` gives: status and `Retry-After`.
