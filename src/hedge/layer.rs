@@ -87,6 +87,25 @@ impl Series {
 /// [module docs](super).
 ///
 /// Every service this layer makes shares one [`LatencyTracker`] and one budget.
+///
+/// ```
+/// use backstop::hedge::HedgeLayer;
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::BoxError> {
+/// // A duplicate of a GET still unanswered after 10 ms (the default: the p95 of recent
+/// // latencies), at most 5% extra requests.
+/// let hedge = HedgeLayer::builder("inventory").fixed_delay(Duration::from_millis(10)).build()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(hedge)
+///     .service_fn(|_req: http::Request<()>| async { Ok::<_, backstop::BoxError>(http::Response::new(())) });
+/// let res = svc.oneshot(http::Request::get("/stock").body(())?).await?;
+/// assert_eq!(res.status(), 200);
+/// # Ok(())
+/// # }
+/// ```
 pub struct HedgeLayer<C = DefaultClassifier, B = HedgeBucket, P = MarkedIdempotent> {
     shared: Arc<Shared<C, B, P>>,
 }
