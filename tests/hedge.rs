@@ -1453,3 +1453,42 @@ fn invalid_copy_configuration_is_refused() {
     assert_eq!(layer.max_copies(), 3);
     assert_eq!(HedgeLayer::new("hedge").max_copies(), 1);
 }
+
+/// A request whose body stops being replayable when the flag is cleared (as a
+/// [`ReplayBody`](backstop::http::ReplayBody) that outgrew its limit while a copy streamed it).
+#[derive(Clone)]
+struct Streamed(Arc<std::sync::atomic::AtomicBool>);
+
+impl backstop::hedge::HedgeRequest for Streamed {
+    fn is_idempotent(&self) -> bool {
+        true
+    }
+    fn can_replay(&self) -> bool {
+        self.0.load(SeqCst)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_further_copy_once_the_body_cannot_be_replayed() {
+    let backend = Scripted::new(vec![Step::Ok(1_000)]);
+    let bucket = HedgeBucket::with_start(0.05, 10.0, 10.0).unwrap();
+    let mut svc = HedgeLayer::builder("hedge")
+        .fixed_delay(Duration::from_millis(10))
+        .max_copies(3)
+        .budget(bucket.clone())
+        .build()
+        .unwrap()
+        .layer(backend.clone());
+    let replayable = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let req = Streamed(replayable.clone());
+    let fut = ServiceExt::<Streamed>::ready(&mut svc).await.unwrap().call(req);
+    let flip = async {
+        // Copy 1 goes out at 10 ms; then the body outgrows its replay buffer.
+        sleep(Duration::from_millis(15)).await;
+        replayable.store(false, SeqCst);
+    };
+    let (answer, ()) = tokio::join!(fut, flip);
+    answer.unwrap();
+    assert_eq!(backend.calls(), 2, "copies 2 and 3 were not sent");
+    assert_eq!(bucket.granted(), 1, "and not paid for");
+}
