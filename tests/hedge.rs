@@ -1481,7 +1481,10 @@ async fn no_further_copy_once_the_body_cannot_be_replayed() {
         .layer(backend.clone());
     let replayable = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let req = Streamed(replayable.clone());
-    let fut = ServiceExt::<Streamed>::ready(&mut svc).await.unwrap().call(req);
+    let fut = ServiceExt::<Streamed>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(req);
     let flip = async {
         // Copy 1 goes out at 10 ms; then the body outgrows its replay buffer.
         sleep(Duration::from_millis(15)).await;
