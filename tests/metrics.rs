@@ -184,6 +184,9 @@ async fn every_series_reads_zero_before_the_first_request_and_counts_outcomes_af
     let fut = svc.ready().await.unwrap().call(200);
     drop(fut);
 
+    // The meter publishes from its own sums at most every 100 ms; a scrape handler (or a test)
+    // publishes at once.
+    meter.publish();
     let after = read(&recorder);
     let count = |o| after[&series(names::REQUESTS, Some(o))];
     assert_eq!(count("success"), 1.0);
@@ -226,4 +229,30 @@ fn invalid_configs_name_the_field() {
         .build()
         .unwrap_err();
     assert_eq!(err.field(), "window");
+}
+
+#[test]
+fn threads_on_their_own_shards_lose_no_event() {
+    // Each thread lands on its own shard of sums; a snapshot adds the shards up.
+    let meter = LittleMeter::builder("threads").build().unwrap();
+    let before = meter.snapshot();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for i in 0..5_000 {
+                    let guard = meter.start();
+                    if i % 2 == 0 {
+                        guard.finish(Outcome::Success);
+                    } else {
+                        drop(guard);
+                    }
+                }
+            });
+        }
+    });
+    let report = meter.snapshot().since(&before);
+    assert_eq!(report.arrivals, 20_000);
+    assert_eq!(report.completions, 20_000);
+    assert_eq!(report.in_flight, 0);
+    assert_eq!(meter.in_flight(), 0);
 }

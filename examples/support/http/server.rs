@@ -435,7 +435,14 @@ pub async fn start(
 
     let app = Router::new().route_service("/work", route).route(
         "/metrics",
-        get(move || std::future::ready(prometheus.render())),
+        get({
+            // The meter publishes its series every 100 ms from its own sums: exact at a scrape.
+            let meter = meter.clone();
+            move || {
+                meter.publish();
+                std::future::ready(prometheus.render())
+            }
+        }),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
