@@ -400,13 +400,14 @@ impl InFlight {
         let inner = &self.meter.inner;
         let (start_us, end_us) = (inner.micros(self.started), inner.micros(now));
         let latency = now.saturating_duration_since(self.started);
-        let shard = &inner.sums.mine().0;
         // The closed area before the departure word: a reading between the two then counts
         // this request twice for a moment rather than not at all.
-        shard[CLOSED_AREA_US].fetch_add(end_us.wrapping_sub(start_us) & TIME_MASK, Relaxed);
-        shard[LATENCY_NS].fetch_add(latency.as_nanos() as u64, Relaxed);
-        shard[OUTCOME_0 + outcome_index].fetch_add(1, Relaxed);
-        shard[DEPARTURES].fetch_add((start_us << COUNT_BITS) + 1, Relaxed);
+        inner.sums.add_all([
+            (CLOSED_AREA_US, end_us.wrapping_sub(start_us) & TIME_MASK),
+            (LATENCY_NS, latency.as_nanos() as u64),
+            (OUTCOME_0 + outcome_index, 1),
+            (DEPARTURES, (start_us << COUNT_BITS) + 1),
+        ]);
         inner.maybe_rotate(now);
         inner.maybe_publish(now, end_us);
     }
