@@ -126,6 +126,13 @@ fn bare_http(_: u64) -> Request<()> {
     Request::new(())
 }
 
+/// An HTTP request as a hyper server hands it over: something is in its extensions already.
+fn server_http(_: u64) -> Request<()> {
+    let mut req = Request::new(());
+    req.extensions_mut().insert(42u32);
+    req
+}
+
 /// An HTTP request marked idempotent, so both hedges would duplicate it.
 fn idempotent_http(_: u64) -> Request<()> {
     let mut req = Request::new(());
@@ -327,6 +334,16 @@ fn pairs(rt: &Runtime) -> Vec<Pair> {
         "tower Timeout",
         Driven::new(tower_timeout(), bare_http),
         Driven::new(TimeoutLayer::new(TIMEOUT).unwrap().layer(leaf()), bare_http),
+    ));
+
+    out.push(pair(
+        "timeout_server",
+        "tower Timeout (not in the summary)",
+        Driven::new(tower_timeout(), server_http),
+        Driven::new(
+            TimeoutLayer::new(TIMEOUT).unwrap().layer(leaf()),
+            server_http,
+        ),
     ));
 
     let meter = LittleMeter::builder("ratios_little").build().unwrap();
@@ -632,7 +649,8 @@ fn main() {
     );
 
     let mut line = String::from("summary:");
-    for (name, r) in ratios.iter().filter(|(name, _)| !name.contains("shedding")) {
+    let in_summary = |name: &str| !name.contains("shedding") && !name.contains("server");
+    for (name, r) in ratios.iter().filter(|(name, _)| in_summary(name)) {
         line += &format!(" {name}={r:.2}");
     }
     line += &format!(
