@@ -256,3 +256,40 @@ fn threads_on_their_own_shards_lose_no_event() {
     assert_eq!(report.in_flight, 0);
     assert_eq!(meter.in_flight(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn series_lag_until_published_and_one_call_publishes_every_meter() {
+    let recorder = DebuggingRecorder::new();
+    let (a, b) = metrics::with_local_recorder(&recorder, || {
+        let a = LittleMeter::builder("lag_a").build().unwrap();
+        let b = LittleMeter::builder("lag_b").build().unwrap();
+        (a, b)
+    });
+    // One snapshot per check: the debugging recorder's snapshot drains its counters.
+    let successes = || {
+        let snap = read(&recorder);
+        ["lag_a", "lag_b"].map(|name| {
+            snap[&(
+                names::REQUESTS.to_owned(),
+                vec![
+                    ("name".to_owned(), name.to_owned()),
+                    ("outcome".to_owned(), "success".to_owned()),
+                ],
+            )]
+        })
+    };
+    // The request path touches no series: within 100 ms nothing is published.
+    for meter in [&a, &b] {
+        meter.start().finish(Outcome::Success);
+        meter.start().finish(Outcome::Success);
+    }
+    assert_eq!(successes(), [0.0, 0.0]);
+    backstop::metrics::publish();
+    assert_eq!(successes(), [2.0, 2.0]);
+    // Once 100 ms have passed, the next event publishes by itself (the snapshot reads the new
+    // increment).
+    let running = a.start();
+    advance(Duration::from_millis(100)).await;
+    running.finish(Outcome::Success);
+    assert_eq!(successes(), [1.0, 0.0]);
+}

@@ -495,8 +495,13 @@ impl LittleMeterBuilder {
         inner
             .next_rotation_us
             .store(inner.micros(epoch + window), Relaxed);
-        Ok(LittleMeter {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        let weak = Arc::downgrade(&inner);
+        super::publish::register(move || {
+            weak.upgrade()
+                .map(|inner| inner.publish(Instant::now()))
+                .is_some()
+        });
+        Ok(LittleMeter { inner })
     }
 }

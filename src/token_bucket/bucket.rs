@@ -783,6 +783,12 @@ impl TokenBucketBuilder {
         bucket.inner.series.acquired.absolute(0);
         bucket.inner.series.denied.absolute(0);
         bucket.publish();
+        let weak = Arc::downgrade(&bucket.inner);
+        crate::metrics::publish::register(move || {
+            weak.upgrade()
+                .map(|inner| TokenBucket { inner }.publish())
+                .is_some()
+        });
         Ok(bucket)
     }
 }
