@@ -234,12 +234,13 @@ impl LittleMeter {
     /// dropped (a dropped guard counts as `cancelled`).
     pub fn start(&self) -> InFlight {
         let now = Instant::now();
-        let now_us = self.inner.micros(now);
+        let now_ns = self.inner.nanos(now);
+        let now_us = (now_ns / 1_000) & TIME_MASK;
         self.inner.sums.add(ARRIVALS, (now_us << COUNT_BITS) + 1);
         self.inner.maybe_publish(now, now_us);
         InFlight {
             meter: self.clone(),
-            started: now,
+            started_ns: now_ns,
             finished: false,
         }
     }
@@ -253,7 +254,7 @@ impl LittleMeter {
     /// since the meter was built while no window has ended yet.
     pub fn report(&self) -> LittleReport {
         let now = Instant::now();
-        self.inner.maybe_rotate(now);
+        self.inner.maybe_rotate(now, self.inner.micros(now));
         let rotation = self
             .inner
             .rotation
@@ -274,6 +275,12 @@ impl LittleMeter {
 }
 
 impl Inner {
+    /// Nanoseconds since the epoch (u64: 584 years), from which both the µs of the area and the
+    /// ns of the latency come: one time subtraction per event.
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
     fn micros(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.epoch).as_micros() as u64 & TIME_MASK
     }
@@ -346,8 +353,8 @@ impl Inner {
         }
     }
 
-    fn maybe_rotate(&self, now: Instant) {
-        if self.micros(now) < self.next_rotation_us.load(Relaxed) {
+    fn maybe_rotate(&self, now: Instant, now_us: u64) {
+        if now_us < self.next_rotation_us.load(Relaxed) {
             return;
         }
         // A rotation is a slow path; whoever holds the lock does it and the rest move on.
@@ -380,7 +387,8 @@ impl Inner {
 #[derive(Debug)]
 pub struct InFlight {
     meter: LittleMeter,
-    started: Instant,
+    /// Nanoseconds since the meter's epoch at the arrival.
+    started_ns: u64,
     finished: bool,
 }
 
@@ -398,17 +406,20 @@ impl InFlight {
         self.finished = true;
         let now = Instant::now();
         let inner = &self.meter.inner;
-        let (start_us, end_us) = (inner.micros(self.started), inner.micros(now));
-        let latency = now.saturating_duration_since(self.started);
+        let end_ns = inner.nanos(now);
+        let (start_us, end_us) = (
+            (self.started_ns / 1_000) & TIME_MASK,
+            (end_ns / 1_000) & TIME_MASK,
+        );
         // The closed area before the departure word: a reading between the two then counts
         // this request twice for a moment rather than not at all.
         inner.sums.add_all([
             (CLOSED_AREA_US, end_us.wrapping_sub(start_us) & TIME_MASK),
-            (LATENCY_NS, latency.as_nanos() as u64),
+            (LATENCY_NS, end_ns.saturating_sub(self.started_ns)),
             (OUTCOME_0 + outcome_index, 1),
             (DEPARTURES, (start_us << COUNT_BITS) + 1),
         ]);
-        inner.maybe_rotate(now);
+        inner.maybe_rotate(now, end_us);
         inner.maybe_publish(now, end_us);
     }
 }
