@@ -31,13 +31,15 @@ fn answer(code: u32, pushback: Option<&str>) -> Response<()> {
     b.body(()).unwrap()
 }
 
+type Arrivals = Arc<Mutex<Vec<Instant>>>;
+
 /// A server that answers each attempt from `script` (the last answer repeats), recording when
 /// each attempt came.
 fn scripted(
     script: Vec<(u32, Option<&'static str>)>,
 ) -> (
     impl Service<Request<()>, Response = Response<()>, Error = BoxError, Future: Send> + Clone,
-    Arc<Mutex<Vec<Instant>>>,
+    Arrivals,
 ) {
     let arrivals = Arc::new(Mutex::new(Vec::new()));
     let log = arrivals.clone();
@@ -167,11 +169,11 @@ async fn the_adaptive_bucket_counts_pushback_and_resource_exhausted_as_throttles
 }
 
 type Frames = Vec<Result<Frame<Bytes>, Infallible>>;
+type Streamed =
+    StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+type Case = (fn() -> Frames, Option<Outcome>);
 
-fn streamed(
-    frames: Frames,
-) -> Response<StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>>
-{
+fn streamed(frames: Frames) -> Response<Streamed> {
     Response::builder()
         .header("content-type", "application/grpc")
         .body(StreamBody::new(futures::stream::iter(frames)))
@@ -189,7 +191,7 @@ fn trailers(code: &'static str, pushback: Option<&'static str>) -> Frame<Bytes> 
 
 #[tokio::test(start_paused = true)]
 async fn a_status_in_the_trailers_is_read_before_the_layers_classify() {
-    let cases: Vec<(fn() -> Frames, Option<Outcome>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             || {
                 vec![

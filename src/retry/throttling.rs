@@ -21,8 +21,9 @@ const MILLI: f64 = 1000.0;
 ///
 /// - `RetryThrottling` starts full and lends retries until the failures have eaten half the
 ///   tokens: with A6's example (10 tokens, ratio 0.1), a fresh client whose calls all fail
-///   retries its first 4 failures, then none until 10 successes per missing token bring it back
-///   above half. It is a circuit on the failure rate: while fewer than about
+///   retries its first 2 calls (each call and its retry cost a token each: 9, 8, 7, 6, then 5
+///   is not above half), then none until 10 successes per missing token bring it back above
+///   half. It is a circuit on the failure rate: while fewer than about
 ///   `token_ratio / (1 + token_ratio)` of calls fail (9 % at ratio 0.1) retries stay allowed, one
 ///   per failure, so retries can add up to that share of the load;
 /// - [`RetryBudget`](super::RetryBudget) starts empty and pays each retry from the successes
