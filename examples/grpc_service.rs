@@ -22,7 +22,7 @@
 //!    what the server can serve in the same time (capacity × duration).
 //! 2. The server answers `UNAVAILABLE` with a 50 ms pushback to the first attempt of every
 //!    call, and serves the retry. `retried_unavailable` is the share of those calls the client
-//!    retried, as far as its budget (earned in phase 1) allowed; `pushback_respected=1` only if
+//!    retried, as far as its budget (earned by the successes before) allowed; `pushback_respected=1` only if
 //!    every retry reached the server at least 50 ms after its first attempt.
 //! 3. The server answers `RESOURCE_EXHAUSTED` with a 200 ms pushback to every attempt.
 //!    `retried_exhausted` counts the attempts after the first that reached the server: 0 is
@@ -32,7 +32,7 @@
 //! `ErrorToGrpcLayer` hook; `deadline_seen_ms` the deadline the server's handler read from the
 //! client's `grpc-timeout` on its first call. It ends with one line:
 //! `summary: goodput=F overload_code=N retried_unavailable=F retried_exhausted=N pushback_respected=0|1 deadline_seen_ms=N`.
-//! Real sockets and the real clock (about 4 s); every loop is bounded in count and time, the
+//! Real sockets and the real clock (about 6 s); every loop is bounded in count and time, the
 //! whole run is under a 60 s timeout. `tests/grpc_service.rs` runs it and checks each claim.
 //!
 //!     cargo run --release --features grpc --example grpc_service
@@ -366,6 +366,8 @@ async fn call<T: GrpcStack>(
 #[derive(Debug, Clone)]
 pub(crate) struct Summary {
     pub(crate) goodput: f64,
+    /// Served in time ÷ capacity at 1× capacity, measured in the same run.
+    pub(crate) baseline_goodput: f64,
     pub(crate) overload_calls: u64,
     pub(crate) served_in_time: u64,
     pub(crate) overload_code: u32,
@@ -392,26 +394,15 @@ async fn run() -> Result<Summary, BoxError> {
     let budget = RetryBudget::builder("grpc_client").build()?;
     let grpc = client(channel, budget)?;
 
+    // The baseline: the same client and server at 1× capacity, for as long.
+    let (_, baseline_served, _) = open_loop(&grpc, CAPACITY_PER_SEC, 3_000_000).await?;
+    // The baseline's own refusals are not phase 1's.
+    stats.refusal_codes.lock().unwrap().clear();
+
     // Phase 1: 3× capacity, open loop.
     stats.mode.store(SERVE, Relaxed);
-    let rate = CAPACITY_PER_SEC * OVERLOAD_FACTOR;
-    let total = (rate * OVERLOAD_FOR.as_secs_f64()) as u64;
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut calls = Vec::with_capacity(total as usize);
-    for id in 0..total {
-        tick.tick().await;
-        calls.push(tokio::spawn(call(grpc.clone(), id)));
-    }
-    let mut client_codes = BTreeMap::new();
-    let mut served_in_time = 0;
-    for c in calls {
-        let (code, took) = c.await?;
-        *client_codes.entry(format!("{code:?}")).or_insert(0) += 1;
-        if code == tonic::Code::Ok && took <= CALL_DEADLINE {
-            served_in_time += 1;
-        }
-    }
+    let (client_codes, served_in_time, total) =
+        open_loop(&grpc, CAPACITY_PER_SEC * OVERLOAD_FACTOR, 0).await?;
     let capacity_calls = CAPACITY_PER_SEC * OVERLOAD_FOR.as_secs_f64();
     let refusal_codes = stats.refusal_codes.lock().unwrap().clone();
     let overload_code = refusal_codes
@@ -441,6 +432,7 @@ async fn run() -> Result<Summary, BoxError> {
     stop.send(()).ok();
     Ok(Summary {
         goodput: served_in_time as f64 / capacity_calls,
+        baseline_goodput: baseline_served as f64 / capacity_calls,
         overload_calls: total,
         served_in_time,
         overload_code,
@@ -457,6 +449,34 @@ async fn run() -> Result<Summary, BoxError> {
         retried_exhausted,
         deadline_seen_ms: stats.deadline_seen_ms.load(Relaxed),
     })
+}
+
+/// Calls at `rate` a second for `OVERLOAD_FOR`, each on its own task (an open loop: a slow
+/// answer does not slow the next call): the codes the caller saw, the calls answered OK within
+/// the deadline, and the calls sent.
+async fn open_loop<T: GrpcStack>(
+    grpc: &tonic::client::Grpc<T>,
+    rate: f64,
+    first_id: u64,
+) -> Result<(BTreeMap<String, u64>, u64, u64), BoxError> {
+    let total = (rate * OVERLOAD_FOR.as_secs_f64()) as u64;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut calls = Vec::with_capacity(total as usize);
+    for id in first_id..first_id + total {
+        tick.tick().await;
+        calls.push(tokio::spawn(call(grpc.clone(), id)));
+    }
+    let mut codes = BTreeMap::new();
+    let mut served_in_time = 0;
+    for c in calls {
+        let (code, took) = c.await?;
+        *codes.entry(format!("{code:?}")).or_insert(0) += 1;
+        if code == tonic::Code::Ok && took <= CALL_DEADLINE {
+            served_in_time += 1;
+        }
+    }
+    Ok((codes, served_in_time, total))
 }
 
 /// `PHASE_CALLS` calls, `PHASE_CONCURRENCY` at a time; the codes the caller saw.
@@ -496,6 +516,11 @@ pub(crate) async fn run_bounded() -> Result<Summary, BoxError> {
 async fn main() -> Result<(), BoxError> {
     let s = run_bounded().await?;
     println!(
+        "baseline (1x capacity, {:.1} s): goodput {:.2} of capacity",
+        OVERLOAD_FOR.as_secs_f64(),
+        s.baseline_goodput
+    );
+    println!(
         "phase 1 (3x capacity): {} calls in {:.1} s against a capacity of {:.0}; {} served in time; client saw {:?}; server refusals by code {:?}",
         s.overload_calls,
         OVERLOAD_FOR.as_secs_f64(),
@@ -515,6 +540,10 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "phase 3 (RESOURCE_EXHAUSTED, pushback {EXHAUSTED_PUSHBACK_MS} ms): {} calls reached the server, {} retries; client saw {:?}",
         s.exhausted_calls, s.retried_exhausted, s.exhausted_codes
+    );
+    println!(
+        "3x against 1x: goodput ratio {:.2}",
+        s.goodput / s.baseline_goodput.max(f64::MIN_POSITIVE)
     );
     println!(
         "summary: goodput={:.2} overload_code={} retried_unavailable={:.2} retried_exhausted={} pushback_respected={} deadline_seen_ms={}",

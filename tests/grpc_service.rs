@@ -21,6 +21,10 @@ async fn a_tonic_server_and_client_speak_backstop() -> Result<(), backstop::BoxE
         "{s:?}"
     );
     assert!(s.goodput > 0.3 && s.goodput <= 1.1, "{s:?}");
+    // Against the same client and server at 1× capacity, measured in the same run: overload
+    // did not cut what the server gets done to a fraction.
+    assert!(s.baseline_goodput > 0.3, "{s:?}");
+    assert!(s.goodput > 0.5 * s.baseline_goodput, "{s:?}");
     assert!(
         s.client_codes.get("Unavailable").copied().unwrap_or(0) > 0,
         "{s:?}"
