@@ -389,3 +389,57 @@ async fn a_readiness_error_answers_the_next_call() {
     let res = server.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(res.headers()["grpc-status"], "14");
 }
+
+/// A gRPC body that sends one message and then, as told, fails or never ends.
+struct Stuck {
+    sent: bool,
+    fail: bool,
+}
+
+impl http_body::Body for Stuck {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.sent {
+            self.sent = true;
+            return std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"msg")))));
+        }
+        if self.fail {
+            return std::task::Poll::Ready(Some(Err("stream reset".into())));
+        }
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_error_is_the_calls_error_and_trailers_that_never_come_end_at_the_timeout() {
+    for fail in [true, false] {
+        let inner = tower::service_fn(move |_req: Request<()>| async move {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(Stuck { sent: false, fail })
+                    .unwrap(),
+            )
+        });
+        let mut svc = ServiceBuilder::new()
+            .layer(backstop::timeout::TimeoutLayer::new(Duration::from_millis(300)).unwrap())
+            .layer(ReadTrailersLayer::new())
+            .service(inner);
+        let started = Instant::now();
+        let err = svc.ready().await.unwrap().call(get()).await.unwrap_err();
+        if fail {
+            assert_eq!(err.to_string(), "stream reset");
+            assert_eq!(
+                DefaultClassifier.classify(Err::<&Response<()>, _>(&err)),
+                Outcome::Retryable
+            );
+        } else {
+            assert!(backstop::is_timeout(err.as_ref()), "{err}");
+            assert_eq!(started.elapsed(), Duration::from_millis(300));
+        }
+    }
+}
