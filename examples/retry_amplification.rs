@@ -12,7 +12,10 @@
 //!   not, so upper services do not retry what a lower one saw;
 //! - **tower_tps_budget**: `tower::retry` with 3 retries (same backoff as naive), gated by
 //!   tower's default `TpsBudget` (10 s window, 10 retries/s floor, ratio 0.2), one per service,
-//!   depositing on success and withdrawing before each retry, as tower's docs show.
+//!   depositing on success and withdrawing before each retry, as tower's docs show;
+//! - **backstop_a6**: backstop's `RetryLayer` with gRPC's A6 retry throttling as its budget
+//!   (`RetryThrottling`: 10 tokens, full at the start, a failure costs 1, a success earns 0.1,
+//!   retries only above half), in both rows.
 //!
 //! Row 1 has service 4 failing every call. Row 2 has it failing 60% of calls at random; there
 //! both budgets are configured with ratio 0.6 and no floor (tower: `TpsBudget::new(10 s, 0,
@@ -40,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop::BoxError;
-use backstop::retry::{MarkRetried, RetryBudget, RetryLayer};
+use backstop::retry::{MarkRetried, RetryBudget, RetryLayer, RetryThrottling};
 use backstop::sim::{
     Arrivals, CallPolicy, ClientBehavior, Hop, LoadProfile, RetryPolicy, Scenario, ServiceTime,
     SimReport, SimRequest, SimResponse, SimServer, SimService,
@@ -74,6 +77,9 @@ enum Client {
     /// Every retryable failure marked "decided below", with the old fixed floor.
     DecidedFixedFloor,
     TowerTps,
+    /// backstop's `RetryLayer` with gRPC's A6 retry throttling (`RetryThrottling`, 10 tokens,
+    /// ratio 0.1) as its budget.
+    A6,
 }
 
 impl Client {
@@ -84,6 +90,7 @@ impl Client {
             Client::BackstopBefore => "backstop_before",
             Client::DecidedFixedFloor => "decided_fixed_floor",
             Client::TowerTps => "tower_tps_budget",
+            Client::A6 => "backstop_a6",
         }
     }
 }
@@ -237,6 +244,24 @@ fn caller(client: Client, n: usize, ratio_row: bool, probes: &mut Probes) -> (Ca
                 hop.caller_stack(move |next| SimService::new(tower::Layer::layer(&layer, next)));
             (policy, hop)
         }
+        Client::A6 => {
+            // A6's example values in both rows: its ratio is not a share of successes.
+            let budget = RetryThrottling::builder(format!("service{}_a6", n - 1))
+                .build()
+                .expect("valid throttling");
+            let layer = RetryLayer::builder(budget)
+                .retry_non_idempotent()
+                .seed(SEED)
+                .build()
+                .expect("valid retry layer");
+            let policy = CallPolicy {
+                attempt_timeout: None,
+                retry: RetryPolicy::Stack,
+            };
+            let hop =
+                hop.caller_stack(move |next| SimService::new(tower::Layer::layer(&layer, next)));
+            (policy, hop)
+        }
         Client::TowerTps => {
             let budget = if ratio_row {
                 TpsBudget::new(Duration::from_secs(10), 0, 0.6)
@@ -333,7 +358,7 @@ fn run(client: Client, fail: f64) -> Result<(Row, SimReport), BoxError> {
     let bottom = &report.hops[3];
     let above = &report.hops[2];
     let budget_granted = match client {
-        Client::Naive => None,
+        Client::Naive | Client::A6 => None,
         Client::Backstop | Client::BackstopBefore | Client::DecidedFixedFloor => {
             probes.backstop.last().map(|b| {
                 let s = b.stats();
@@ -347,6 +372,7 @@ fn run(client: Client, fail: f64) -> Result<(Row, SimReport), BoxError> {
     };
     let configured_ratio = match client {
         Client::Naive => None,
+        Client::A6 => Some(0.1),
         _ if fail < 1.0 => Some(0.6),
         Client::Backstop | Client::BackstopBefore | Client::DecidedFixedFloor => Some(0.01),
         Client::TowerTps => Some(0.2),
@@ -414,7 +440,12 @@ fn main() -> Result<(), BoxError> {
     );
     let mut rows = Vec::new();
     for fail in [1.0, 0.6] {
-        for client in [Client::Backstop, Client::Naive, Client::TowerTps] {
+        for client in [
+            Client::Backstop,
+            Client::Naive,
+            Client::TowerTps,
+            Client::A6,
+        ] {
             let (row, report) = run(client, fail)?;
             if client == Client::Naive && fail == 1.0 {
                 println!("{}", report.hop_table());
@@ -467,7 +498,9 @@ fn main() -> Result<(), BoxError> {
          state). retries@4: \
          requests to service 4 beyond the first call of each request service 3 served. \
          granted/succ: retries the budget in front of service 4 granted per success it was \
-         paid with (* naive has no budget: retries at service 4 per success there)."
+         paid with (* naive and backstop_a6: retries at service 4 per success there). \
+         backstop_a6: backstop's RetryLayer with gRPC's A6 throttling (10 tokens, ratio 0.1) \
+         as its budget."
     );
 
     println!(
@@ -486,6 +519,7 @@ fn main() -> Result<(), BoxError> {
             Client::DecidedFixedFloor,
             Client::Backstop,
             Client::TowerTps,
+            Client::A6,
         ] {
             let q = quiet(client, rps)?;
             println!(

@@ -18,6 +18,9 @@
 //!   other (transport) errors are retryable, and a [`ConfigError`] is final.
 //! - [`HttpClassifier`] (feature `http`) for `Result<http::Response<B>, BoxError>`: 5xx retryable;
 //!   429, and 503 with `Retry-After`, overload; other 4xx final.
+//! - [`GrpcClassifier`](crate::grpc::GrpcClassifier) (feature `grpc`) for gRPC answers: the
+//!   `grpc-status` and `grpc-retry-pushback-ms` they carry; with the feature on, the default
+//!   classifier applies it to every `http::Response` that is a gRPC answer.
 //! - [`classify_fn`], a closure adapter.
 //!
 //! ```
@@ -82,6 +85,15 @@ impl Outcome {
 pub trait Classify<Res, E> {
     /// Classifies one finished call.
     fn classify(&self, outcome: Result<&Res, &E>) -> Outcome;
+
+    /// The earliest time a retry of this [`Retryable`](Outcome::Retryable) call may be sent,
+    /// when the server said (gRPC's `grpc-retry-pushback-ms`). The retry layer waits at least
+    /// this long, or does not retry when that passes the deadline; the adaptive token bucket
+    /// counts a call with a pushback as a throttle. Default: none.
+    fn pushback(&self, outcome: Result<&Res, &E>) -> Option<Duration> {
+        let _ = outcome;
+        None
+    }
 }
 
 /// The classifier for plain `Result<T, BoxError>` services.
@@ -164,6 +176,11 @@ pub trait DefaultClassify {
     /// Marks the response as decided about by a retry layer. Default: does nothing (errors are
     /// marked whatever the response type).
     fn set_retried_marker(&mut self) {}
+    /// The earliest time a retry may be sent, when the response says
+    /// ([`Classify::pushback`]). Default: none.
+    fn default_pushback(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl<Res: DefaultClassify> Classify<Res, BoxError> for DefaultClassifier {
@@ -172,6 +189,10 @@ impl<Res: DefaultClassify> Classify<Res, BoxError> for DefaultClassifier {
             Ok(res) => res.default_outcome(),
             Err(err) => ErrorClassifier.classify_error(err),
         }
+    }
+
+    fn pushback(&self, outcome: Result<&Res, &BoxError>) -> Option<Duration> {
+        outcome.ok().and_then(DefaultClassify::default_pushback)
     }
 }
 
@@ -301,9 +322,19 @@ mod http_classify {
         }
     }
 
+    /// HTTP's mapping, or gRPC's for a gRPC answer when the `grpc` feature is on
+    /// ([`GrpcClassifier`](crate::grpc::GrpcClassifier)).
     impl<B> DefaultClassify for Response<B> {
         fn default_outcome(&self) -> Outcome {
+            #[cfg(feature = "grpc")]
+            if crate::grpc::classify::is_grpc_response(self) {
+                return crate::grpc::GrpcClassifier.classify_response(self);
+            }
             HttpClassifier.classify_status(self.status(), self.headers())
+        }
+        #[cfg(feature = "grpc")]
+        fn default_pushback(&self) -> Option<Duration> {
+            crate::grpc::GrpcClassifier.pushback_of(self)
         }
         fn carries_retried_marker(&self) -> bool {
             self.headers().contains_key(crate::retry::RETRIED_HEADER)

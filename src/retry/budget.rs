@@ -45,6 +45,11 @@ pub trait Budget {
     fn try_withdraw(&self, kind: RetryKind) -> bool;
     /// Gives back the price of a retry of `kind` that was withdrawn but never sent.
     fn refund(&self, kind: RetryKind);
+    /// Records a call that failed in a retryable way, whether or not it is then retried (the
+    /// first attempt's failure, before [`try_withdraw`](Budget::try_withdraw), and the retry's
+    /// own). Budgets that count failures, such as gRPC's retry throttling
+    /// ([`RetryThrottling`](super::RetryThrottling)), use it; the default does nothing.
+    fn on_failure(&self) {}
 }
 
 impl<T: Budget + ?Sized> Budget for Arc<T> {
@@ -56,6 +61,9 @@ impl<T: Budget + ?Sized> Budget for Arc<T> {
     }
     fn refund(&self, kind: RetryKind) {
         (**self).refund(kind)
+    }
+    fn on_failure(&self) {
+        (**self).on_failure()
     }
 }
 
@@ -183,14 +191,14 @@ impl Credit {
     }
 }
 
-struct Series {
-    tokens: Gauge,
-    allowed: Counter,
-    denied: Counter,
+pub(super) struct Series {
+    pub(super) tokens: Gauge,
+    pub(super) allowed: Counter,
+    pub(super) denied: Counter,
 }
 
 impl Series {
-    fn register(name: &str) -> Self {
+    pub(super) fn register(name: &str) -> Self {
         use metrics::{Unit, describe_counter, describe_gauge};
         describe_gauge!(
             names::RETRY_BUDGET_TOKENS,

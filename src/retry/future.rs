@@ -101,14 +101,15 @@ where
                             shared.budget.deposit();
                             return Poll::Ready(result);
                         }
-                        Outcome::Retryable => {}
+                        Outcome::Retryable => shared.budget.on_failure(),
                         Outcome::Overload(_) | Outcome::Final => return Poll::Ready(result),
                     }
+                    let pushback = shared.classifier.pushback(result.as_ref());
                     let retry = backup
                         .take()
                         .filter(|_| !(shared.honour_marker && is_marked(shared, &result)))
                         .and_then(|(service, request)| {
-                            let delay = plan_retry(shared, &request, &result)?;
+                            let delay = plan_retry(shared, &request, &result, pushback)?;
                             Some((service, request, delay))
                         });
                     let Some((service, request, (kind, delay))) = retry else {
@@ -163,7 +164,10 @@ where
                             shared.budget.deposit();
                             result
                         }
-                        Outcome::Retryable => pass_up(shared, result, true),
+                        Outcome::Retryable => {
+                            shared.budget.on_failure();
+                            pass_up(shared, result, true)
+                        }
                         _ => result,
                     });
                 }
@@ -173,11 +177,14 @@ where
 }
 
 /// Decides whether a retryable failure is retried, and pays for it: the kind of retry and the
-/// delay before it, or `None` when the deadline or the budget forbids it.
+/// delay before it, or `None` when the deadline or the budget forbids it. The delay is at least
+/// the server's `pushback`; a pushback that leaves less than `min_time_left` before the deadline
+/// means no retry.
 fn plan_retry<Req: RetryRequest, Res, B: Budget, C>(
     shared: &Shared<B, C>,
     request: &Req,
     result: &Result<Res, BoxError>,
+    pushback: Option<Duration>,
 ) -> Option<(RetryKind, Duration)> {
     if !request.can_replay() || !enough_time_left(shared, request) {
         return None;
@@ -185,6 +192,10 @@ fn plan_retry<Req: RetryRequest, Res, B: Budget, C>(
     let limit = request.deadline().map_or(Duration::MAX, |d| {
         d.remaining().saturating_sub(shared.min_time_left)
     });
+    let pushback = pushback.unwrap_or(Duration::ZERO);
+    if pushback > limit || pushback > crate::error::FOREVER {
+        return None;
+    }
     let kind = match result {
         Err(e) if is_timeout(e.as_ref()) => RetryKind::AfterTimeout,
         _ => RetryKind::AfterError,
@@ -194,7 +205,7 @@ fn plan_retry<Req: RetryRequest, Res, B: Budget, C>(
     if !shared.budget.try_withdraw(kind) {
         return None;
     }
-    Some((kind, shared.delay(limit)))
+    Some((kind, shared.delay(limit).max(pushback)))
 }
 
 /// True when the request has no deadline, or at least `min_time_left` (and more than zero)

@@ -28,7 +28,12 @@
 //!   success (default 0.01), charges 1 per retry after an error and 2 after a timeout, has a
 //!   small time-based floor that lends only against successes seen, a cap, and starts empty.
 //!
-//! Before the retry it waits a full-jitter delay that ends before the deadline. The retry is
+//! gRPC's retry throttling (the A6 design: start full, one token lost per failure, retries only
+//! above half) is the other [`Budget`] provided: [`RetryThrottling`].
+//!
+//! Before the retry it waits a full-jitter delay that ends before the deadline, and at least the
+//! server's pushback when it sent one ([`Classify::pushback`](crate::classify::Classify::pushback):
+//! gRPC's `grpc-retry-pushback-ms`); a pushback that ends past the deadline means no retry. The retry is
 //! marked ([`Attempt`]; the [`ATTEMPT_HEADER`] header for HTTP) so a load balancer can send it
 //! to another server and servers can count retries.
 //!
@@ -124,6 +129,7 @@ mod layer;
 mod marker;
 mod propagate;
 mod service;
+mod throttling;
 
 pub use self::budget::{Budget, RetryBudget, RetryBudgetBuilder, RetryBudgetStats, RetryKind};
 pub use self::future::ResponseFuture;
@@ -136,3 +142,4 @@ pub use self::marker::{
 };
 pub use self::propagate::{PropagateFuture, PropagateRetried, PropagateRetriedLayer};
 pub use self::service::Retry;
+pub use self::throttling::{RetryThrottling, RetryThrottlingBuilder};

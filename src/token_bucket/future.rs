@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::TokenBucket;
 use super::bucket::Waiter;
-use crate::classify::Classify;
+use crate::classify::{Classify, Outcome};
 use crate::error::{BoxError, OverloadReason, Overloaded};
 
 /// Waits for tokens from a [`TokenBucket`]; made by [`TokenBucket::acquire`].
@@ -332,7 +332,16 @@ fn feed<Res, C: Classify<Res, BoxError>>(
     sent_at: Instant,
 ) {
     if bucket.is_adaptive() {
-        bucket.on_outcome(classifier.classify(result.as_ref()), sent_at);
+        let outcome = match classifier.classify(result.as_ref()) {
+            // A server's pushback (gRPC's `grpc-retry-pushback-ms`) asks for less load even on
+            // an answer that may be retried later: a throttle to the rate.
+            Outcome::Retryable => match classifier.pushback(result.as_ref()) {
+                Some(after) => Outcome::Overload(Some(after)),
+                None => Outcome::Retryable,
+            },
+            outcome => outcome,
+        };
+        bucket.on_outcome(outcome, sent_at);
     }
 }
 
