@@ -78,6 +78,7 @@ mod layer;
 mod quota;
 mod service;
 mod shed;
+mod store;
 mod table;
 
 pub use self::error::MissingClientKey;
@@ -91,4 +92,5 @@ pub use self::layer::{ThrottleLayer, ThrottleLayerBuilder};
 pub use self::quota::{ClientQuotas, ClientQuotasBuilder};
 pub use self::service::Throttle;
 pub use self::shed::{ShedFraction, ShedFractionBuilder, stable_hash};
+pub use self::store::QuotaStore;
 pub use governor::Quota;
