@@ -171,7 +171,6 @@ impl FleetQuotas {
         let i = &*self.inner;
         let bytes = key.as_bytes();
         let fp = stable_hash(i.seed, FP_EPOCHS[0], bytes);
-        let fp2 = stable_hash(i.seed, FP_EPOCHS[1], bytes);
         let rate = if i.overrides.is_empty() {
             i.default
         } else {
@@ -250,6 +249,8 @@ impl FleetQuotas {
         };
         drop(shard);
         if let Some((want, debt)) = call {
+            // The second half of the name is needed only to call.
+            let fp2 = stable_hash(i.seed, FP_EPOCHS[1], bytes);
             self.spawn_call(fp, fp2, rate, want, if degraded { 0 } else { debt });
         }
         if decision.is_err() {
