@@ -66,6 +66,11 @@
 //! Redis unreachable at startup is the same case: the handle builds (it never connects at
 //! build) and serves from the local share.
 //!
+//! # Cancellation
+//! The decision is made in the throttle's `call`, before the inner service sees the request,
+//! and nothing is held while the request runs: a dropped response future has nothing to give
+//! back. As with `ClientQuotas`, an admitted request that is then cancelled has spent its token.
+//!
 //! # Memory
 //! In Redis, per client: a hash of two fields (`t`, `n`) and a sorted set of the processes
 //! serving it (a 16-character id each), named by a 128-bit fingerprint of the key, so a 1 MiB

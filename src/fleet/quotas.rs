@@ -699,3 +699,96 @@ impl FleetQuotasBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn quota(n: u32) -> Quota {
+        Quota::per_second(NonZeroU32::new(n).unwrap())
+    }
+
+    /// Nothing listens on port 1: every call fails, and the handle runs on its share.
+    fn unreachable(q: Quota, processes: u32) -> FleetQuotas {
+        FleetQuotas::builder("t", "redis://127.0.0.1:1/", q)
+            .expected_processes(processes)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_local_share_is_the_quota_split_over_the_processes() {
+        let f = unreachable(quota(100), 4);
+        let k = ClientId::from("k");
+        // 100/s over 4 processes: 25/s, burst 25.
+        assert!((0..25).all(|_| f.check(&k).is_ok()));
+        assert_eq!(f.check(&k), Err(Duration::from_millis(40)));
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert!(f.check(&k).is_ok());
+        assert!(f.check(&k).is_err());
+        // Another client has its own share.
+        assert!(f.check(&ClientId::from("other")).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_redis_means_one_probe_per_retry_every() {
+        let f = FleetQuotas::builder("t", "redis://127.0.0.1:1/", quota(1000))
+            .retry_every(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let k = ClientId::from("k");
+        assert!(f.check(&k).is_ok());
+        // Let the first call fail (connection refused, or the call timeout on the paused clock).
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if f.stats().degraded {
+                break;
+            }
+        }
+        assert!(f.stats().degraded);
+        let calls = f.stats().redis_calls;
+        // 400 ms of requests at 1 per ms: no probe is due yet.
+        for _ in 0..400 {
+            let _ = f.check(&k);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(f.stats().redis_calls, calls);
+        assert!(f.stats().fallback_admitted > 0);
+        // Past the due time, 200 more requests send exactly one probe.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        for _ in 0..200 {
+            let _ = f.check(&k);
+        }
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if f.stats().redis_calls > calls {
+                break;
+            }
+        }
+        assert_eq!(f.stats().redis_calls, calls + 1);
+    }
+
+    #[test]
+    fn leases_follow_the_recent_rate_within_their_bounds() {
+        let f = unreachable(quota(1000), 1);
+        let rate = f.inner.default;
+        let ms = 1_000_000;
+        let e = |seen, calls| Entry {
+            seen,
+            calls,
+            last_call: 0,
+            ..Entry::default()
+        };
+        // No rate known yet: one token.
+        assert_eq!(f.lease_size(&e(50, 0), rate, 100 * ms), 1);
+        // 50 requests in 100 ms is 500/s: 100 over the 200 ms period, capped at max_lease 64.
+        assert_eq!(f.lease_size(&e(50, 1), rate, 100 * ms), 64);
+        // 10 in 200 ms: 10.
+        assert_eq!(f.lease_size(&e(10, 1), rate, 200 * ms), 10);
+        // A burst smaller than max_lease caps it.
+        let small = Rate { t: ms, burst: 5 };
+        assert_eq!(f.lease_size(&e(50, 1), small, 100 * ms), 5);
+    }
+}
