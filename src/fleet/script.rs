@@ -34,7 +34,7 @@ if now > t then
   n = math.min(burst, n + (now - t) / interval)
   t = now
 end
-n = math.max(-burst, n - debt)
+n = n - debt
 local granted = 0
 if n >= 1 then
   granted = math.min(want, math.floor(n))
