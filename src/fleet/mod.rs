@@ -84,7 +84,8 @@
 //! `tests/fleet_quota.rs`. Both expire when dropping them changes no
 //! decision: the bucket when it would be full again, the set after
 //! [`live_window`](FleetQuotasBuilder::live_window) of silence. In the process: a table of at
-//! most [`max_keys`](FleetQuotasBuilder::max_keys) clients (10,000), allocated at build; a new
+//! most [`max_keys`](FleetQuotasBuilder::max_keys) clients (10,000), allocated at build, 72
+//! bytes a client plus the hash map's spare slots (at most 2×, and a control byte); a new
 //! client that finds its shard full replaces the one with the fewest requests, so one-shot
 //! keys replace each other and leave the busy clients alone.
 //!

@@ -125,3 +125,29 @@ impl LeaseTable {
         (entry, replaced)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_72_bytes_with_its_key() {
+        assert_eq!(std::mem::size_of::<(u64, Entry)>(), 72);
+    }
+
+    #[test]
+    fn a_full_shard_replaces_its_least_used_client_and_never_grows() {
+        let table = LeaseTable::new(SHARDS * 2);
+        let mut shard = table.shard(0);
+        let cap = shard.capacity();
+        // Three fingerprints of shard 0 (top bits zero).
+        let (busy, quiet, new) = (1, 2, 3);
+        table.entry(&mut shard, busy, 0).0.hits = 10;
+        table.entry(&mut shard, quiet, 0).0.hits = 1;
+        let (_, replaced) = table.entry(&mut shard, new, 0);
+        assert!(replaced);
+        assert!(shard.contains_key(&busy) && shard.contains_key(&new));
+        assert!(!shard.contains_key(&quiet));
+        assert_eq!(shard.capacity(), cap, "no allocation on the request path");
+    }
+}
