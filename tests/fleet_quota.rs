@@ -178,6 +178,58 @@ async fn redis_killed_falls_back_to_the_local_share_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_no_request_a_wait_and_is_left_after_the_call_timeout() {
+    let redis = RedisServer::start();
+    tokio::time::timeout(BOUND, async {
+        let fleet = FleetQuotas::builder("slow", redis.url(), per_second(100))
+            .call_timeout(Duration::from_millis(50))
+            .retry_every(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let tenant = ClientId::from("tenant");
+        // Offers ~400/s for `d`, timing every decision.
+        let drive = async |d: Duration| {
+            let (mut admitted, mut slowest) = (0u64, Duration::ZERO);
+            let start = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_micros(2500));
+            while start.elapsed() < d {
+                tick.tick().await;
+                let t0 = Instant::now();
+                admitted += u64::from(fleet.check(&tenant).is_ok());
+                slowest = slowest.max(t0.elapsed());
+            }
+            (admitted, slowest)
+        };
+        drive(Duration::from_millis(500)).await;
+        assert!(!fleet.stats().degraded && fleet.stats().leased_tokens > 0);
+        redis.pause();
+        let (admitted, slowest) = drive(Duration::from_millis(1000)).await;
+        let frozen = fleet.stats();
+        redis.resume();
+        println!("frozen: admitted {admitted}, slowest decision {slowest:?}, {frozen:?}");
+        assert!(
+            frozen.degraded,
+            "no answer within call_timeout: local shares"
+        );
+        assert!(frozen.fallback_admitted > 0 && admitted > 0);
+        assert!(
+            slowest < Duration::from_millis(20),
+            "a decision took {slowest:?}"
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                let _ = fleet.check(&tenant);
+                !fleet.stats().degraded
+            })
+            .await,
+            "thawed Redis answers again"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_at_startup_builds_and_serves_from_the_local_share() {
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
