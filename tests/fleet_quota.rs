@@ -137,9 +137,10 @@ async fn redis_killed_falls_back_to_the_local_share_and_recovers() {
                         refused += 1;
                     }
                 }
-                // The decision never waits on Redis.
+                // The decision never waits on Redis (a dead one refuses connections at
+                // once; the margin is for a loaded machine's scheduling).
                 assert!(
-                    t0.elapsed() < Duration::from_millis(50),
+                    t0.elapsed() < Duration::from_millis(500),
                     "a request waited {:?}",
                     t0.elapsed()
                 );
@@ -213,7 +214,9 @@ async fn a_frozen_redis_costs_no_request_a_wait_and_is_left_after_the_call_timeo
         );
         assert!(frozen.fallback_admitted > 0 && admitted > 0);
         assert!(
-            slowest < Duration::from_millis(20),
+            // A decision that waited on the frozen Redis would take the whole freeze (1 s);
+            // the margin is for a loaded machine's scheduling, not for Redis.
+            slowest < Duration::from_millis(500),
             "a decision took {slowest:?}"
         );
         assert!(
