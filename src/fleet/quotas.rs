@@ -141,7 +141,9 @@ pub struct FleetStats {
 impl FleetQuotas {
     /// Starts a builder: `name` labels the series and the Redis keys, `redis_url` is any URL the
     /// `redis` crate accepts (`redis://host:port/db`, `rediss://…`, `unix://…`), and every
-    /// client gets `default_quota` across the fleet unless overridden.
+    /// client gets `default_quota` across the fleet unless overridden. A quota of 0 cannot be
+    /// written (`Quota` counts from 1); to refuse a client outright, shed it
+    /// ([`ShedFraction`](crate::throttle::ShedFraction)) or reject its key upstream.
     pub fn builder(
         name: impl Into<String>,
         redis_url: impl Into<String>,
@@ -768,6 +770,20 @@ mod tests {
             }
         }
         assert_eq!(f.stats().redis_calls, calls + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overridden_client_has_its_own_quota() {
+        let f = FleetQuotas::builder("t", "redis://127.0.0.1:1/", quota(10))
+            .override_key("batch", quota(100))
+            .build()
+            .unwrap();
+        let admitted = |key: &str| {
+            let k = ClientId::from(key);
+            (0..200).filter(|_| f.check(&k).is_ok()).count()
+        };
+        assert_eq!(admitted("batch"), 100);
+        assert_eq!(admitted("anyone"), 10);
     }
 
     #[test]
