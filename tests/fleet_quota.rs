@@ -340,6 +340,15 @@ async fn a_huge_key_costs_a_fixed_redis_key_and_bounded_memory_that_expires() {
         let procs_bytes: u64 = redis_cli(&redis, &["MEMORY", "USAGE", &huge_procs]).parse().unwrap();
         println!("Redis memory for one client: bucket {bucket_bytes} B, process set {procs_bytes} B (1 process)");
         assert!(bucket_bytes <= 160 && procs_bytes <= 160, "{bucket_bytes} B, {procs_bytes} B");
+        // The bucket is on Redis's clock (`TIME`, µs), whatever the callers' clocks say.
+        let stored: f64 = redis_cli(&redis, &["HGET", &huge_key, "t"]).parse().unwrap();
+        let time = redis_cli(&redis, &["TIME"]);
+        let mut parts = time.lines().map(|l| l.trim().parse::<f64>().unwrap());
+        let redis_now = parts.next().unwrap() * 1e6 + parts.next().unwrap();
+        assert!(
+            (0.0..5e6).contains(&(redis_now - stored)),
+            "bucket time {stored} against Redis TIME {redis_now}"
+        );
         // Both keys expire: the bucket once full again (≤ 1 s at 100/s + 1 s), the set after
         // the live window.
         let ttl: i64 = redis_cli(&redis, &["PTTL", &huge_key]).parse().unwrap();
