@@ -452,11 +452,12 @@ fn invalid_configuration_is_refused() {
     assert_eq!(err.field(), "window");
 }
 
-/// Equal to three significant figures (the tracker's precision).
+/// Equal to two significant figures (the tracker's precision: a bucket is at most 1/128 of
+/// its values wide, and answers round down to its lowest value).
 fn assert_close(got: Option<Duration>, want: Duration) {
     let got = got.expect("an answer");
     let err = (got.as_secs_f64() - want.as_secs_f64()).abs() / want.as_secs_f64();
-    assert!(err <= 1e-3, "{got:?} vs {want:?}");
+    assert!(err <= 1.0 / 128.0, "{got:?} vs {want:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -499,10 +500,10 @@ async fn the_tracker_forgets_old_windows_and_treats_cancelled_copies_as_censored
     assert_close(km.percentile(0.33), Duration::from_millis(10));
     assert_close(km.percentile(0.5), Duration::from_millis(30));
     assert_close(km.percentile(1.0), Duration::from_millis(30));
-    // Microsecond precision (3 significant figures).
+    // Two significant figures: 8 µs steps between 1,024 and 2,048 µs, rounded down.
     let fine = LatencyTracker::builder().min_samples(1).build().unwrap();
     fine.record(Duration::from_micros(1_234));
-    assert_eq!(fine.percentile(0.5), Some(Duration::from_micros(1_234)));
+    assert_eq!(fine.percentile(0.5), Some(Duration::from_micros(1_232)));
 }
 
 proptest! {
@@ -542,13 +543,15 @@ proptest! {
         }
     }
 
-    /// Through the layer, with random latencies and a random fraction: every request gets
-    /// exactly one answer, and duplicates sent ≤ fraction × requests + burst.
+    /// Through the layer, with random latencies, a random fraction and up to 1–4 copies per
+    /// request: every request gets exactly one answer, and copies sent ≤ fraction × requests +
+    /// burst whatever the number of copies allowed.
     #[test]
     fn the_layer_keeps_duplicates_under_the_budget(
         fraction in 0.0f64..0.5,
         burst in 1.0f64..5.0,
         latencies in proptest::collection::vec(1u64..200, 1..120),
+        copies in 1usize..=4,
     ) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -563,6 +566,7 @@ proptest! {
                 .fixed_delay(Duration::from_millis(20))
                 .max_extra_load(fraction)
                 .burst(burst)
+                .max_copies(copies)
                 .build()
                 .unwrap()
                 .layer(backend.clone());
@@ -584,7 +588,7 @@ proptest! {
         let duplicates = calls - requests;
         let bound = if fraction == 0.0 { 0.0 } else { fraction * requests as f64 + burst };
         prop_assert!(duplicates as f64 <= bound + 1e-6,
-            "{} duplicates for {} requests at {} (burst {})", duplicates, requests, fraction, burst);
+            "{} copies for {} requests at {} (burst {}, up to {} each)", duplicates, requests, fraction, burst, copies);
     }
 }
 
@@ -880,6 +884,11 @@ async fn a_copy_refused_its_duplicate_is_recorded_at_the_delay_as_censored() {
 /// answered `Overloaded` within 1 ms, then 5 requests whose first copy takes 50 ms. Returns
 /// the calls the 5 late requests made (5 without duplicates, 10 with one each).
 async fn late_calls_after_refusals(refusals: usize) -> u32 {
+    late_calls_after_refusals_with(refusals, 1).await
+}
+
+/// [`late_calls_after_refusals`] with up to `copies` extra copies per request.
+async fn late_calls_after_refusals_with(refusals: usize, copies: usize) -> u32 {
     let mut script = vec![Step::Overload(1); refusals];
     script.push(Step::Ok(50));
     let backend = Scripted::new(script);
@@ -890,6 +899,7 @@ async fn late_calls_after_refusals(refusals: usize) -> u32 {
         .burst(20.0)
         .starting_tokens(20.0)
         .max_late_share(1.0)
+        .max_copies(copies)
         .build()
         .unwrap();
     let mut svc = layer.layer(backend.clone());
@@ -974,8 +984,17 @@ impl Service<u32> for Tail {
 fn tail_layer(
     max_late_share: Option<f64>,
 ) -> HedgeLayer<backstop::classify::DefaultClassifier, HedgeBucket, backstop::hedge::AnyRequest> {
+    tail_layer_with(max_late_share, 1)
+}
+
+/// [`tail_layer`] with up to `copies` extra copies per request.
+fn tail_layer_with(
+    max_late_share: Option<f64>,
+    copies: usize,
+) -> HedgeLayer<backstop::classify::DefaultClassifier, HedgeBucket, backstop::hedge::AnyRequest> {
     let builder = HedgeLayer::builder("hedge")
         .hedge_any()
+        .max_copies(copies)
         .min_delay(Duration::from_millis(6))
         .starting_tokens(500.0);
     match max_late_share {
@@ -1034,8 +1053,16 @@ async fn the_normal_tail_still_hedges() {
 /// After a normal stretch, the server slows for everyone: 100 requests, all past the delay.
 /// Returns the duplicates sent for them and the late requests the layer stood down for.
 async fn duplicates_in_a_global_slowdown(max_late_share: Option<f64>) -> (u32, u64) {
+    duplicates_in_a_global_slowdown_with(max_late_share, 1).await
+}
+
+/// [`duplicates_in_a_global_slowdown`] with up to `copies` extra copies per request.
+async fn duplicates_in_a_global_slowdown_with(
+    max_late_share: Option<f64>,
+    copies: usize,
+) -> (u32, u64) {
     let backend = Tail::default();
-    let layer = tail_layer(max_late_share);
+    let layer = tail_layer_with(max_late_share, copies);
     let svc = layer.layer(backend.clone());
     drive_tail(&svc, 0..1_000).await;
     backend.all_slow.store(true, SeqCst);
@@ -1105,4 +1132,367 @@ fn invalid_hedge_budget_configuration_is_refused() {
     assert_eq!(err.field(), "starting_tokens");
     let err = HedgeBucket::with_start(0.05, 10.0, f64::NAN).unwrap_err();
     assert_eq!(err.field(), "starting_tokens");
+}
+
+// ---- More than one copy (max_copies) ----
+
+fn fixed_copies(
+    delay_ms: u64,
+    copies: usize,
+) -> HedgeLayer<backstop::classify::DefaultClassifier, Unlimited, backstop::hedge::AnyRequest> {
+    HedgeLayer::builder("hedge")
+        .hedge_any()
+        .fixed_delay(Duration::from_millis(delay_ms))
+        .max_copies(copies)
+        .budget(Unlimited)
+        .build_with()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_further_copy_goes_out_after_each_further_delay_and_the_first_success_wins() {
+    // Copies 0 and 1 are stuck; copy 2, sent at 20 ms, answers 5 ms later.
+    let backend = Scripted::new(vec![Step::Ok(1_000), Step::Ok(1_000), Step::Ok(5)]);
+    let mut svc = fixed_copies(10, 2).layer(backend.clone());
+    let start = Instant::now();
+    let (call, ()) = send(&mut svc, ()).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(25));
+    assert_eq!((call, backend.calls()), (2, 3));
+    assert_eq!(backend.dropped(), vec![0, 1], "the losers are cancelled");
+    // With one copy allowed (the default), the same backend keeps the request for 1 s.
+    let backend = Scripted::new(vec![Step::Ok(1_000), Step::Ok(1_000), Step::Ok(5)]);
+    let mut svc = fixed_copies(10, 1).layer(backend.clone());
+    let start = Instant::now();
+    send(&mut svc, ()).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(1_000));
+    assert_eq!(backend.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_more_than_max_copies_go_out() {
+    for copies in 1..=4 {
+        let backend = Scripted::new(vec![Step::Ok(1_000)]);
+        let mut svc = fixed_copies(10, copies).layer(backend.clone());
+        let start = Instant::now();
+        let (call, ()) = send(&mut svc, ()).await.unwrap();
+        assert_eq!((call, start.elapsed()), (0, Duration::from_secs(1)));
+        assert_eq!(backend.calls() as usize, 1 + copies, "copies {copies}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_schedule_sets_each_gap_and_copies_are_marked() {
+    let backend = Scripted::new(vec![Step::Ok(1_000), Step::Ok(1_000), Step::Ok(5)]);
+    let mut svc = HedgeLayer::builder("hedge")
+        .delay_schedule([Duration::from_millis(10), Duration::from_millis(30)])
+        .budget(Unlimited)
+        .build_with()
+        .unwrap()
+        .layer(backend.clone());
+    let get = http::Request::get("/k").body(()).unwrap();
+    let start = Instant::now();
+    let (call, req) = send(&mut svc, get).await.unwrap();
+    // Copy 1 at 10 ms, copy 2 at 10 + 30 ms, answered 5 ms later.
+    assert_eq!(start.elapsed(), Duration::from_millis(45));
+    assert_eq!(call, 2);
+    assert_eq!(req.extensions().get::<HedgeCopy>(), Some(&HedgeCopy(2)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn copies_stop_at_the_deadline() {
+    use backstop::context::RequestContext;
+    use backstop::timeout::Deadline;
+    // Copies every 10 ms, up to 4, but the request's deadline is 25 ms away: copies at 10 and
+    // 20 ms only.
+    let backend = Scripted::new(vec![Step::Ok(1_000)]);
+    let mut svc = HedgeLayer::builder("hedge")
+        .fixed_delay(Duration::from_millis(10))
+        .max_copies(4)
+        .budget(Unlimited)
+        .build_with()
+        .unwrap()
+        .layer(backend.clone());
+    let mut get = http::Request::get("/k").body(()).unwrap();
+    get.extensions_mut()
+        .insert(Deadline::after(Duration::from_millis(25)));
+    send(&mut svc, get).await.unwrap();
+    assert_eq!(backend.calls(), 3);
+
+    // The same from a handler's scope, for a request type that carries no deadline.
+    let backend = Scripted::new(vec![Step::Ok(1_000)]);
+    let mut svc = fixed_copies(10, 4).layer(backend.clone());
+    RequestContext::new()
+        .with_deadline(Deadline::after(Duration::from_millis(25)))
+        .scope(async { send(&mut svc, ()).await.unwrap() })
+        .await;
+    assert_eq!(backend.calls(), 3);
+
+    // A deadline before the first delay: no copy at all.
+    let backend = Scripted::new(vec![Step::Ok(1_000)]);
+    let mut svc = fixed_copies(10, 4).layer(backend.clone());
+    RequestContext::new()
+        .with_deadline(Deadline::after(Duration::from_millis(10)))
+        .scope(async { send(&mut svc, ()).await.unwrap() })
+        .await;
+    assert_eq!(backend.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_copy_stops_further_copies() {
+    // Copy 1 fails at 15 ms: no copy 2 at 20 ms; copy 0 still answers, at 1 s.
+    let backend = Scripted::new(vec![Step::Ok(1_000), Step::Fail(5), Step::Ok(5)]);
+    let mut svc = fixed_copies(10, 3).layer(backend.clone());
+    let (call, ()) = send(&mut svc, ()).await.unwrap();
+    assert_eq!((call, backend.calls()), (0, 2));
+    // An overload answer from copy 1: the same, and it costs the bucket a token.
+    let backend = Scripted::new(vec![Step::Ok(1_000), Step::Overload(5), Step::Ok(5)]);
+    let bucket = HedgeBucket::with_start(0.05, 10.0, 5.0).unwrap();
+    let mut svc = HedgeLayer::builder("hedge")
+        .hedge_any()
+        .fixed_delay(Duration::from_millis(10))
+        .max_copies(3)
+        .budget(bucket.clone())
+        .build()
+        .unwrap()
+        .layer(backend.clone());
+    let (call, ()) = send(&mut svc, ()).await.unwrap();
+    assert_eq!((call, backend.calls()), (0, 2));
+    assert_eq!(bucket.granted(), 1);
+    assert!((bucket.tokens() - (5.0 + 0.05 - 1.0 - 1.0)).abs() < 1e-9);
+    // Every copy failing: the first failure (copy 1's, at 15 ms) is returned once all have
+    // answered (copy 0, at 30 ms), and no copy 2 went out at 20 ms.
+    let backend = Scripted::new(vec![Step::Fail(30), Step::Fail(5)]);
+    let mut svc = fixed_copies(10, 2).layer(backend.clone());
+    let start = Instant::now();
+    let err = send(&mut svc, ()).await.unwrap_err();
+    assert_eq!(err.to_string(), "call 1 failed");
+    assert_eq!(start.elapsed(), Duration::from_millis(30));
+    assert_eq!(backend.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_copy_is_paid_by_the_one_budget() {
+    // 3 tokens and up to 4 copies per request, every copy stuck: 3 copies in all, then none.
+    let bucket = HedgeBucket::with_start(0.01, 3.0, 3.0).unwrap();
+    let layer = HedgeLayer::builder("hedge")
+        .hedge_any()
+        .fixed_delay(Duration::from_millis(10))
+        .max_copies(4)
+        .max_late_share(1.0)
+        .budget(bucket.clone())
+        .build()
+        .unwrap();
+    let backend = Scripted::new(vec![Step::Ok(100)]);
+    let mut svc = layer.layer(backend.clone());
+    send(&mut svc, ()).await.unwrap();
+    assert_eq!(backend.calls(), 4, "3 paid copies, the fourth refused");
+    send(&mut svc, ()).await.unwrap();
+    assert_eq!(backend.calls(), 5, "the bucket is empty");
+    assert_eq!(bucket.granted(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_copies_never_mean_more_load_under_overload() {
+    // Overload answers drain the bucket whatever the number of copies allowed.
+    assert_eq!(
+        late_calls_after_refusals_with(0, 4).await,
+        25,
+        "control: 4 copies each"
+    );
+    assert_eq!(late_calls_after_refusals_with(30, 4).await, 5);
+    assert_eq!(late_calls_after_refusals_with(30, 1).await, 5);
+    // A slowdown for everyone: the first late requests get their first duplicate before the
+    // late share crosses its bound; by the time their further copies are due it has, so 4
+    // copies allowed send exactly what 1 does.
+    let (one, _) = duplicates_in_a_global_slowdown_with(None, 1).await;
+    let (four, stood_down) = duplicates_in_a_global_slowdown_with(None, 4).await;
+    assert!(one <= 4, "{one}");
+    assert_eq!(
+        four, one,
+        "4 copies allowed: {four} copies, 1 allowed: {one}"
+    );
+    assert!(stood_down >= 96, "{stood_down}");
+    // Control: with the bound off, every slow request gets all 4.
+    let (unbounded, _) = duplicates_in_a_global_slowdown_with(Some(1.0), 4).await;
+    assert_eq!(unbounded, 400);
+    println!(
+        "global slowdown, 4 copies allowed: {four} copies for 100 requests (1 allowed: {one}), {unbounded} without the bound"
+    );
+}
+
+/// Shards keyed by id: every copy takes 10 ms, except for the ids in `slow`, whose first
+/// `slow_copies` copies take 1 s. Counts calls.
+#[derive(Clone)]
+struct Shards {
+    slow: Arc<Vec<u32>>,
+    slow_copies: u32,
+    copies: Arc<Mutex<std::collections::HashMap<u32, u32>>>,
+    calls: Arc<AtomicU32>,
+}
+
+impl Service<u32> for Shards {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, id: u32) -> Self::Future {
+        self.calls.fetch_add(1, SeqCst);
+        let mut copies = self.copies.lock().unwrap();
+        let copy = copies.entry(id).or_default();
+        let ms = if self.slow.contains(&id) && *copy < self.slow_copies {
+            1_000
+        } else {
+            10
+        };
+        *copy += 1;
+        Box::pin(async move {
+            sleep(Duration::from_millis(ms)).await;
+            Ok(id)
+        })
+    }
+}
+
+/// One request fanned out to shards 0..100, shard 42 slow on its first two copies; returns
+/// its latency and the calls made.
+async fn fan_out_once(copies: usize) -> (Duration, u32) {
+    let shards = Shards {
+        slow: Arc::new(vec![42]),
+        slow_copies: 2,
+        copies: Default::default(),
+        calls: Default::default(),
+    };
+    let svc = HedgeLayer::builder("shards")
+        .hedge_any()
+        .fixed_delay(Duration::from_millis(20))
+        .max_copies(copies)
+        .build()
+        .unwrap()
+        .layer(shards.clone());
+    let start = Instant::now();
+    let answers = backstop::hedge::fan_out(&svc, 0..100).await.unwrap();
+    assert_eq!(
+        answers,
+        (0..100).collect::<Vec<_>>(),
+        "every answer, in order"
+    );
+    (start.elapsed(), shards.calls.load(SeqCst))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fan_out_is_hedged_per_call() {
+    // One copy per call: shard 42's duplicate is slow too, the whole request waits 1 s.
+    assert_eq!(
+        fan_out_once(1).await,
+        (Duration::from_secs(1), 101),
+        "one copy"
+    );
+    // Two: its second duplicate, at 40 ms, answers at 50 ms; 2 extra calls for 100.
+    assert_eq!(
+        fan_out_once(2).await,
+        (Duration::from_millis(50), 102),
+        "two copies"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_call_ends_the_fan_out_and_cancels_the_others() {
+    let backend = Scripted::new(vec![Step::Fail(1), Step::Ok(1_000)]);
+    let svc = fixed_copies(10, 2).layer(backend.clone());
+    let start = Instant::now();
+    let err = backstop::hedge::fan_out(&svc, vec![(); 10])
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "call 0 failed");
+    assert_eq!(start.elapsed(), Duration::from_millis(1));
+    assert_eq!(backend.calls(), 10, "no copy was due yet");
+    assert_eq!(backend.dropped(), (1..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn invalid_copy_configuration_is_refused() {
+    for copies in [0, 5] {
+        let err = HedgeLayer::builder("hedge")
+            .max_copies(copies)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "max_copies");
+        assert!(err.expected().contains("1 to 4"), "{err}");
+    }
+    let err = HedgeLayer::builder("hedge")
+        .constant_work()
+        .max_copies(2)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_copies");
+    let err = HedgeLayer::builder("hedge")
+        .delay_schedule([Duration::from_millis(5), Duration::ZERO])
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "delay_schedule");
+    let err = HedgeLayer::builder("hedge")
+        .delay_schedule(vec![Duration::from_millis(5); 5])
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "delay_schedule");
+    let err = HedgeLayer::builder("hedge")
+        .delay_schedule(Vec::new())
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "delay_schedule");
+    // A schedule sets the number of copies unless max_copies says otherwise.
+    let layer = HedgeLayer::builder("hedge")
+        .delay_schedule([Duration::from_millis(5); 3])
+        .build()
+        .unwrap();
+    assert_eq!(layer.max_copies(), 3);
+    assert_eq!(HedgeLayer::new("hedge").max_copies(), 1);
+}
+
+/// A request whose body stops being replayable when the flag is cleared (as a
+/// [`ReplayBody`](backstop::http::ReplayBody) that outgrew its limit while a copy streamed it).
+#[derive(Clone)]
+struct Streamed(Arc<std::sync::atomic::AtomicBool>);
+
+impl backstop::hedge::HedgeRequest for Streamed {
+    fn is_idempotent(&self) -> bool {
+        true
+    }
+    fn can_replay(&self) -> bool {
+        self.0.load(SeqCst)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_further_copy_once_the_body_cannot_be_replayed() {
+    let backend = Scripted::new(vec![Step::Ok(1_000)]);
+    let bucket = HedgeBucket::with_start(0.05, 10.0, 10.0).unwrap();
+    let mut svc = HedgeLayer::builder("hedge")
+        .fixed_delay(Duration::from_millis(10))
+        .max_copies(3)
+        .budget(bucket.clone())
+        .build()
+        .unwrap()
+        .layer(backend.clone());
+    let replayable = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let req = Streamed(replayable.clone());
+    let fut = ServiceExt::<Streamed>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(req);
+    let flip = async {
+        // Copy 1 goes out at 10 ms; then the body outgrows its replay buffer.
+        sleep(Duration::from_millis(15)).await;
+        replayable.store(false, SeqCst);
+    };
+    let (answer, ()) = tokio::join!(fut, flip);
+    answer.unwrap();
+    assert_eq!(backend.calls(), 2, "copies 2 and 3 were not sent");
+    assert_eq!(bucket.granted(), 1, "and not paid for");
 }

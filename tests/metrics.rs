@@ -184,6 +184,9 @@ async fn every_series_reads_zero_before_the_first_request_and_counts_outcomes_af
     let fut = svc.ready().await.unwrap().call(200);
     drop(fut);
 
+    // The meter publishes from its own sums at most every 100 ms; a scrape handler (or a test)
+    // publishes at once.
+    meter.publish();
     let after = read(&recorder);
     let count = |o| after[&series(names::REQUESTS, Some(o))];
     assert_eq!(count("success"), 1.0);
@@ -226,4 +229,67 @@ fn invalid_configs_name_the_field() {
         .build()
         .unwrap_err();
     assert_eq!(err.field(), "window");
+}
+
+#[test]
+fn threads_on_their_own_shards_lose_no_event() {
+    // Each thread lands on its own shard of sums; a snapshot adds the shards up.
+    let meter = LittleMeter::builder("threads").build().unwrap();
+    let before = meter.snapshot();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for i in 0..5_000 {
+                    let guard = meter.start();
+                    if i % 2 == 0 {
+                        guard.finish(Outcome::Success);
+                    } else {
+                        drop(guard);
+                    }
+                }
+            });
+        }
+    });
+    let report = meter.snapshot().since(&before);
+    assert_eq!(report.arrivals, 20_000);
+    assert_eq!(report.completions, 20_000);
+    assert_eq!(report.in_flight, 0);
+    assert_eq!(meter.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn series_lag_until_published_and_one_call_publishes_every_meter() {
+    let recorder = DebuggingRecorder::new();
+    let (a, b) = metrics::with_local_recorder(&recorder, || {
+        let a = LittleMeter::builder("lag_a").build().unwrap();
+        let b = LittleMeter::builder("lag_b").build().unwrap();
+        (a, b)
+    });
+    // One snapshot per check: the debugging recorder's snapshot drains its counters.
+    let successes = || {
+        let snap = read(&recorder);
+        ["lag_a", "lag_b"].map(|name| {
+            snap[&(
+                names::REQUESTS.to_owned(),
+                vec![
+                    ("name".to_owned(), name.to_owned()),
+                    ("outcome".to_owned(), "success".to_owned()),
+                ],
+            )]
+        })
+    };
+    // The request path touches no series: within 100 ms nothing is published.
+    for meter in [&a, &b] {
+        meter.start().finish(Outcome::Success);
+        meter.start().finish(Outcome::Success);
+    }
+    assert_eq!(successes(), [0.0, 0.0]);
+    backstop::metrics::publish();
+    assert_eq!(successes(), [2.0, 2.0]);
+    // Once 100 ms have passed, the next event publishes by itself (the snapshot reads the new
+    // increment).
+    let running = a.start();
+    advance(Duration::from_millis(100)).await;
+    running.finish(Outcome::Success);
+    assert_eq!(successes(), [1.0, 0.0]);
 }

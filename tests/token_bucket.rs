@@ -366,6 +366,8 @@ fn gauges_and_counters_are_registered_and_move() {
         assert!(bucket.try_acquire(1));
         assert!(bucket.try_acquire(1));
         assert!(!bucket.try_acquire(1));
+        // Grants and refusals are published in batches (every 100 ms); at once on request.
+        bucket.publish();
     });
     let values: Vec<(String, DebugValue)> = snapshotter
         .snapshot()

@@ -9,6 +9,27 @@ use crate::error::{ConfigError, check};
 /// [`Overloaded`](crate::Overloaded)`{ reason: QueueFull }`; see the [module docs](super).
 ///
 /// Every service this layer makes shares one [`Limiter`].
+///
+/// ```
+/// use backstop::backpressure::BackpressureLayer;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::BoxError> {
+/// // One at a time, none waiting: a second request while one runs is refused at once.
+/// let mut svc = ServiceBuilder::new()
+///     .layer(BackpressureLayer::new("api", 1, 0)?)
+///     .service_fn(|_req: ()| async {
+///         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+///         Ok::<_, backstop::BoxError>("done")
+///     });
+/// let first = svc.ready().await?.call(());
+/// let second = svc.ready().await?.call(());
+/// assert!(backstop::is_overload(second.await.unwrap_err().as_ref()));
+/// assert_eq!(first.await?, "done");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct BackpressureLayer<H = UntilResponse> {
     limiter: Limiter,

@@ -8,23 +8,25 @@ use pin_project::{pin_project, pinned_drop};
 use tokio::time::{Instant, Sleep, sleep};
 use tower_service::Service;
 
-use super::HedgeBudget;
-use super::layer::{DelayRule, Shared};
+use super::layer::{DelayRule, MAX_COPIES, Shared};
+use super::{HedgeBudget, HedgeCopy};
 use crate::classify::{Classify, Outcome};
 use crate::error::BoxError;
 
-/// The duplicate, waiting for its delay and then for its service to be ready.
+/// The next copy, waiting for its delay and then for its service to be ready.
 struct Spare<S, Req> {
     service: S,
     request: Req,
-    /// True once the budget paid for it (so a duplicate that is never sent gets refunded).
+    /// Which copy this is: 1 for the first duplicate.
+    copy: usize,
+    /// True once the budget paid for it (so a copy that is never sent gets refunded).
     paid: bool,
 }
 
 /// The response future of [`HedgeService`](super::HedgeService).
 ///
-/// Dropping it drops both copies, which cancels them, and refunds a duplicate that was paid for
-/// but not sent yet.
+/// Dropping it drops every copy, which cancels them, and refunds a copy that was paid for but
+/// not sent yet.
 ///
 /// `F` and `Res` are the inner service's future and response, type parameters of their own
 /// rather than `S::Future` and `S::Response` so that a task holding this future is `Send`
@@ -35,15 +37,22 @@ pub struct ResponseFuture<S, F, Req, Res, C, B, P>
 where
     B: HedgeBudget,
 {
+    /// Copy 0, the request itself.
     #[pin]
     first: Option<F>,
+    /// Copy 1, the first duplicate: in place, so the default (one duplicate) allocates nothing.
     #[pin]
     second: Option<F>,
-    /// The hedge delay; `None` once it fired, or when there is none (constant work).
+    /// Copies 2 and up (`max_copies` above 1): boxed, since few requests ever get there.
+    further: [Option<Pin<Box<F>>>; MAX_COPIES - 1],
+    /// The delay before the spare goes out; `None` once it fired, or when there is none
+    /// (constant work).
     #[pin]
     timer: Option<Sleep>,
     spare: Option<Spare<S, Req>>,
-    /// The first non-success outcome, kept while the other copy may still succeed.
+    /// No copy goes out at or after this instant.
+    deadline: Option<Instant>,
+    /// The first non-success outcome, kept while another copy may still succeed.
     failure: Option<Result<Res, BoxError>>,
     started: Instant,
     /// The first copy's latency is already in the tracker (as censored, when its duplicate was
@@ -60,8 +69,10 @@ where
         ResponseFuture {
             first: Some(first),
             second: None,
+            further: Default::default(),
             timer: None,
             spare: None,
+            deadline: None,
             failure: None,
             started,
             recorded: false,
@@ -76,17 +87,21 @@ where
         service: S,
         request: Req,
         delay: Option<Duration>,
+        deadline: Option<Instant>,
         shared: Arc<Shared<C, B, P>>,
     ) -> Self {
         ResponseFuture {
             first: Some(first),
             second: None,
+            further: Default::default(),
             timer: delay.map(sleep),
             spare: Some(Spare {
                 service,
                 request,
+                copy: 1,
                 paid: delay.is_none(),
             }),
+            deadline,
             failure: None,
             started,
             recorded: false,
@@ -97,9 +112,10 @@ where
 
 impl<S, F, Req, C, B, P> Future for ResponseFuture<S, F, Req, S::Response, C, B, P>
 where
-    S: Service<Req, Future = F>,
+    S: Service<Req, Future = F> + Clone,
     F: Future<Output = Result<S::Response, S::Error>>,
     S::Error: Into<BoxError>,
+    Req: Clone,
     C: Classify<S::Response, BoxError>,
     B: HedgeBudget,
     P: super::Hedgeable<Req>,
@@ -111,88 +127,98 @@ where
         let shared = &**this.shared;
         let constant_work = matches!(shared.rule, DelayRule::Now);
         loop {
-            // The first copy.
-            if let Some(first) = this.first.as_mut().as_pin_mut()
-                && let Poll::Ready(result) = first.poll(cx)
-            {
-                this.first.set(None);
+            // Every copy in flight, the first one first.
+            for copy in 0..=MAX_COPIES {
+                let polled = match copy {
+                    0 => this.first.as_mut().as_pin_mut().map(|f| f.poll(cx)),
+                    1 => this.second.as_mut().as_pin_mut().map(|f| f.poll(cx)),
+                    n => this.further[n - 2].as_mut().map(|f| f.as_mut().poll(cx)),
+                };
+                let Some(Poll::Ready(result)) = polled else {
+                    continue;
+                };
+                match copy {
+                    0 => this.first.set(None),
+                    1 => this.second.set(None),
+                    n => this.further[n - 2] = None,
+                }
                 let result = result.map_err(Into::into);
                 let outcome = shared.classifier.classify(result.as_ref());
                 // An overload answer is a refusal, not a latency of the service; it costs the
                 // budget a hedge.
                 if outcome.is_overload() {
                     shared.budget.overloaded();
-                } else if !*this.recorded {
-                    shared.tracker.record(this.started.elapsed());
                 }
-                if this.timer.is_some() && !outcome.is_overload() {
-                    // Answered before its delay: on time. (A refusal says nothing of how
-                    // slow the service is; it costs the budget instead.)
-                    shared.late.observe(false);
-                }
-                if outcome == Outcome::Success || this.second.is_none() {
-                    // A success wins. A failure with no duplicate in flight is returned as it
-                    // is: no duplicate after an overload, and a failure before the delay is the
-                    // retry layer's business. A paid-for duplicate never sent is refunded.
-                    this.second.set(None);
-                    give_back(this.spare.take(), &shared.budget, constant_work);
-                    if outcome == Outcome::Success {
-                        return Poll::Ready(result);
+                if copy == 0 && !outcome.is_overload() {
+                    if !*this.recorded {
+                        shared.tracker.record(this.started.elapsed());
                     }
-                    // Both copies failed (or only one was ever sent): the first failure.
-                    return Poll::Ready(this.failure.take().unwrap_or(result));
-                }
-                // The duplicate is still running and may yet succeed.
-                this.failure.get_or_insert(result);
-            }
-
-            // The duplicate.
-            if let Some(second) = this.second.as_mut().as_pin_mut()
-                && let Poll::Ready(result) = second.poll(cx)
-            {
-                this.second.set(None);
-                let result = result.map_err(Into::into);
-                let outcome = shared.classifier.classify(result.as_ref());
-                if outcome.is_overload() {
-                    shared.budget.overloaded();
+                    if this.timer.is_some() && this.spare.as_ref().is_some_and(|s| s.copy == 1) {
+                        // Answered before its delay: on time. (A refusal says nothing of how
+                        // slow the service is; it costs the budget instead.)
+                        shared.late.observe(false);
+                    }
                 }
                 if outcome == Outcome::Success {
-                    if this.first.is_some() && !*this.recorded {
-                        // The first copy is cancelled: all we know is that it is slower than
-                        // this (see `record_at_least`).
-                        shared.tracker.record_at_least(this.started.elapsed());
-                        this.first.set(None);
+                    if copy != 0 {
+                        if this.first.is_some() && !*this.recorded {
+                            // The first copy is cancelled: all we know is that it is slower
+                            // than this (see `record_at_least`).
+                            shared.tracker.record_at_least(this.started.elapsed());
+                        }
+                        shared.series.won.increment(1);
                     }
-                    shared.series.won.increment(1);
+                    // The first success wins: every other copy is dropped, which cancels it,
+                    // and a paid-for copy never sent is refunded.
+                    this.first.set(None);
+                    this.second.set(None);
+                    this.further.iter_mut().for_each(|f| *f = None);
+                    this.timer.set(None);
+                    give_back(this.spare.take(), &shared.budget, constant_work);
                     return Poll::Ready(result);
                 }
-                if this.first.is_none() {
-                    // Both failed: the first failure wins.
-                    return Poll::Ready(this.failure.take().unwrap_or(result));
-                }
+                // A failure sends no further copy: an overload answer must not turn into more
+                // load, and any other failure is for the retry layer above to judge, with its
+                // own budget. Copies in flight may still succeed; if none is left, the first
+                // failure is returned.
+                this.timer.set(None);
+                give_back(this.spare.take(), &shared.budget, constant_work);
                 this.failure.get_or_insert(result);
+                let running = this.first.is_some()
+                    || this.second.is_some()
+                    || this.further.iter().any(Option::is_some);
+                if !running {
+                    return Poll::Ready(this.failure.take().expect("just stored"));
+                }
             }
 
-            // The delay.
+            // The delay before the next copy.
             if let Some(timer) = this.timer.as_mut().as_pin_mut() {
                 if timer.poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 this.timer.set(None);
                 // A body that can no longer be replayed (it outgrew its replay limit while the
-                // first copy streamed it) ends the hedge: nothing to pay, nothing to refund.
-                if this
-                    .spare
-                    .as_ref()
-                    .is_some_and(|spare| !shared.hedgeable.allows(&spare.request))
-                {
+                // first copy streamed it) ends the hedge, and so does the request's deadline: a
+                // copy sent then answers no one. Nothing to pay, nothing to refund.
+                if this.spare.as_ref().is_some_and(|spare| {
+                    !shared.hedgeable.allows(&spare.request)
+                        || this.deadline.is_some_and(|at| Instant::now() >= at)
+                }) {
                     *this.spare = None;
                 }
                 if let Some(spare) = this.spare.as_mut() {
-                    // Late: a duplicate only while few others are (slowness is then this
-                    // request's own, not everyone's), and the budget pays. The share is asked
-                    // first, so standing down costs no token.
-                    let calm = shared.late.observe(true) <= shared.max_late_share;
+                    // Late: a copy only while few others are (slowness is then this request's
+                    // own, not everyone's), and the budget pays. The share counts each request
+                    // once, at its first delay; a further copy reads it as it stands, so a
+                    // burst that pushed it over the bound stops every further copy too. The
+                    // share is asked first, so standing down costs no token.
+                    let share = if spare.copy == 1 {
+                        shared.late.observe(true)
+                    } else {
+                        shared.late.get()
+                    };
+                    let calm = share <= shared.max_late_share;
                     if !calm {
                         shared.late.stand_down();
                         shared.series.stood_down.increment(1);
@@ -203,6 +229,7 @@ where
                         if calm {
                             shared.series.denied.increment(1);
                         }
+                        let first_duplicate = spare.copy == 1;
                         *this.spare = None;
                         // Tell the tracker now that this copy is late, rather than when it
                         // completes, maybe much later: while the delay is too short (at start-up,
@@ -211,7 +238,9 @@ where
                         // delay short and the budget drained. What is known now is that the copy
                         // is running after the delay: a censored latency, and the only one kept
                         // for this request (recording its completion too would count it twice).
-                        if !constant_work {
+                        // (A further copy refused leaves a duplicate running, which will most
+                        // likely win and record the first copy then.)
+                        if first_duplicate && !constant_work {
                             shared.tracker.record_at_least(this.started.elapsed());
                             *this.recorded = true;
                         }
@@ -219,24 +248,43 @@ where
                 }
             }
 
-            // The duplicate's service, once the delay is over.
+            // The next copy's service, once its delay is over.
             let Some(spare) = this.spare.as_mut() else {
                 return Poll::Pending;
             };
             match spare.service.poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => {
-                    // The spare service is broken: carry on with the first copy alone.
+                    // The spare service is broken: carry on with the copies in flight.
                     give_back(this.spare.take(), &shared.budget, constant_work);
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(())) => {
                     let Spare {
                         mut service,
-                        request,
+                        mut request,
+                        copy,
                         ..
                     } = this.spare.take().expect("checked above");
-                    this.second.set(Some(service.call(request)));
+                    // The copy after this one, due one more delay from now, unless that is
+                    // past the deadline.
+                    if let Some(delay) = shared.delay_before(copy + 1)
+                        && this.deadline.is_none_or(|at| Instant::now() + delay < at)
+                    {
+                        *this.spare = Some(Spare {
+                            service: service.clone(),
+                            request: request.clone(),
+                            copy: copy + 1,
+                            paid: false,
+                        });
+                        this.timer.set(Some(sleep(delay)));
+                    }
+                    shared.hedgeable.mark(&mut request, HedgeCopy(copy as u8));
+                    let sent = service.call(request);
+                    match copy {
+                        1 => this.second.set(Some(sent)),
+                        n => this.further[n - 2] = Some(Box::pin(sent)),
+                    }
                     shared.series.sent.increment(1);
                     if let Some(delay) = shared.delay() {
                         shared.series.delay.set(delay.as_secs_f64());

@@ -19,14 +19,22 @@ const LATE_MARGIN: f64 = 0.2;
 /// The late-share bound with a fixed delay, where no percentile predicts the share.
 const DEFAULT_LATE_SHARE: f64 = 0.25;
 
-/// When a duplicate goes out.
+/// The most extra copies of one request ([`HedgeLayerBuilder::max_copies`]): gRPC's hedging
+/// policy allows 5 attempts in all.
+pub const MAX_COPIES: usize = 4;
+
+/// When each further copy goes out.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum DelayRule {
-    /// The tracker's watched percentile, never below the floor; no hedge until the tracker
-    /// answers.
+    /// The tracker's watched percentile, never below the floor, before each further copy; no
+    /// hedge until the tracker answers.
     Tracker { floor: Duration },
-    /// Always this delay, from the first request.
-    Fixed(Duration),
+    /// Fixed gaps from the first request on: copy `i` goes out `gaps[i - 1]` after copy
+    /// `i - 1`, the last gap repeating past `len`.
+    Fixed {
+        gaps: [Duration; MAX_COPIES],
+        len: usize,
+    },
     /// Both copies at once (constant work).
     Now,
 }
@@ -42,14 +50,27 @@ pub(super) struct Shared<C, B, P> {
     /// The share of recent requests still running at their delay, and its bound.
     pub(super) late: LateShare,
     pub(super) max_late_share: f64,
+    /// Extra copies at most, 1 to [`MAX_COPIES`].
+    pub(super) copies: usize,
 }
 
 impl<C, B, P> Shared<C, B, P> {
-    /// The delay before a duplicate, or `None` for no duplicate.
+    /// The delay before the first duplicate, or `None` for no duplicate.
     pub(super) fn delay(&self) -> Option<Duration> {
+        self.delay_before(1)
+    }
+
+    /// The wait before copy `copy` (1 for the first duplicate), counted from when copy
+    /// `copy - 1` went out; `None` for no such copy.
+    pub(super) fn delay_before(&self, copy: usize) -> Option<Duration> {
+        if copy == 0 || copy > self.copies {
+            return None;
+        }
         match self.rule {
+            // The same percentile each time: a copy still running at the age where 95% of
+            // first copies had answered is as likely to be stuck as the first one was.
             DelayRule::Tracker { floor } => self.tracker.watched().map(|d| d.max(floor)),
-            DelayRule::Fixed(d) => Some(d),
+            DelayRule::Fixed { gaps, len } => Some(gaps[copy.min(len) - 1]),
             DelayRule::Now => Some(Duration::ZERO),
         }
     }
@@ -87,6 +108,25 @@ impl Series {
 /// [module docs](super).
 ///
 /// Every service this layer makes shares one [`LatencyTracker`] and one budget.
+///
+/// ```
+/// use backstop::hedge::HedgeLayer;
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::BoxError> {
+/// // A duplicate of a GET still unanswered after 10 ms (the default: the p95 of recent
+/// // latencies), at most 5% extra requests.
+/// let hedge = HedgeLayer::builder("inventory").fixed_delay(Duration::from_millis(10)).build()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(hedge)
+///     .service_fn(|_req: http::Request<()>| async { Ok::<_, backstop::BoxError>(http::Response::new(())) });
+/// let res = svc.oneshot(http::Request::get("/stock").body(())?).await?;
+/// assert_eq!(res.status(), 200);
+/// # Ok(())
+/// # }
+/// ```
 pub struct HedgeLayer<C = DefaultClassifier, B = HedgeBucket, P = MarkedIdempotent> {
     shared: Arc<Shared<C, B, P>>,
 }
@@ -118,8 +158,9 @@ impl HedgeLayer {
     /// Starts a builder whose series carry `name`, with the defaults: delay = p95 of the last 10–20 s of
     /// first-copy latencies but at least 1 ms, no hedge before 100 samples, a [`HedgeBucket`]
     /// earning 0.05 hedge per request (burst: what 10,000 requests earn, 500; 5 at the start; a
-    /// token lost per overload answer), no duplicate while more than a quarter of recent
-    /// requests are late at once,
+    /// token lost per overload answer), one copy at most
+    /// ([`max_copies`](HedgeLayerBuilder::max_copies) 1), no duplicate while more than a
+    /// quarter of recent requests are late at once, none at or after the request's deadline,
     /// hedge only requests that say they may run twice
     /// ([`HedgeRequest::is_idempotent`](super::HedgeRequest::is_idempotent): for HTTP a safe
     /// method or the [`Idempotent`](super::Idempotent) marker), outcomes read by
@@ -141,6 +182,8 @@ impl HedgeLayer {
             burst: None,
             starting_tokens: STARTING_TOKENS,
             max_late_share: None,
+            max_copies: None,
+            schedule: None,
         }
     }
 }
@@ -155,6 +198,11 @@ impl<C, B, P> HedgeLayer<C, B, P> {
     /// has too few samples. (Zero in constant-work mode.)
     pub fn current_delay(&self) -> Option<Duration> {
         self.shared.delay()
+    }
+
+    /// The most extra copies of one request ([`max_copies`](HedgeLayerBuilder::max_copies)).
+    pub fn max_copies(&self) -> usize {
+        self.shared.copies
     }
 
     /// The budget hedges draw on.
@@ -202,6 +250,8 @@ pub struct HedgeLayerBuilder<C = DefaultClassifier, B = HedgeBucket, P = MarkedI
     burst: Option<f64>,
     starting_tokens: f64,
     max_late_share: Option<f64>,
+    max_copies: Option<usize>,
+    schedule: Option<Vec<Duration>>,
 }
 
 impl<C, B, P> HedgeLayerBuilder<C, B, P> {
@@ -233,9 +283,35 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
     }
 
     /// A fixed delay instead of the percentile (the duplicate goes out after `delay` from the
-    /// first request on). Must be more than zero.
+    /// first request on; each further copy, with [`max_copies`](Self::max_copies), `delay`
+    /// after the one before). Must be more than zero.
     pub fn fixed_delay(mut self, delay: Duration) -> Self {
         self.fixed = Some(delay);
+        self
+    }
+
+    /// Up to `copies` extra copies of a late request, 1 to [`MAX_COPIES`] (4; gRPC's hedging
+    /// policy allows 5 attempts in all). Default 1. Copy `i` goes out one further delay after
+    /// copy `i - 1` (the same percentile, or [`fixed_delay`](Self::fixed_delay), or the
+    /// [`delay_schedule`](Self::delay_schedule)), while no copy has answered; the first success
+    /// wins and the others are dropped. Every copy is paid by the same budget, so the cap on
+    /// extra load holds whatever `copies` is; each one also asks the late share, and none goes
+    /// out once a copy failed or the request's deadline is reached.
+    ///
+    /// More than one is for a request that waits for many calls at once (see
+    /// [`copies_needed`](super::copies_needed) and [`fan_out`](super::fan_out)), or a backend
+    /// whose slow answers come in groups a single duplicate can land in again.
+    pub fn max_copies(mut self, copies: usize) -> Self {
+        self.max_copies = Some(copies);
+        self
+    }
+
+    /// Fixed gaps instead of the percentile: copy `i` goes out `gaps[i - 1]` after copy
+    /// `i - 1`, the last gap repeating when [`max_copies`](Self::max_copies) asks for more
+    /// copies than there are gaps. Without `max_copies`, one copy per gap. 1 to 4 gaps, each
+    /// more than zero and at most 1 hour.
+    pub fn delay_schedule(mut self, gaps: impl IntoIterator<Item = Duration>) -> Self {
+        self.schedule = Some(gaps.into_iter().collect());
         self
     }
 
@@ -281,7 +357,14 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
     /// the share the percentile predicts, 1 − `percentile` + 0.2 (0.25 at the p95), or 0.25
     /// with a [fixed delay](Self::fixed_delay). When most requests are late at once the
     /// downstream is slow for everyone and a duplicate only adds load. 1.0 turns the check off.
-    /// (Not asked in constant-work mode.)
+    /// (Not asked in constant-work mode.) Further copies ([`max_copies`](Self::max_copies))
+    /// read the same share without counting their request again.
+    ///
+    /// With a fixed delay, set it from the share of requests the delay leaves late, plus the
+    /// same 0.2: a 1 s delay on grpc-java's hedging example distribution leaves 10% late, and
+    /// at 0.25 the average over ~16 requests crosses the bound by chance for about 5% of the
+    /// late ones, which then get no copy (the `hedge_tail` example: p99.9 5,002 ms with two
+    /// copies at 0.25, 2,002 ms at 0.3).
     pub fn max_late_share(mut self, share: f64) -> Self {
         self.max_late_share = Some(share);
         self
@@ -305,6 +388,8 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
             burst: self.burst,
             starting_tokens: self.starting_tokens,
             max_late_share: self.max_late_share,
+            max_copies: self.max_copies,
+            schedule: self.schedule,
         }
     }
 
@@ -327,6 +412,8 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
             burst: self.burst,
             starting_tokens: self.starting_tokens,
             max_late_share: self.max_late_share,
+            max_copies: self.max_copies,
+            schedule: self.schedule,
         }
     }
 
@@ -358,6 +445,8 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
             burst: self.burst,
             starting_tokens: self.starting_tokens,
             max_late_share: self.max_late_share,
+            max_copies: self.max_copies,
+            schedule: self.schedule,
         }
     }
 }
@@ -399,15 +488,61 @@ impl<C, B: HedgeBudget, P> HedgeLayerBuilder<C, B, P> {
             |f| *f <= Duration::from_secs(3600),
             "at most 1 hour",
         )?;
+        let in_range = |d: &Duration| !d.is_zero() && *d <= Duration::from_secs(3600);
+        let schedule = match &self.schedule {
+            Some(gaps) => {
+                check(
+                    "delay_schedule",
+                    gaps.len(),
+                    |n| (1..=MAX_COPIES).contains(n),
+                    "1 to 4 gaps",
+                )?;
+                for gap in gaps {
+                    check(
+                        "delay_schedule",
+                        *gap,
+                        in_range,
+                        "gaps of more than zero and at most 1 hour",
+                    )?;
+                }
+                Some(gaps.clone())
+            }
+            None => None,
+        };
+        let copies = check(
+            "max_copies",
+            self.max_copies
+                .unwrap_or(schedule.as_ref().map_or(1, Vec::len)),
+            |k| (1..=MAX_COPIES).contains(k),
+            "1 to 4 extra copies",
+        )?;
         let rule = if self.constant_work {
+            // Constant work is one duplicate at once, the DynamoDB pattern; several would
+            // multiply the load by a constant the caller did not ask for.
+            check(
+                "max_copies",
+                copies,
+                |k| *k == 1,
+                "1 with constant_work (both copies at once)",
+            )?;
             DelayRule::Now
+        } else if let Some(gaps) = schedule {
+            let mut fixed = [Duration::ZERO; MAX_COPIES];
+            fixed[..gaps.len()].copy_from_slice(&gaps);
+            DelayRule::Fixed {
+                gaps: fixed,
+                len: gaps.len(),
+            }
         } else if let Some(fixed) = self.fixed {
-            DelayRule::Fixed(check(
-                "fixed_delay",
-                fixed,
-                |d| !d.is_zero() && *d <= Duration::from_secs(3600),
-                "more than zero and at most 1 hour (use constant_work for both at once)",
-            )?)
+            DelayRule::Fixed {
+                gaps: [check(
+                    "fixed_delay",
+                    fixed,
+                    in_range,
+                    "more than zero and at most 1 hour (use constant_work for both at once)",
+                )?; MAX_COPIES],
+                len: 1,
+            }
         } else {
             DelayRule::Tracker { floor }
         };
@@ -430,7 +565,7 @@ impl<C, B: HedgeBudget, P> HedgeLayerBuilder<C, B, P> {
             // request: wide enough that an average over ~16 requests seldom crosses it by
             // chance (about three standard deviations at p85), narrow enough that a burst where
             // all are late crosses it within a handful of requests.
-            None if self.fixed.is_some() => DEFAULT_LATE_SHARE,
+            None if self.fixed.is_some() || self.schedule.is_some() => DEFAULT_LATE_SHARE,
             None => ((1.0 - tracker.quantile()) + LATE_MARGIN).min(1.0),
         };
         let budget = self
@@ -446,6 +581,7 @@ impl<C, B: HedgeBudget, P> HedgeLayerBuilder<C, B, P> {
                 series: Series::register(&self.name),
                 late: LateShare::new(),
                 max_late_share,
+                copies,
             }),
         })
     }

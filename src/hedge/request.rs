@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::timeout::Deadline;
+
 /// Hedge every request: the retry layer's policy (copies are not marked).
 pub use crate::retry::AnyRequest;
 /// The marker of a request safe to send twice: the retry layer's, so one mark allows both a
@@ -11,8 +13,9 @@ pub use crate::retry::Idempotent;
 /// [`HedgeRequest::is_idempotent`] (for HTTP: a safe method, or the [`Idempotent`] extension).
 pub use crate::retry::MarkedIdempotent;
 
-/// Which copy of a hedged request this is: 0 for the first, 1 for the duplicate. The layer puts
-/// it in the extensions of both copies whenever it sends two, so a load balancer below can send
+/// Which copy of a hedged request this is: 0 for the first, 1 for the first duplicate, 2 to 4 for
+/// further ones ([`max_copies`](super::HedgeLayerBuilder::max_copies)). The layer puts it in the
+/// extensions of every copy of a request that may be hedged, so a load balancer below can send
 /// copy 1 to an endpoint other than copy 0's (a duplicate to the same slow server helps little).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HedgeCopy(pub u8);
@@ -55,6 +58,12 @@ pub trait HedgeRequest {
     fn can_replay(&self) -> bool {
         true
     }
+    /// The deadline the request carries: no copy goes out at or after it. Default: none (the
+    /// [request context](crate::context)'s deadline still applies). An HTTP request answers
+    /// its [`Deadline`] extension.
+    fn deadline(&self) -> Option<Deadline> {
+        None
+    }
 }
 
 #[cfg(feature = "http")]
@@ -71,6 +80,9 @@ impl<B> HedgeRequest for http::Request<B> {
     fn can_replay(&self) -> bool {
         crate::http::replay::can_replay(self.extensions())
     }
+    fn deadline(&self) -> Option<Deadline> {
+        crate::timeout::HasDeadline::deadline(self)
+    }
 }
 
 /// Decides which requests may be hedged; see
@@ -82,6 +94,13 @@ pub trait Hedgeable<Req> {
     /// Marks a copy (by default through [`HedgeRequest::mark_copy`] where the request type has
     /// it; predicates over other types do nothing).
     fn mark(&self, req: &mut Req, copy: HedgeCopy);
+    /// The request's own deadline, after which no copy goes out (through
+    /// [`HedgeRequest::deadline`] where the request type has it). Default: none; the
+    /// [request context](crate::context)'s deadline applies either way.
+    fn deadline(&self, req: &Req) -> Option<Deadline> {
+        let _ = req;
+        None
+    }
 }
 
 /// The default: a request may be hedged when it says it is idempotent.
@@ -91,6 +110,9 @@ impl<Req: HedgeRequest> Hedgeable<Req> for MarkedIdempotent {
     }
     fn mark(&self, req: &mut Req, copy: HedgeCopy) {
         req.mark_copy(copy)
+    }
+    fn deadline(&self, req: &Req) -> Option<Deadline> {
+        req.deadline()
     }
 }
 

@@ -9,11 +9,12 @@ use super::{HedgeBudget, HedgeCopy, Hedgeable, ResponseFuture};
 use crate::classify::Classify;
 use crate::error::BoxError;
 
-/// Sends a duplicate of a late request and answers with the first success; made by
-/// [`HedgeLayer`](super::HedgeLayer).
+/// Sends copies of a late request (one by default, up to
+/// [`max_copies`](super::HedgeLayerBuilder::max_copies)) and answers with the first success;
+/// made by [`HedgeLayer`](super::HedgeLayer).
 ///
-/// The inner service must be [`Clone`] (the duplicate goes through a clone, which is made ready
-/// when the duplicate is due) and so must the request.
+/// The inner service must be [`Clone`] (each further copy goes through a clone, which is made
+/// ready when the copy is due) and so must the request.
 pub struct HedgeService<S, C, B, P> {
     inner: S,
     shared: Arc<Shared<C, B, P>>,
@@ -78,10 +79,20 @@ where
             let first = self.inner.call(req);
             return ResponseFuture::single(first, started, shared);
         };
-        let mut duplicate = req.clone();
+        // No copy at or after the deadline: the request's own, else the handler's scope.
+        let deadline = shared
+            .hedgeable
+            .deadline(&req)
+            .or_else(crate::context::current_deadline)
+            .map(|d| d.instant());
+        if deadline.is_some_and(|at| started + delay >= at) {
+            // The duplicate would be due when the caller no longer waits: not even prepared.
+            let first = self.inner.call(req);
+            return ResponseFuture::single(first, started, shared);
+        }
+        let duplicate = req.clone();
         shared.hedgeable.mark(&mut req, HedgeCopy(0));
-        shared.hedgeable.mark(&mut duplicate, HedgeCopy(1));
-        // The duplicate goes through a clone of the service, made ready only when it is due;
+        // Further copies go through clones of the service, made ready only when they are due;
         // the first copy uses `self.inner`, which the caller made ready.
         let spare = self.inner.clone();
         let first = self.inner.call(req);
@@ -92,6 +103,7 @@ where
             spare,
             duplicate,
             (!constant_work).then_some(delay),
+            deadline,
             shared,
         )
     }

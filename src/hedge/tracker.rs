@@ -1,6 +1,6 @@
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -8,15 +8,14 @@ use tokio::time::Instant;
 
 use crate::error::{ConfigError, check};
 
-/// Latencies are kept in microseconds, from 1 µs to 100 s (longer ones count as 100 s), to three
-/// significant figures: 12,345 µs is told apart from 12,357 µs. (tower's `Hedge` rounds every
-/// latency up to a whole millisecond, which matters when the usual latency is a few ms.)
+/// Latencies are kept in microseconds, from 1 µs to 100 s (longer ones count as 100 s), to two
+/// significant figures: within 0.8% (12,345 µs reads as 12,288 µs, 64 µs steps there). tower's
+/// `Hedge` rounds every latency up to a whole millisecond, which matters when the usual latency
+/// is a few ms. Two figures, not three: a histogram is then 10.5 KB instead of 72 KB, and a
+/// tracker holds four of them (done and censored, current and previous window).
 const LOWEST_MICROS: u64 = 1;
 const HIGHEST_MICROS: u64 = 100_000_000;
-const SIGFIG: u8 = 3;
-/// The current window is split over a few histograms, so concurrent recorders rarely meet on a
-/// lock: each takes the first free one (`try_lock`) and blocks only when all are busy.
-const SHARDS: usize = 4;
+const SIGFIG: u8 = 2;
 /// The cached percentile is refreshed after this many records at most (and at every rotation).
 const REFRESH_EVERY: u64 = 1024;
 /// `cached` holds this while the tracker has too few samples to answer.
@@ -58,6 +57,12 @@ impl Window {
         // Same bounds on both sides: adding cannot fail.
         let _ = self.done.add(&other.done);
         let _ = self.censored.add(&other.censored);
+    }
+
+    fn subtract(&mut self, other: &Window) {
+        // Only ever undoes an `add` of the same window: every count is there to take back.
+        let _ = self.done.subtract(&other.done);
+        let _ = self.censored.subtract(&other.censored);
     }
 
     /// The `quantile` of the latencies in microseconds, by the Kaplan–Meier (product-limit)
@@ -122,10 +127,10 @@ impl Window {
 /// hold at least `min_samples` latencies: a hedge delay taken from five samples would be noise.
 ///
 /// The percentile the hedge layer reads ([`watched`](LatencyTrackerBuilder::watch)) is cached in
-/// an atomic and read lock-free on every request. Recording takes one of a few sharded histogram
-/// locks with `try_lock` (held for one increment, never across an `.await`); merging the shards
-/// for a fresh answer happens on a slow path at each rotation and every 1,024 records (sooner
-/// while the windows hold few samples: whenever an eighth of them is new).
+/// an atomic and read lock-free on every request. Recording takes one lock, as a
+/// mutex-guarded histogram does (held for one increment, never across an `.await`); the answer
+/// is refreshed under it at each rotation and every 1,024 records (sooner while the windows hold
+/// few samples: whenever an eighth of them is new). A tracker holds about 43 KB.
 ///
 /// A cheap [`Clone`] handle: clones share one set of windows, so several layers (or a layer and
 /// your dashboard) can read the same latencies.
@@ -142,10 +147,10 @@ impl Window {
 /// }
 /// assert_eq!(tracker.watched(), None); // 99 samples: not enough to answer
 /// tracker.record(Duration::from_micros(12_345));
-/// // The 95th of 100 samples is 10,094 µs; kept to 3 significant figures (8 µs steps here),
+/// // The 95th of 100 samples is 10,094 µs; kept to 2 significant figures (64 µs steps here),
 /// // rounded down.
 /// let p95 = tracker.watched().unwrap().as_micros();
-/// assert!((10_086..=10_094).contains(&p95), "{p95}");
+/// assert!((10_030..=10_094).contains(&p95), "{p95}");
 /// # Ok(())
 /// # }
 /// ```
@@ -155,28 +160,24 @@ pub struct LatencyTracker {
 }
 
 struct Inner {
-    shards: Box<[Mutex<Window>]>,
-    next_shard: AtomicUsize,
-    /// Records in the current window (all shards).
-    current_len: AtomicU64,
-    since_refresh: AtomicU64,
-    slow: Mutex<Slow>,
+    /// Both windows under one lock, held for one increment (and, every 1,024 records or at a
+    /// rotation, for the answer's refresh), never across an `.await`.
+    state: Mutex<State>,
     epoch: Instant,
-    /// When the current window started, in nanoseconds since `epoch`.
-    window_start_ns: AtomicU64,
     window_ns: u64,
     min_samples: u64,
     quantile: f64,
     /// The watched percentile in microseconds, or [`NO_ANSWER`].
     cached: AtomicU64,
-    /// Samples in the previous window (read lock-free to know when to refresh early).
-    previous_len: AtomicU64,
 }
 
-/// The slow-path state: the previous window, and a scratch histogram for merged answers.
-struct Slow {
+struct State {
+    current: Window,
     previous: Window,
-    merged: Window,
+    /// When the current window started, in nanoseconds since `epoch`.
+    window_start_ns: u64,
+    /// Records since the cached answer was computed.
+    since_refresh: u64,
 }
 
 impl fmt::Debug for LatencyTracker {
@@ -227,23 +228,23 @@ impl LatencyTracker {
         let inner = &*self.inner;
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let micros = micros.clamp(LOWEST_MICROS, HIGHEST_MICROS);
-        inner.with_shard(|w| {
-            if censored {
-                w.censored.saturating_record(micros)
-            } else {
-                w.done.saturating_record(micros)
-            }
-        });
-        let len = inner.current_len.fetch_add(1, Relaxed) + 1;
-        let since = inner.since_refresh.fetch_add(1, Relaxed) + 1;
-        let starved = inner.cached.load(Relaxed) == NO_ANSWER
-            && len + inner.previous_len.load(Relaxed) >= inner.min_samples;
+        let now = Instant::now();
+        let mut state = inner.lock();
+        let rotated = inner.rotate(&mut state, now);
+        let w = &mut state.current;
+        if censored {
+            w.censored.saturating_record(micros)
+        } else {
+            w.done.saturating_record(micros)
+        }
+        state.since_refresh += 1;
+        let (since, len) = (state.since_refresh, state.len());
+        let starved = inner.cached.load(Relaxed) == NO_ANSWER && len >= inner.min_samples;
         // Refresh after 1,024 records, or sooner while the windows are thin (an eighth new
         // data), so a quiet service's delay does not lag a whole window behind.
-        let fresh_enough =
-            since < REFRESH_EVERY && since * 8 < len + inner.previous_len.load(Relaxed);
-        if !fresh_enough || starved || inner.rotation_due(Instant::now()) {
-            inner.refresh(Instant::now());
+        let fresh_enough = since < REFRESH_EVERY && since * 8 < len;
+        if !fresh_enough || starved || rotated {
+            inner.refresh(&mut state);
         }
     }
 
@@ -272,16 +273,16 @@ impl LatencyTracker {
             return None;
         }
         let inner = &*self.inner;
-        let mut slow = inner.slow.lock().unwrap_or_else(|p| p.into_inner());
-        inner.rotate_and_merge(&mut slow, Instant::now());
+        let mut state = inner.lock();
+        inner.rotate(&mut state, Instant::now());
         inner
-            .answer(&slow.merged, quantile)
+            .answer(&mut state, quantile)
             .map(Duration::from_micros)
     }
 
     /// How many latencies the tracker reads from now (current and previous window).
     pub fn samples(&self) -> u64 {
-        self.inner.current_len.load(Relaxed) + self.inner.previous_len.load(Relaxed)
+        self.inner.lock().len()
     }
 
     /// The quantile kept ready for [`watched`](Self::watched).
@@ -301,92 +302,70 @@ impl Default for LatencyTracker {
     }
 }
 
+impl State {
+    fn len(&self) -> u64 {
+        self.current.len() + self.previous.len()
+    }
+}
+
 impl Inner {
-    fn with_shard(&self, f: impl FnOnce(&mut Window)) {
-        let first = self.next_shard.fetch_add(1, Relaxed);
-        for i in 0..SHARDS {
-            match self.shards[(first + i) % SHARDS].try_lock() {
-                Ok(mut h) => return f(&mut h),
-                Err(TryLockError::Poisoned(p)) => return f(&mut p.into_inner()),
-                Err(TryLockError::WouldBlock) => continue,
-            }
-        }
-        let mut h = self.shards[first % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        f(&mut h)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere cannot leave a histogram half-updated in a way that matters here.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn now_ns(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn rotation_due(&self, now: Instant) -> bool {
-        self.now_ns(now)
-            .saturating_sub(self.window_start_ns.load(Relaxed))
-            >= self.window_ns
+    /// Starts a new window when the current one is over; true if it did.
+    fn rotate(&self, state: &mut State, now: Instant) -> bool {
+        let now_ns = self.now_ns(now);
+        let start = state.window_start_ns;
+        let elapsed = now_ns.saturating_sub(start);
+        if elapsed < self.window_ns {
+            return false;
+        }
+        let State {
+            current, previous, ..
+        } = state;
+        previous.reset();
+        // After a silence of two windows or more, the "current" window's samples are older
+        // than a window: forget them too.
+        if elapsed < 2 * self.window_ns {
+            previous.add(current);
+        }
+        current.reset();
+        // Windows stay aligned to the period, so a quiet spell does not stretch one.
+        state.window_start_ns = start + (elapsed / self.window_ns) * self.window_ns;
+        true
     }
 
-    /// Recomputes the cached percentile; skips when another thread is already at it.
-    fn refresh(&self, now: Instant) {
-        let mut slow = match self.slow.try_lock() {
-            Ok(s) => s,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
-        };
-        self.rotate_and_merge(&mut slow, now);
-        let answer = self.answer(&slow.merged, self.quantile);
+    /// Recomputes the cached percentile.
+    fn refresh(&self, state: &mut State) {
+        state.since_refresh = 0;
+        let answer = self.answer(state, self.quantile);
         self.cached.store(answer.unwrap_or(NO_ANSWER), Relaxed);
     }
 
-    /// The quantile in microseconds; `None` with too few samples.
-    fn answer(&self, measured: &Window, quantile: f64) -> Option<u64> {
-        if measured.len() < self.min_samples {
+    /// The quantile in microseconds over both windows; `None` with too few samples.
+    fn answer(&self, state: &mut State, quantile: f64) -> Option<u64> {
+        if state.len() < self.min_samples {
             return None;
         }
-        // To three significant figures, rounded down to the lowest value of the percentile's
-        // histogram bucket: a latency recorded at exactly the percentile (as every latency is
-        // under a millisecond timer wheel like tokio's) gives exactly that delay back, where
-        // rounding up would cost a whole timer tick.
-        Some(measured.quantile(quantile))
-    }
-
-    /// Under the slow lock: rotates when the window is over, then merges previous + current
-    /// into `slow.merged`.
-    fn rotate_and_merge(&self, slow: &mut Slow, now: Instant) {
-        self.since_refresh.store(0, Relaxed);
-        let now_ns = self.now_ns(now);
-        let start = self.window_start_ns.load(Relaxed);
-        let elapsed = now_ns.saturating_sub(start);
-        if elapsed >= self.window_ns {
-            slow.previous.reset();
-            // After a silence of two windows or more, the "current" window's samples are older
-            // than a window: forget them too.
-            let keep = elapsed < 2 * self.window_ns;
-            let mut moved = 0;
-            for shard in self.shards.iter() {
-                let mut h = shard.lock().unwrap_or_else(|p| p.into_inner());
-                if keep {
-                    moved += h.len();
-                    slow.previous.add(&h);
-                }
-                h.reset();
-            }
-            // A record racing with the resets may be miscounted by one: the count only decides
-            // when to refresh early.
-            self.current_len.store(0, Relaxed);
-            self.previous_len.store(moved, Relaxed);
-            // Windows stay aligned to the period, so a quiet spell does not stretch one.
-            let aligned = start + (elapsed / self.window_ns) * self.window_ns;
-            self.window_start_ns.store(aligned, Relaxed);
-        }
-        let Slow { previous, merged } = slow;
-        merged.reset();
-        merged.add(previous);
-        for shard in self.shards.iter() {
-            let h = shard.lock().unwrap_or_else(|p| p.into_inner());
-            merged.add(&h);
-        }
+        // Both windows are read as one by adding the current into the previous and taking it
+        // back out: no third pair of histograms to merge into.
+        let State {
+            current, previous, ..
+        } = state;
+        previous.add(current);
+        // Rounded down to the lowest value of the percentile's histogram bucket: a latency
+        // recorded at exactly the percentile (as every latency is under a millisecond timer
+        // wheel like tokio's) gives exactly that delay back, where rounding up would cost a
+        // whole timer tick.
+        let answer = previous.quantile(quantile);
+        previous.subtract(current);
+        Some(answer)
     }
 }
 
@@ -434,24 +413,19 @@ impl LatencyTrackerBuilder {
             |q| (0.0..=1.0).contains(q),
             "a quantile in 0.0..=1.0",
         )?;
-        let shards = (0..SHARDS).map(|_| Mutex::new(Window::new())).collect();
         Ok(LatencyTracker {
             inner: Arc::new(Inner {
-                shards,
-                next_shard: AtomicUsize::new(0),
-                current_len: AtomicU64::new(0),
-                since_refresh: AtomicU64::new(0),
-                slow: Mutex::new(Slow {
+                state: Mutex::new(State {
+                    current: Window::new(),
                     previous: Window::new(),
-                    merged: Window::new(),
+                    window_start_ns: 0,
+                    since_refresh: 0,
                 }),
                 epoch: Instant::now(),
-                window_start_ns: AtomicU64::new(0),
                 window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
                 min_samples,
                 quantile,
                 cached: AtomicU64::new(NO_ANSWER),
-                previous_len: AtomicU64::new(0),
             }),
         })
     }

@@ -13,6 +13,22 @@ use crate::timeout::{FromRequest, NoDeadline};
 /// newest-first once behind, and sheds stale waiters; see the [module docs](super).
 ///
 /// Every service this layer makes shares one [`AdaptiveQueue`].
+///
+/// ```
+/// use backstop::lifo_queue::LifoQueueLayer;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::BoxError> {
+/// // 4 at a time, 64 waiting; newest first once the line has not emptied for 100 ms.
+/// let queue = LifoQueueLayer::builder("api").max_in_flight(4).max_waiting(64).build()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(queue)
+///     .service_fn(|req: http::Request<()>| async move { Ok::<_, backstop::BoxError>(req.uri().path().len()) });
+/// assert_eq!(svc.oneshot(http::Request::new(())).await?, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct LifoQueueLayer<H = UntilResponse, D = FromRequest> {
     queue: AdaptiveQueue,

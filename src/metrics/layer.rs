@@ -8,6 +8,23 @@ use crate::classify::DefaultClassifier;
 /// Outcomes are read through a [`Classify`](crate::classify::Classify): by default
 /// [`DefaultClassifier`], so an `http::Response` counts as HTTP says (a 429, or a 503 with
 /// `Retry-After`, is an overload; a 5xx an error).
+///
+/// ```
+/// use backstop::metrics::{LittleLayer, LittleMeter};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::BoxError> {
+/// // Install your metrics recorder first; then build the meter.
+/// let meter = LittleMeter::builder("api").capacity(8.0).build()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(LittleLayer::new(meter.clone()))
+///     .service_fn(|_req: http::Request<()>| async { Ok::<_, backstop::BoxError>(http::Response::new(())) });
+/// svc.oneshot(http::Request::new(())).await?;
+/// assert_eq!(meter.in_flight(), 0);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct LittleLayer<C = DefaultClassifier> {
     meter: LittleMeter,

@@ -6,20 +6,37 @@ use metrics::{Counter, Gauge, counter, gauge};
 use tokio::time::Instant;
 
 use super::names;
+use super::shard::Sharded;
 use crate::classify::Outcome;
 use crate::error::{ConfigError, check};
 
-// The arrival/departure state lives in one atomic word so that each event updates the in-flight
-// count and the time of the last change together, with one compare-and-swap:
-// [time of last event in µs since the meter's epoch: 44 bits | requests in flight: 20 bits].
+// Each event is one `fetch_add` on a word of the calling thread's shard, no compare-and-swap:
+// an arrival at `t` adds `(t << COUNT_BITS) + 1` to `arrivals`, a departure of a request that
+// started at `s` adds `(s << COUNT_BITS) + 1` to `departures` (times in µs since the meter's
+// epoch). The difference of the two sums, wrapping, holds the requests in flight in its low
+// bits and Σ start of those in flight (mod 2^44) above them, so the area under the in-flight
+// curve at `now` is Σ(completed latencies) + in_flight·now − Σ(start of those in flight), exact
+// as long as fewer than 2^20 are in flight and their open area is under 2^43 µs.
 const COUNT_BITS: u32 = 20;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
 const TIME_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
-// A time difference past half the 44-bit range means the other thread's event came later.
+// An open area past half the 44-bit range is a later arrival read before our clock: none.
 const TIME_HALF: u64 = 1 << (64 - COUNT_BITS - 1);
 // The longest window: far inside the 44-bit µs range (about 203 days), so the end of a window
 // is never confused with a wrapped time.
 const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+// How often the series are pushed to the `metrics` recorder from the meter's own sums: a
+// facade call per request would cost more than the meter itself (and contend across threads).
+const PUBLISH_EVERY_US: u64 = 100_000;
+
+// The sums each thread's shard keeps (see `shard::Sharded`).
+const ARRIVALS: usize = 0;
+const DEPARTURES: usize = 1;
+/// Σ (end − start) of completed requests, in µs: the closed part of the area.
+const CLOSED_AREA_US: usize = 2;
+const LATENCY_NS: usize = 3;
+/// Four outcome counts from here, in `names::OUTCOMES` order.
+const OUTCOME_0: usize = 4;
 
 /// A Little's-law meter: how many requests are in flight, how long they take, and what that
 /// means for concurrency and headroom.
@@ -62,12 +79,11 @@ struct Inner {
     epoch: Instant,
     capacity: Option<f64>,
     window: Duration,
-    state: AtomicU64,
-    area_us: AtomicU64,
-    latency_ns: AtomicU64,
-    completions: AtomicU64,
+    sums: Sharded<8>,
     next_rotation_us: AtomicU64,
+    next_publish_us: AtomicU64,
     rotation: Mutex<Rotation>,
+    published: Mutex<Published>,
     series: Series,
 }
 
@@ -75,6 +91,18 @@ struct Inner {
 struct Rotation {
     start: LittleSnapshot,
     last: Option<LittleReport>,
+}
+
+/// The outcome counts last pushed to the recorder (counters take increments).
+#[derive(Debug, Default)]
+struct Published {
+    outcomes: [u64; 4],
+}
+
+/// The meter's sums at one instant, summed over the shards.
+struct Totals {
+    snapshot: LittleSnapshot,
+    outcomes: [u64; 4],
 }
 
 #[derive(Debug)]
@@ -198,32 +226,35 @@ impl LittleMeter {
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> u64 {
-        self.inner.state.load(Relaxed) & COUNT_MAX
+        let (arrivals, departures) = self.inner.words();
+        arrivals.wrapping_sub(departures) & COUNT_MAX
     }
 
     /// Records an arrival now; the returned guard records the departure when it is finished or
     /// dropped (a dropped guard counts as `cancelled`).
     pub fn start(&self) -> InFlight {
         let now = Instant::now();
-        self.inner.event(now, true);
-        self.inner.series.in_flight.increment(1.0);
+        let now_ns = self.inner.nanos(now);
+        let now_us = (now_ns / 1_000) & TIME_MASK;
+        self.inner.sums.add(ARRIVALS, (now_us << COUNT_BITS) + 1);
+        self.inner.maybe_publish(now, now_us);
         InFlight {
             meter: self.clone(),
-            started: now,
+            started_ns: now_ns,
             finished: false,
         }
     }
 
     /// The meter's totals now.
     pub fn snapshot(&self) -> LittleSnapshot {
-        self.inner.snapshot(Instant::now())
+        self.inner.totals(Instant::now()).snapshot
     }
 
     /// The figures for the last full window (see [`LittleMeterBuilder::window`]), or for the time
     /// since the meter was built while no window has ended yet.
     pub fn report(&self) -> LittleReport {
         let now = Instant::now();
-        self.inner.maybe_rotate(now);
+        self.inner.maybe_rotate(now, self.inner.micros(now));
         let rotation = self
             .inner
             .rotation
@@ -231,83 +262,99 @@ impl LittleMeter {
             .unwrap_or_else(|e| e.into_inner());
         match rotation.last {
             Some(report) => report,
-            None => self.inner.snapshot(now).since(&rotation.start),
+            None => self.inner.totals(now).snapshot.since(&rotation.start),
         }
+    }
+
+    /// Pushes the meter's figures to its series now. The meter publishes by itself at most every
+    /// 100 ms of its clock, at an arrival or a departure, and at the end of each window: call
+    /// this where the series must be exact at once, such as before a scrape or in a test.
+    pub fn publish(&self) {
+        self.inner.publish(Instant::now());
     }
 }
 
 impl Inner {
+    /// Nanoseconds since the epoch (u64: 584 years), from which both the µs of the area and the
+    /// ns of the latency come: one time subtraction per event.
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
     fn micros(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.epoch).as_micros() as u64 & TIME_MASK
     }
 
-    /// Moves the in-flight count by one and adds the area since the last event.
-    fn event(&self, now: Instant, arrival: bool) {
+    /// The two packed sums, over every shard.
+    fn words(&self) -> (u64, u64) {
+        let sums = self.sums.sums();
+        (sums[ARRIVALS], sums[DEPARTURES])
+    }
+
+    /// Sums the shards. Not one atomic read: an event that lands between two loads is counted
+    /// in one sum and not yet in another, which can misplace at most that request's own
+    /// latency for this one reading.
+    fn totals(&self, now: Instant) -> Totals {
         let now_us = self.micros(now);
-        let mut current = self.state.load(Relaxed);
-        loop {
-            let last = current >> COUNT_BITS;
-            let count = current & COUNT_MAX;
-            let dt = now_us.wrapping_sub(last) & TIME_MASK;
-            // Another thread recorded a later event first: ours happened at its time.
-            let (dt, time) = if dt >= TIME_HALF {
-                (0, last)
-            } else {
-                (dt, now_us)
-            };
-            let count_after = if arrival {
-                (count + 1).min(COUNT_MAX)
-            } else {
-                count.saturating_sub(1)
-            };
-            let next = (time << COUNT_BITS) | count_after;
-            match self
-                .state
-                .compare_exchange_weak(current, next, Relaxed, Relaxed)
-            {
-                Ok(_) => {
-                    let area = count * dt;
-                    if area > 0 {
-                        self.area_us.fetch_add(area, Relaxed);
-                        self.series.area.increment(area as f64 / 1e6);
-                    }
-                    return;
-                }
-                Err(actual) => current = actual,
-            }
+        let sums = self.sums.sums();
+        let mut outcomes = [0u64; 4];
+        outcomes.copy_from_slice(&sums[OUTCOME_0..OUTCOME_0 + 4]);
+        let open_word = sums[ARRIVALS].wrapping_sub(sums[DEPARTURES]);
+        let in_flight = open_word & COUNT_MAX;
+        let started_sum = open_word >> COUNT_BITS;
+        let open = in_flight.wrapping_mul(now_us).wrapping_sub(started_sum) & TIME_MASK;
+        let open = if open >= TIME_HALF { 0 } else { open };
+        let completions = outcomes.iter().fold(0u64, |a, &o| a.wrapping_add(o));
+        Totals {
+            snapshot: LittleSnapshot {
+                at: now,
+                area_us: sums[CLOSED_AREA_US].wrapping_add(open),
+                latency_ns: sums[LATENCY_NS],
+                // Every request that arrived has either completed or is still in flight.
+                arrivals: completions.wrapping_add(in_flight),
+                completions,
+                in_flight,
+                capacity: self.capacity,
+            },
+            outcomes,
         }
     }
 
-    fn snapshot(&self, now: Instant) -> LittleSnapshot {
-        let now_us = self.micros(now);
-        // Read the word, the area and the word again, so the open slice since the last event is
-        // added to the area it belongs to.
-        let (state, area) = loop {
-            let before = self.state.load(Relaxed);
-            let area = self.area_us.load(Relaxed);
-            if self.state.load(Relaxed) == before {
-                break (before, area);
-            }
+    fn maybe_publish(&self, now: Instant, now_us: u64) {
+        if now_us >= self.next_publish_us.load(Relaxed) {
+            self.publish(now);
+        }
+    }
+
+    fn publish(&self, now: Instant) {
+        // Whoever holds the lock publishes; the rest move on (their events are in the sums).
+        let Ok(mut published) = self.published.try_lock() else {
+            return;
         };
-        let last = state >> COUNT_BITS;
-        let count = state & COUNT_MAX;
-        let dt = now_us.wrapping_sub(last) & TIME_MASK;
-        let open = if dt >= TIME_HALF { 0 } else { count * dt };
-        let completions = self.completions.load(Relaxed);
-        LittleSnapshot {
-            at: now,
-            area_us: area.wrapping_add(open),
-            latency_ns: self.latency_ns.load(Relaxed),
-            // Every request that arrived has either completed or is still in flight.
-            arrivals: completions.wrapping_add(count),
-            completions,
-            in_flight: count,
-            capacity: self.capacity,
+        self.next_publish_us
+            .store(self.micros(now) + PUBLISH_EVERY_US, Relaxed);
+        let totals = self.totals(now);
+        let snap = &totals.snapshot;
+        self.series.in_flight.set(snap.in_flight as f64);
+        self.series.latency_sum.set(snap.latency_ns as f64 / 1e9);
+        self.series.area.set(snap.area_us as f64 / 1e6);
+        for ((counter, last), now) in self
+            .series
+            .outcomes
+            .iter()
+            .zip(&mut published.outcomes)
+            .zip(totals.outcomes)
+        {
+            let delta = now.wrapping_sub(*last);
+            if delta > 0 {
+                counter.increment(delta);
+                *last = now;
+            }
         }
     }
 
-    fn maybe_rotate(&self, now: Instant) {
-        if self.micros(now) < self.next_rotation_us.load(Relaxed) {
+    fn maybe_rotate(&self, now: Instant, now_us: u64) {
+        if now_us < self.next_rotation_us.load(Relaxed) {
             return;
         }
         // A rotation is a slow path; whoever holds the lock does it and the rest move on.
@@ -318,7 +365,7 @@ impl Inner {
         if now < window_end {
             return;
         }
-        let snapshot = self.snapshot(now);
+        let snapshot = self.totals(now).snapshot;
         let report = snapshot.since(&rotation.start);
         self.series
             .average_concurrency
@@ -330,6 +377,8 @@ impl Inner {
         rotation.start = snapshot;
         self.next_rotation_us
             .store(self.micros(now + self.window), Relaxed);
+        drop(rotation);
+        self.publish(now);
     }
 }
 
@@ -338,7 +387,8 @@ impl Inner {
 #[derive(Debug)]
 pub struct InFlight {
     meter: LittleMeter,
-    started: Instant,
+    /// Nanoseconds since the meter's epoch at the arrival.
+    started_ns: u64,
     finished: bool,
 }
 
@@ -356,16 +406,21 @@ impl InFlight {
         self.finished = true;
         let now = Instant::now();
         let inner = &self.meter.inner;
-        inner.event(now, false);
-        let latency = now.saturating_duration_since(self.started);
-        inner
-            .latency_ns
-            .fetch_add(latency.as_nanos() as u64, Relaxed);
-        inner.completions.fetch_add(1, Relaxed);
-        inner.series.in_flight.decrement(1.0);
-        inner.series.latency_sum.increment(latency.as_secs_f64());
-        inner.series.outcomes[outcome_index].increment(1);
-        inner.maybe_rotate(now);
+        let end_ns = inner.nanos(now);
+        let (start_us, end_us) = (
+            (self.started_ns / 1_000) & TIME_MASK,
+            (end_ns / 1_000) & TIME_MASK,
+        );
+        // The closed area before the departure word: a reading between the two then counts
+        // this request twice for a moment rather than not at all.
+        inner.sums.add_all([
+            (CLOSED_AREA_US, end_us.wrapping_sub(start_us) & TIME_MASK),
+            (LATENCY_NS, end_ns.saturating_sub(self.started_ns)),
+            (OUTCOME_0 + outcome_index, 1),
+            (DEPARTURES, (start_us << COUNT_BITS) + 1),
+        ]);
+        inner.maybe_rotate(now, end_us);
+        inner.maybe_publish(now, end_us);
     }
 }
 
@@ -441,19 +496,23 @@ impl LittleMeterBuilder {
             epoch,
             capacity: self.capacity,
             window,
-            state: AtomicU64::new(0),
-            area_us: AtomicU64::new(0),
-            latency_ns: AtomicU64::new(0),
-            completions: AtomicU64::new(0),
+            sums: Sharded::default(),
             next_rotation_us: AtomicU64::new(0),
+            next_publish_us: AtomicU64::new(PUBLISH_EVERY_US),
             rotation: Mutex::new(Rotation { start, last: None }),
+            published: Mutex::new(Published::default()),
             series,
         };
         inner
             .next_rotation_us
             .store(inner.micros(epoch + window), Relaxed);
-        Ok(LittleMeter {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        let weak = Arc::downgrade(&inner);
+        super::publish::register(move || {
+            weak.upgrade()
+                .map(|inner| inner.publish(Instant::now()))
+                .is_some()
+        });
+        Ok(LittleMeter { inner })
     }
 }

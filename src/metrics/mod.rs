@@ -16,6 +16,10 @@
 //! requests by outcome, the latency sum, the exact concurrency-seconds area, and the average
 //! concurrency and utilization over the last window. Every series is registered, reading 0, when
 //! the meter is built: a zero tells you the fix worked, a missing series that reporting broke.
+//! The request path touches no series: the meter keeps its sums in per-thread shards and
+//! publishes them every 100 ms (at an event) and at each window's end; call [`publish`] (every
+//! meter and token bucket) or [`LittleMeter::publish`] before a scrape for figures exact to the
+//! last request.
 //!
 //! # When to use it
 //! Outermost in a client or server stack, to see what the callers see; and around any resource
@@ -51,9 +55,12 @@ mod future;
 mod layer;
 mod meter;
 pub mod names;
+pub(crate) mod publish;
 mod service;
+pub(crate) mod shard;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::LittleLayer;
 pub use self::meter::{InFlight, LittleMeter, LittleMeterBuilder, LittleReport, LittleSnapshot};
+pub use self::publish::publish;
 pub use self::service::Little;

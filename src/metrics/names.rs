@@ -19,8 +19,9 @@ pub const REQUESTS: &str = "backstop_requests_total";
 /// completed requests, by Little's law.)
 pub const LATENCY_SUM_SECONDS: &str = "backstop_latency_seconds_sum";
 /// Gauge that only rises: the exact area under the in-flight curve, in concurrency-seconds,
-/// updated at every arrival and departure. `rate()` over it is the average concurrency, with
-/// long requests counted while they run.
+/// kept exact at every arrival and departure. `rate()` over it is the average concurrency, with
+/// long requests counted while they run. Like every meter series, published from the meter's
+/// own sums at most every 100 ms and on [`LittleMeter::publish`](super::LittleMeter::publish).
 pub const CONCURRENCY_SECONDS: &str = "backstop_concurrency_seconds";
 /// Gauge: the average concurrency over the meter's last window.
 pub const AVERAGE_CONCURRENCY: &str = "backstop_average_concurrency";
@@ -250,8 +251,9 @@ pub fn describe_fleet_quota() {
     );
 }
 
-/// Gauge: tokens a client-wide token bucket holds, refreshed at each grant or refusal and at
-/// each change of its settings.
+/// Gauge: tokens a client-wide token bucket holds, refreshed at a grant or refusal at most every
+/// 100 ms, at each change of its settings and on
+/// [`TokenBucket::publish`](crate::token_bucket::TokenBucket::publish).
 pub const TOKEN_BUCKET_TOKENS: &str = "backstop_token_bucket_tokens";
 /// Gauge: a token bucket's refill rate, tokens per second (+Inf while unlimited).
 pub const TOKEN_BUCKET_RATE: &str = "backstop_token_bucket_rate";

@@ -7,6 +7,27 @@ use super::service::Admission;
 /// others at once with [`Overloaded`](crate::Overloaded)`{ reason: AdmissionDenied }`.
 ///
 /// Every service the layer makes shares the one controller.
+///
+/// ```
+/// use backstop::backpressure::BackpressureLayer;
+/// use backstop::pid::{AdmissionController, AdmissionLayer, QueueDelay};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::BoxError> {
+/// let queue = BackpressureLayer::new("api", 8, 64)?;
+/// // Hold the expected queueing delay at 20 ms.
+/// let controller = AdmissionController::builder("api", QueueDelay::of_limiter(queue.limiter()))
+///     .setpoint(0.020)
+///     .build()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(AdmissionLayer::new(controller))
+///     .layer(queue)
+///     .service_fn(|_req: ()| async { Ok::<_, backstop::BoxError>("ok") });
+/// assert_eq!(svc.oneshot(()).await?, "ok"); // an idle server admits everyone
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct AdmissionLayer {
     controller: AdmissionController,

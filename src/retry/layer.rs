@@ -44,6 +44,32 @@ impl MarkRetried {
 /// [module docs](super).
 ///
 /// Build it with [`RetryLayer::builder`].
+///
+/// ```
+/// use backstop::retry::{RetryBudget, RetryLayer};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::BoxError> {
+/// let calls = Arc::new(AtomicUsize::new(0));
+/// let budget = RetryBudget::builder("inventory").initial_tokens(1.0).build()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(RetryLayer::builder(budget).build()?)
+///     .service_fn({
+///         let calls = calls.clone();
+///         move |_req: http::Request<()>| {
+///             // The first attempt answers 500, the retry 200.
+///             let status = if calls.fetch_add(1, Ordering::SeqCst) == 0 { 500 } else { 200 };
+///             async move { Ok::<_, backstop::BoxError>(http::Response::builder().status(status).body(())?) }
+///         }
+///     });
+/// let res = svc.oneshot(http::Request::get("/stock").body(())?).await?;
+/// assert_eq!((res.status().as_u16(), calls.load(Ordering::SeqCst)), (200, 2));
+/// # Ok(())
+/// # }
+/// ```
 pub struct RetryLayer<B, C = DefaultClassifier, I = MarkedIdempotent> {
     pub(super) shared: Arc<Shared<B, C>>,
     pub(super) idempotency: I,

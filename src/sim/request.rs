@@ -127,6 +127,9 @@ impl crate::hedge::HedgeRequest for SimRequest {
     fn mark_copy(&mut self, copy: crate::hedge::HedgeCopy) {
         self.extensions.insert(copy);
     }
+    fn deadline(&self) -> Option<Deadline> {
+        HasDeadline::deadline(self)
+    }
 }
 
 /// A simulated answer is always a success: the simulated servers fail with errors.

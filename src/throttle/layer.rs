@@ -24,6 +24,25 @@ use crate::metrics::names;
 /// one shared client) and counted in `backstop_throttle_keyless_requests_total`. Over HTTP,
 /// [`HeaderKey`](super::HeaderKey) finds few such requests: it falls back to the remote
 /// address when the header is missing.
+///
+/// ```
+/// use backstop::throttle::{ClientQuotas, HeaderKey, Quota, ThrottleLayer};
+/// use std::num::NonZeroU32;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::BoxError> {
+/// let quotas = ClientQuotas::builder("api", Quota::per_second(NonZeroU32::new(1).unwrap())).build()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(ThrottleLayer::builder("api", HeaderKey::default()).quotas(quotas).build()?)
+///     .service_fn(|_req: http::Request<()>| async { Ok::<_, backstop::BoxError>("ok") });
+/// let from_alice = || http::Request::builder().header("x-client-id", "alice").body(()).unwrap();
+/// assert!(svc.clone().oneshot(from_alice()).await.is_ok());
+/// let refused = svc.oneshot(from_alice()).await.unwrap_err(); // over alice's 1/s
+/// assert!(backstop::is_overload(refused.as_ref()));
+/// # Ok(())
+/// # }
+/// ```
 pub struct ThrottleLayer<K> {
     policy: Arc<Policy<K>>,
 }

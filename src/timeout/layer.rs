@@ -8,6 +8,25 @@ use crate::error::{ConfigError, check};
 /// Applies a timeout that also respects, and shrinks, the caller's [`Deadline`](super::Deadline).
 ///
 /// Build it with [`TimeoutLayer::builder`]; see the [module docs](super) for the rules.
+///
+/// ```
+/// use backstop::timeout::TimeoutLayer;
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::BoxError> {
+/// let svc = ServiceBuilder::new()
+///     .layer(TimeoutLayer::new(Duration::from_millis(100))?)
+///     .service_fn(|_req: http::Request<()>| async {
+///         tokio::time::sleep(Duration::from_secs(1)).await;
+///         Ok::<_, backstop::BoxError>(())
+///     });
+/// let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+/// assert!(backstop::is_timeout(err.as_ref()));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct TimeoutLayer {
     timeout: Duration,

@@ -22,6 +22,25 @@ pub(crate) enum Mode {
 /// `C` classifies responses for the bucket's adaptive rate; `D` says where a request's deadline
 /// is read from when it waits ([`NoDeadline`] by default, [`FromRequest`] after
 /// [`wait_until_deadline`](TokenBucketLayerBuilder::wait_until_deadline)).
+///
+/// ```
+/// use backstop::token_bucket::{TokenBucket, TokenBucketLayer};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), backstop::BoxError> {
+/// // One bucket for the whole client: 2 at once, then 1 a second.
+/// let bucket = TokenBucket::builder("inventory").capacity(2.0).rate(1.0).build()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(TokenBucketLayer::new(bucket))
+///     .service_fn(|_req: ()| async { Ok::<_, backstop::BoxError>(()) });
+/// assert!(svc.clone().oneshot(()).await.is_ok());
+/// assert!(svc.clone().oneshot(()).await.is_ok());
+/// let refused = svc.oneshot(()).await.unwrap_err(); // empty: refused at once
+/// assert!(backstop::is_overload(refused.as_ref()));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct TokenBucketLayer<C = DefaultClassifier, D = NoDeadline> {
     bucket: TokenBucket,

@@ -62,7 +62,9 @@
 //! # Metrics
 //! `backstop_token_bucket_tokens` and `backstop_token_bucket_rate` (gauges),
 //! `backstop_token_bucket_acquired_total` and `backstop_token_bucket_denied_total` (counters),
-//! labelled `name` ([`crate::metrics::names`]).
+//! labelled `name` ([`crate::metrics::names`]). A grant makes no `metrics` call: the bucket
+//! counts in per-thread shards and publishes at most every 100 ms of its clock, at a grant or a
+//! refusal; [`crate::metrics::publish`] (before rendering a scrape) makes them exact at once.
 //!
 //! # Example
 //! ```

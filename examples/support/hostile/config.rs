@@ -520,6 +520,7 @@ fn hedge(s: &Settings<'_>) -> Result<Built, ConfigError> {
     let b = with(b, s.dur("fixed_delay"), |b, v| b.fixed_delay(v));
     let b = with(b, s.f64("max_extra_load"), |b, v| b.max_extra_load(v));
     let b = with(b, s.f64("burst"), |b, v| b.burst(v));
+    let b = with(b, s.usize("max_copies"), |b, v| b.max_copies(v));
     let layer = b.build()?;
     served(serve_layer(&rt, layer))
 }
@@ -772,6 +773,7 @@ pub static BUILDERS: &[Builder] = &[
             f("fixed_delay", D),
             f("max_extra_load", F64),
             f("burst", F64),
+            f("max_copies", Usize),
         ],
         also: &[],
         run: hedge,

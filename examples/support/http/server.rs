@@ -435,7 +435,11 @@ pub async fn start(
 
     let app = Router::new().route_service("/work", route).route(
         "/metrics",
-        get(move || std::future::ready(prometheus.render())),
+        get(move || {
+            // Meters and buckets publish every 100 ms from their own sums: exact at a scrape.
+            backstop::metrics::publish();
+            std::future::ready(prometheus.render())
+        }),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

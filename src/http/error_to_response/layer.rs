@@ -6,6 +6,25 @@ use super::ErrorToResponse;
 /// `Infallible`; see the [module docs](super).
 ///
 /// `H` is the [`OnError`](super::OnError) hook, `()` (none) by default.
+///
+/// ```
+/// use backstop::http::ErrorToResponseLayer;
+/// use backstop::{OverloadReason, Overloaded};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(ErrorToResponseLayer::new())
+///     .service_fn(|_req: http::Request<()>| async {
+///         Err::<http::Response<String>, _>(backstop::BoxError::from(Overloaded::new(OverloadReason::QueueFull)))
+///     });
+/// // The error type is `Infallible`: every error is an answer.
+/// let res = svc.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 503);
+/// assert_eq!(res.headers()["retry-after"], "1");
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorToResponseLayer<H = ()> {
     expose_error_text: bool,

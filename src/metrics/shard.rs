@@ -1,0 +1,155 @@
+//! Per-thread shards for counters that many threads bump. Up to `SHARDS − 1` live threads each
+//! own a shard (claimed at a thread's first count, given back when it exits): they add with a
+//! plain load and store, no locked instruction and no cache line shared with another writer.
+//! Further threads share the last shard and add atomically. Readers add the shards up.
+
+use std::cell::Cell;
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+
+/// Shards per sharded value: a power of two.
+pub(crate) const SHARDS: usize = 8;
+
+/// The shard threads share once every other shard has its owner.
+const SHARED: usize = SHARDS - 1;
+
+/// Bit `i` set while a live thread owns shard `i`.
+static OWNED: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread's claim on a shard, given back when the thread exits, so that threads that come and
+/// go (a blocking pool's) do not use the owned shards up.
+struct Owner(Cell<usize>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let i = self.0.get();
+        if i < SHARED {
+            // Release: the next owner sees every count this thread stored.
+            OWNED.fetch_and(!(1 << i), Release);
+        }
+    }
+}
+
+thread_local! {
+    static SHARD: Owner = const { Owner(Cell::new(usize::MAX)) };
+}
+
+fn claim() -> usize {
+    let mut owned = OWNED.load(Relaxed);
+    loop {
+        let free = !owned & ((1 << SHARED) - 1);
+        if free == 0 {
+            return SHARED;
+        }
+        let i = free.trailing_zeros() as usize;
+        // Acquire: this thread sees every count the shard's last owner stored.
+        match OWNED.compare_exchange_weak(owned, owned | (1 << i), Acquire, Relaxed) {
+            Ok(_) => return i,
+            Err(now) => owned = now,
+        }
+    }
+}
+
+/// The calling thread's shard, claimed on its first call: its own below [`SHARED`].
+#[inline]
+fn shard_index() -> usize {
+    SHARD
+        .try_with(|s| {
+            let mut i = s.0.get();
+            if i == usize::MAX {
+                i = claim();
+                s.0.set(i);
+            }
+            i
+        })
+        // The thread is exiting and its claim is gone: share.
+        .unwrap_or(SHARED)
+}
+
+/// `N` counters of one thread's shard, 128-byte aligned: two shards never share a cache line,
+/// nor the pair of lines an adjacent-line prefetcher pulls together.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Counters<const N: usize>(pub(crate) [AtomicU64; N]);
+
+impl<const N: usize> Default for Counters<N> {
+    fn default() -> Self {
+        Counters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+/// `N` counters sharded by thread.
+#[derive(Debug)]
+pub(crate) struct Sharded<const N: usize>([Counters<N>; SHARDS]);
+
+impl<const N: usize> Default for Sharded<N> {
+    fn default() -> Self {
+        Sharded(std::array::from_fn(|_| Counters::default()))
+    }
+}
+
+impl<const N: usize> Sharded<N> {
+    /// Adds `n` to counter `i` on the calling thread's shard.
+    #[inline]
+    pub(crate) fn add(&self, i: usize, n: u64) {
+        self.add_all([(i, n)]);
+    }
+
+    /// Adds each `(i, n)`: `n` to counter `i`, on the calling thread's shard.
+    #[inline]
+    pub(crate) fn add_all<const K: usize>(&self, adds: [(usize, u64); K]) {
+        let s = shard_index();
+        let shard = &self.0[s].0;
+        if s < SHARED {
+            // This thread is the shard's only writer: a plain read-modify-write is exact.
+            for (i, n) in adds {
+                let c = &shard[i];
+                c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+            }
+        } else {
+            for (i, n) in adds {
+                shard[i].fetch_add(n, Relaxed);
+            }
+        }
+    }
+
+    /// Every counter, summed over the shards (wrapping).
+    pub(crate) fn sums(&self) -> [u64; N] {
+        let mut out = [0u64; N];
+        for shard in &self.0 {
+            for (sum, c) in out.iter_mut().zip(&shard.0) {
+                *sum = sum.wrapping_add(c.load(Relaxed));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_and_shared_shards_lose_no_count() {
+        let counts = Sharded::<2>::default();
+        // More threads at once than shards: some own one, the rest share the last.
+        std::thread::scope(|s| {
+            for _ in 0..(2 * SHARDS) {
+                s.spawn(|| {
+                    for _ in 0..1_000 {
+                        counts.add_all([(0, 1), (1, 2)]);
+                    }
+                });
+            }
+        });
+        assert_eq!(counts.sums(), [16_000, 32_000]);
+        // Threads that come and go one after another hand their shard on.
+        for _ in 0..(4 * SHARDS) {
+            std::thread::scope(|s| {
+                s.spawn(|| counts.add(0, 1));
+            });
+        }
+        assert_eq!(counts.sums()[0], 16_000 + 4 * SHARDS as u64);
+    }
+}
