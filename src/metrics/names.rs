@@ -224,6 +224,33 @@ pub fn describe_throttle() {
     );
 }
 
+/// Counter: lease calls a fleet quota store sent to Redis, by [`OUTCOME_LABEL`] (`ok`, or
+/// `failed`: an error, garbage, or no answer within the call timeout).
+pub const FLEET_QUOTA_REDIS_CALLS: &str = "backstop_fleet_quota_redis_calls_total";
+/// Counter: requests a fleet quota store decided on its local share because Redis was failing.
+pub const FLEET_QUOTA_FALLBACK: &str = "backstop_fleet_quota_fallback_requests_total";
+/// Gauge: 1 while a fleet quota store runs on local shares (Redis failed, no answer since).
+pub const FLEET_QUOTA_DEGRADED: &str = "backstop_fleet_quota_degraded";
+
+/// Describes the fleet quota store's series. Calling it again is harmless.
+pub fn describe_fleet_quota() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_counter!(
+        FLEET_QUOTA_REDIS_CALLS,
+        Unit::Count,
+        "Lease calls a fleet quota store sent to Redis, by outcome."
+    );
+    describe_counter!(
+        FLEET_QUOTA_FALLBACK,
+        Unit::Count,
+        "Requests decided on the local share because Redis was failing."
+    );
+    describe_gauge!(
+        FLEET_QUOTA_DEGRADED,
+        "1 while the fleet quota store runs on local shares."
+    );
+}
+
 /// Gauge: tokens a client-wide token bucket holds, refreshed at a grant or refusal at most every
 /// 100 ms, at each change of its settings and on
 /// [`TokenBucket::publish`](crate::token_bucket::TokenBucket::publish).

@@ -7,14 +7,15 @@ use tower_layer::Layer;
 
 use super::error::MissingClientKey;
 use super::key::{ClientId, ClientKey, MissingKey};
-use super::quota::ClientQuotas;
 use super::service::Throttle;
 use super::shed::ShedFraction;
+use super::store::QuotaStore;
 use crate::error::{BoxError, ConfigError, OverloadReason, Overloaded, check};
 use crate::metrics::names;
 
 /// Throttles whole clients: sheds the fraction of clients a [`ShedFraction`] asks for and
-/// holds each client to its [`ClientQuotas`]; see the [module docs](super).
+/// holds each client to its quota ([`ClientQuotas`](super::ClientQuotas) or another
+/// [`QuotaStore`]); see the [module docs](super).
 ///
 /// Every service this layer makes shares its handles.
 ///
@@ -78,9 +79,9 @@ impl<K> ThrottleLayer<K> {
         self.policy.shed.as_ref()
     }
 
-    /// The quotas handle, if any.
-    pub fn quotas(&self) -> Option<&ClientQuotas> {
-        self.policy.quotas.as_ref()
+    /// The quota store, if any.
+    pub fn quotas(&self) -> Option<&dyn QuotaStore> {
+        self.policy.quotas.as_deref()
     }
 }
 
@@ -99,7 +100,7 @@ pub struct ThrottleLayerBuilder<K> {
     name: String,
     missing: MissingKey,
     shed: Option<ShedFraction>,
-    quotas: Option<ClientQuotas>,
+    quotas: Option<Arc<dyn QuotaStore>>,
     shed_retry_after: Duration,
 }
 
@@ -118,9 +119,11 @@ impl<K> ThrottleLayerBuilder<K> {
         self
     }
 
-    /// Holds each client to its quota.
-    pub fn quotas(mut self, quotas: ClientQuotas) -> Self {
-        self.quotas = Some(quotas);
+    /// Holds each client to its quota: a [`ClientQuotas`](super::ClientQuotas) in this
+    /// process, or any other [`QuotaStore`] (with the `redis` feature, a fleet-wide
+    /// `FleetQuotas`).
+    pub fn quotas(mut self, quotas: impl QuotaStore) -> Self {
+        self.quotas = Some(Arc::new(quotas));
         self
     }
 
@@ -181,7 +184,7 @@ pub(super) struct Policy<K> {
     name: String,
     missing: MissingKey,
     shed: Option<ShedFraction>,
-    quotas: Option<ClientQuotas>,
+    quotas: Option<Arc<dyn QuotaStore>>,
     shed_retry_after: Duration,
     admitted: Counter,
     shed_count: Counter,

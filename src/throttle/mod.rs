@@ -25,6 +25,8 @@
 //! - [`ClientQuotas`] holds every client to a rate quota (GCRA) with per-key overrides, in a
 //!   table of fixed size and 24 bytes per client (a 64-bit fingerprint, never the key): a flood
 //!   of new keys cannot grow memory, and cannot get a client refused but by its own quota.
+//! - [`QuotaStore`] is where quotas live: [`ClientQuotas`] in this process, or (feature
+//!   `redis`) `backstop::fleet::FleetQuotas`, one quota for a whole fleet kept in Redis.
 //! - [`ThrottleLayer`] applies both, shedding first, and refuses with
 //!   [`Overloaded`](crate::Overloaded)`{ reason: Throttled, retry_after }`.
 //! - With the `http` feature, [`Overloaded::to_http_response`](crate::Overloaded::to_http_response)
@@ -78,6 +80,7 @@ mod layer;
 mod quota;
 mod service;
 mod shed;
+mod store;
 mod table;
 
 pub use self::error::MissingClientKey;
@@ -91,4 +94,5 @@ pub use self::layer::{ThrottleLayer, ThrottleLayerBuilder};
 pub use self::quota::{ClientQuotas, ClientQuotasBuilder};
 pub use self::service::Throttle;
 pub use self::shed::{ShedFraction, ShedFractionBuilder, stable_hash};
+pub use self::store::QuotaStore;
 pub use governor::Quota;
