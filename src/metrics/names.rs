@@ -267,3 +267,21 @@ pub fn describe_replay() {
         "Request bodies that could no longer be replayed (not retried or hedged again), by reason."
     );
 }
+
+/// Counter: requests the client throttle refused locally, before sending them.
+pub const CLIENT_THROTTLE_REFUSED: &str = "backstop_client_throttle_refused_total";
+/// Gauge: the client throttle's local refusal probability at the last request.
+pub const CLIENT_THROTTLE_PROBABILITY: &str = "backstop_client_throttle_probability";
+
+/// Describes the client throttle's series.
+pub fn describe_client_throttle() {
+    metrics::describe_counter!(
+        CLIENT_THROTTLE_REFUSED,
+        metrics::Unit::Count,
+        "Requests the client throttle refused locally (the server refused too many)."
+    );
+    metrics::describe_gauge!(
+        CLIENT_THROTTLE_PROBABILITY,
+        "Probability that the client throttle refuses a request locally."
+    );
+}
