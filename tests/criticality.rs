@@ -135,3 +135,82 @@ fn an_explicit_tag_is_not_overwritten_by_the_header() {
         .insert(CRITICALITY_HEADER, "VERY".parse().unwrap());
     assert_eq!(context::inherit_criticality(req).criticality(), None);
 }
+
+mod admission {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::time::Duration;
+
+    use backstop::context::{Criticality, HasCriticality};
+    use backstop::pid::{AdmissionController, AdmissionLayer, signal_fn};
+    use backstop::{BoxError, OverloadReason, find_overload};
+    use tower::{Service, ServiceExt};
+
+    /// Runs 10 s of one request a millisecond, 30% tagged `Critical` and the rest untagged
+    /// (the layer's default: `Sheddable`), through an admission layer whose controller sheds
+    /// exactly `shed` (a P controller on a constant signal). Returns the share refused of each.
+    async fn refused_shares(shed: f64) -> (f64, f64, AdmissionController) {
+        let signal = Arc::new(AtomicU64::new(shed.to_bits()));
+        let s = signal.clone();
+        let controller = AdmissionController::builder(
+            "crit",
+            signal_fn(move |_| Some(f64::from_bits(s.load(Relaxed)))),
+        )
+        .setpoint(0.0)
+        .gains(1.0, 0.0, 0.0)
+        .seed(11)
+        .build()
+        .unwrap();
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(AdmissionLayer::new(controller.clone()).by_criticality(Criticality::Sheddable))
+            .service_fn(|_req: http::Request<()>| async { Ok::<_, BoxError>(()) });
+        let (mut sent, mut refused) = ([0u64; 2], [0u64; 2]);
+        for i in 0..10_000u32 {
+            let critical = i % 10 < 3;
+            let mut req = http::Request::new(());
+            if critical {
+                req.set_criticality(Criticality::Critical);
+            }
+            let k = usize::from(critical);
+            sent[k] += 1;
+            if let Err(e) = svc.ready().await.unwrap().call(req).await {
+                assert_eq!(
+                    find_overload(e.as_ref()).unwrap().reason(),
+                    OverloadReason::AdmissionDenied
+                );
+                refused[k] += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            controller.denied_at(Criticality::Critical),
+            refused[1],
+            "the per-level count"
+        );
+        assert_eq!(controller.denied_at(Criticality::Sheddable), refused[0]);
+        (
+            refused[0] as f64 / sent[0] as f64,
+            refused[1] as f64 / sent[1] as f64,
+            controller,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shed_below_the_sheddable_share_never_touches_critical() {
+        let (sheddable, critical, controller) = refused_shares(0.5).await;
+        assert_eq!(critical, 0.0);
+        // 0.5 of all requests from a 70% share: 71% of the sheddable ones.
+        assert!((sheddable - 0.5 / 0.7).abs() < 0.03, "{sheddable}");
+        assert!((controller.shed_fraction() - 0.5).abs() < 1e-9);
+        assert_eq!(controller.level_probability(Criticality::CriticalPlus), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shed_above_it_takes_all_sheddable_then_some_critical() {
+        // The cap: 1 − min_admission = 0.95 of all requests.
+        let (sheddable, critical, _) = refused_shares(5.0).await;
+        // All but the first tick or two, before the controller had a reading.
+        assert!(sheddable > 0.97, "{sheddable}");
+        assert!((critical - 0.25 / 0.3).abs() < 0.04, "{critical}");
+    }
+}

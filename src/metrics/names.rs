@@ -106,6 +106,12 @@ pub const ADMISSION_I_TERM: &str = "backstop_admission_i_term";
 pub const ADMISSION_D_TERM: &str = "backstop_admission_d_term";
 /// Counter: requests the admission controller refused with `AdmissionDenied`.
 pub const ADMISSION_DENIED: &str = "backstop_admission_denied_total";
+/// Counter: requests refused by the admission controller, by [`CRITICALITY_LABEL`] (all four
+/// levels registered at build, so zeros show).
+pub const ADMISSION_DENIED_BY_CRITICALITY: &str = "backstop_admission_denied_by_criticality_total";
+/// Label: a request's criticality level (`sheddable`, `sheddable_plus`, `critical`,
+/// `critical_plus`).
+pub const CRITICALITY_LABEL: &str = "criticality";
 
 /// Describes the admission controller's series. Calling it again is harmless.
 pub fn describe_admission() {
@@ -125,6 +131,11 @@ pub fn describe_admission() {
         ADMISSION_DENIED,
         Unit::Count,
         "Requests refused by the admission controller."
+    );
+    describe_counter!(
+        ADMISSION_DENIED_BY_CRITICALITY,
+        Unit::Count,
+        "Requests refused by the admission controller, by criticality level."
     );
 }
 

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::controller::{Action, AntiWindup, MAX_TIME_CONSTANT, PidController, PidTerms};
 use super::signal::Signal;
+use crate::context::Criticality;
 use crate::error::{ConfigError, check};
 use crate::metrics::names;
 
@@ -59,6 +60,13 @@ struct Inner {
     /// Of `admitted`, the ones the floor let in after the draw said no.
     floor_admitted: AtomicU64,
     denied: AtomicU64,
+    /// Requests that arrived at each criticality level (lowest first), counted at the draw.
+    arrivals: [AtomicU64; LEVELS],
+    /// The admission probability of each level (f64 bits): the shed fills the lowest level
+    /// before it touches the next.
+    level_probability: [AtomicU64; LEVELS],
+    /// The error-diffusion credit of each level, for [`Draw::Even`].
+    level_credit: [AtomicU64; LEVELS],
     shed_tx: watch::Sender<f64>,
     on_shed: Option<ShedCallback>,
     series: Series,
@@ -73,6 +81,40 @@ struct TickState {
     last_counts: (u64, u64),
     /// Consecutive ticks after which the signal reported itself idle.
     idle_ticks: u32,
+    /// Arrivals per level at the last tick.
+    last_arrivals: [u64; LEVELS],
+    /// Each level's share of the arrivals, smoothed over ticks; `None` until requests came.
+    shares: Option<[f64; LEVELS]>,
+}
+
+const LEVELS: usize = Criticality::ALL.len();
+
+/// How much of a tick's arrival mix enters the smoothed shares: a time constant of about ten
+/// ticks (1 s at the default tick), so one tick's random mix does not move the split. The
+/// split's error matters little anyway: the integral corrects the total shed to what the
+/// signal needs, and the lowest level's refusal share then settles at the needed share ÷
+/// its true share, whatever the estimate.
+const SHARE_SMOOTHING: f64 = 0.1;
+
+/// The admission probability of each level when the controller sheds `shed` of all requests
+/// and the levels make up `shares` of them (lowest first): the lowest level is refused up to
+/// all of it before the next one loses anything. A level with no recent arrivals is refused
+/// whole when it sits below a level still being shed, and not at all above.
+fn split_shed(shed: f64, shares: &[f64; LEVELS]) -> [f64; LEVELS] {
+    let mut left = shed;
+    let mut probability = [1.0; LEVELS];
+    for (p, &share) in probability.iter_mut().zip(shares) {
+        let refused = if share > 0.0 {
+            (left / share).min(1.0)
+        } else if left > 1e-12 {
+            1.0
+        } else {
+            0.0
+        };
+        left = (left - share).max(0.0);
+        *p = (1.0 - refused).clamp(0.0, 1.0);
+    }
+    probability
 }
 
 struct Series {
@@ -82,6 +124,8 @@ struct Series {
     i: Gauge,
     d: Gauge,
     denied: Counter,
+    /// Refusals by criticality level: the labelled counter and the count for the accessor.
+    denied_by_level: [(Counter, AtomicU64); LEVELS],
 }
 
 impl Series {
@@ -95,6 +139,15 @@ impl Series {
             i: gauge!(names::ADMISSION_I_TERM, label => name.to_owned()),
             d: gauge!(names::ADMISSION_D_TERM, label => name.to_owned()),
             denied: counter!(names::ADMISSION_DENIED, label => name.to_owned()),
+            denied_by_level: Criticality::ALL.map(|level| {
+                let counter = counter!(
+                    names::ADMISSION_DENIED_BY_CRITICALITY,
+                    label => name.to_owned(),
+                    names::CRITICALITY_LABEL => level.as_str(),
+                );
+                counter.increment(0);
+                (counter, AtomicU64::new(0))
+            }),
         };
         series.probability.set(1.0);
         series.error.set(0.0);
@@ -228,11 +281,34 @@ impl AdmissionController {
         self.inner.floor_admitted.load(Relaxed)
     }
 
-    /// Decides one request: runs a tick first if one is due, then admits with the current
-    /// probability. Lock-free unless a tick is due.
+    /// Decides one request at the default level ([`Criticality::Critical`]): runs a tick first
+    /// if one is due, then admits with the current probability. Lock-free unless a tick is due.
+    /// When every request goes through here, this is the plain shed fraction.
     pub fn try_admit(&self) -> bool {
+        self.try_admit_at(Criticality::default())
+    }
+
+    /// The probability that a request at `level` is admitted now: the shed fraction fills the
+    /// lowest levels first, in proportion to their recent share of arrivals.
+    pub fn level_probability(&self, level: Criticality) -> f64 {
+        f64::from_bits(self.inner.level_probability[level.index()].load(Relaxed))
+    }
+
+    /// Requests refused so far at `level`.
+    pub fn denied_at(&self, level: Criticality) -> u64 {
+        self.inner.series.denied_by_level[level.index()]
+            .1
+            .load(Relaxed)
+    }
+
+    /// Decides one request of criticality `level`: runs a tick first if one is due, then
+    /// admits with that level's probability ([`level_probability`](Self::level_probability)).
+    /// Lock-free unless a tick is due.
+    pub fn try_admit_at(&self, level: Criticality) -> bool {
         self.poll_tick(Instant::now());
-        let p = self.admission_probability();
+        let i = level.index();
+        self.inner.arrivals[i].fetch_add(1, Relaxed);
+        let p = f64::from_bits(self.inner.level_probability[i].load(Relaxed));
         let admit = p >= 1.0
             || match self.inner.draw {
                 Draw::Random => {
@@ -248,7 +324,7 @@ impl AdmissionController {
                     // Error diffusion: each request adds p to a credit, and one whole credit
                     // admits one request. Exactly p of them pass, evenly spread.
                     let mut admit = false;
-                    let _ = self.inner.rng.fetch_update(Relaxed, Relaxed, |bits| {
+                    let _ = self.inner.level_credit[i].fetch_update(Relaxed, Relaxed, |bits| {
                         let credit = f64::from_bits(bits) + p;
                         admit = credit >= 1.0;
                         Some(if admit { credit - 1.0 } else { credit }.to_bits())
@@ -275,6 +351,9 @@ impl AdmissionController {
         } else {
             self.inner.denied.fetch_add(1, Relaxed);
             self.inner.series.denied.increment(1);
+            let (counter, count) = &self.inner.series.denied_by_level[i];
+            count.fetch_add(1, Relaxed);
+            counter.increment(1);
         }
         admit
     }
@@ -347,6 +426,19 @@ impl AdmissionController {
             counts.1 - state.last_counts.1,
         );
         state.last_counts = counts;
+        let arrivals: [u64; LEVELS] = std::array::from_fn(|i| inner.arrivals[i].load(Relaxed));
+        let tick_arrivals: [u64; LEVELS] =
+            std::array::from_fn(|i| arrivals[i] - state.last_arrivals[i]);
+        state.last_arrivals = arrivals;
+        let total: u64 = tick_arrivals.iter().sum();
+        if total > 0 {
+            let mix: [f64; LEVELS] =
+                std::array::from_fn(|i| tick_arrivals[i] as f64 / total as f64);
+            state.shares = Some(match state.shares {
+                Some(old) => std::array::from_fn(|i| old[i] + SHARE_SMOOTHING * (mix[i] - old[i])),
+                None => mix,
+            });
+        }
         let (Some(measurement), Some(dt)) = (sample, dt) else {
             return;
         };
@@ -371,6 +463,14 @@ impl AdmissionController {
         let terms = state.pid.terms();
         let probability = (1.0 - shed).clamp(0.0, 1.0);
         inner.probability.store(probability.to_bits(), Relaxed);
+        let levels = match state.shares {
+            Some(shares) => split_shed(shed, &shares),
+            // No arrivals seen yet (a ticker with no traffic): every level alike.
+            None => [probability; LEVELS],
+        };
+        for (slot, p) in inner.level_probability.iter().zip(levels) {
+            slot.store(p.to_bits(), Relaxed);
+        }
         inner.series.probability.set(probability);
         inner.series.error.set(terms.error);
         inner.series.p.set(terms.p);
@@ -649,6 +749,8 @@ impl AdmissionControllerBuilder {
                     last_tick: None,
                     last_counts: (0, 0),
                     idle_ticks: 0,
+                    last_arrivals: [0; LEVELS],
+                    shares: None,
                 }),
                 next_tick_us: AtomicU64::new(0),
                 probability: AtomicU64::new(1.0f64.to_bits()),
@@ -664,9 +766,38 @@ impl AdmissionControllerBuilder {
                 admitted: AtomicU64::new(0),
                 floor_admitted: AtomicU64::new(0),
                 denied: AtomicU64::new(0),
+                arrivals: Default::default(),
+                level_probability: std::array::from_fn(|_| AtomicU64::new(1.0f64.to_bits())),
+                level_credit: Default::default(),
                 shed_tx,
                 on_shed: self.on_shed,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shed_fills_the_lowest_level_first() {
+        let shares = [0.5, 0.2, 0.3, 0.0];
+        assert_eq!(split_shed(0.0, &shares), [1.0, 1.0, 1.0, 1.0]);
+        let p = split_shed(0.25, &shares);
+        assert!(
+            (p[0] - 0.5).abs() < 1e-12 && p[1..] == [1.0, 1.0, 1.0],
+            "{p:?}"
+        );
+        let p = split_shed(0.6, &shares);
+        assert!(p[0] == 0.0 && (p[1] - 0.5).abs() < 1e-12 && p[2..] == [1.0, 1.0]);
+        let p = split_shed(0.85, &shares);
+        assert!(p[..2] == [0.0, 0.0] && (p[2] - 0.5).abs() < 1e-12 && p[3] == 1.0);
+        // A level with no recent arrivals below one being shed is refused whole.
+        let p = split_shed(0.1, &[0.0, 0.5, 0.5, 0.0]);
+        assert!(p[0] == 0.0 && (p[1] - 0.8).abs() < 1e-12 && p[2..] == [1.0, 1.0]);
+        // One level alone is the plain shed fraction.
+        let p = split_shed(0.37, &[0.0, 0.0, 1.0, 0.0]);
+        assert!((p[2] - 0.63).abs() < 1e-12 && p[3] == 1.0);
     }
 }
