@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ struct Inner {
     /// The share of the integral let go at the first idle tick of a streak (doubling at each
     /// further one); zero: off.
     idle_release: f64,
+    /// The plateau between two criticality levels (see [`split_shed`]).
+    level_margin: f64,
     /// Ticks at which the integral was let go because the signal was idle.
     idle_releases: AtomicU64,
     admitted: AtomicU64,
@@ -67,6 +69,11 @@ struct Inner {
     level_probability: [AtomicU64; LEVELS],
     /// The error-diffusion credit of each level, for [`Draw::Even`].
     level_credit: [AtomicU64; LEVELS],
+    /// The lowest level the floor may let in: the floor never admits a level the controller
+    /// refuses whole. Without this rule it let sheddable requests in whenever the queue ran
+    /// short, the controller answered by shedding more, and the excess fell on the critical
+    /// ones.
+    floor_from: AtomicUsize,
     shed_tx: watch::Sender<f64>,
     on_shed: Option<ShedCallback>,
     series: Series,
@@ -85,7 +92,16 @@ struct TickState {
     last_arrivals: [u64; LEVELS],
     /// Each level's share of the arrivals, smoothed over ticks; `None` until requests came.
     shares: Option<[f64; LEVELS]>,
+    /// The shed fraction through a slow low-pass filter: what reaches the levels above the
+    /// lowest one being shed (see [`SPILL_FILTER`]).
+    slow_shed: f64,
 }
+
+/// The time constant of the filter on the shed that reaches the levels above the lowest one
+/// with traffic: the lowest level follows every tick's shed, the next ones only a shed that
+/// lasts. Under random arrivals the controller's output swings by a tenth for a tick or two;
+/// a shed that really needs the next level lasts, and reaches it within a few time constants.
+const SPILL_FILTER: Duration = Duration::from_secs(2);
 
 const LEVELS: usize = Criticality::ALL.len();
 
@@ -98,9 +114,13 @@ const SHARE_SMOOTHING: f64 = 0.1;
 
 /// The admission probability of each level when the controller sheds `shed` of all requests
 /// and the levels make up `shares` of them (lowest first): the lowest level is refused up to
-/// all of it before the next one loses anything. A level with no recent arrivals is refused
-/// whole when it sits below a level still being shed, and not at all above.
-fn split_shed(shed: f64, shares: &[f64; LEVELS]) -> [f64; LEVELS] {
+/// all of it before the next one loses anything, and the next starts to lose only once the
+/// shed passes the levels below it by `margin` (a plateau in the actuator: the controller's
+/// output swings by a few hundredths from tick to tick, and without it a shed that needs
+/// nearly all of the lowest level spilled those swings onto the next). A level with no recent
+/// arrivals is refused whole when it sits below a level still being shed, and not at all
+/// above.
+fn split_shed(shed: f64, shares: &[f64; LEVELS], margin: f64) -> [f64; LEVELS] {
     let mut left = shed;
     let mut probability = [1.0; LEVELS];
     for (p, &share) in probability.iter_mut().zip(shares) {
@@ -111,7 +131,9 @@ fn split_shed(shed: f64, shares: &[f64; LEVELS]) -> [f64; LEVELS] {
         } else {
             0.0
         };
-        left = (left - share).max(0.0);
+        if share > 0.0 {
+            left = (left - share - margin).max(0.0);
+        }
         *p = (1.0 - refused).clamp(0.0, 1.0);
     }
     probability
@@ -192,6 +214,9 @@ const DEFAULT_ERROR_LIMIT: f64 = 3.0;
 /// integral at the first idle tick, then half, then all of it.
 const DEFAULT_IDLE_RELEASE: f64 = 0.25;
 
+/// The default [`level_margin`](AdmissionControllerBuilder::level_margin).
+const DEFAULT_LEVEL_MARGIN: f64 = 0.1;
+
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 fn splitmix(mut z: u64) -> u64 {
@@ -221,6 +246,7 @@ impl AdmissionController {
             floor: None,
             floor_tracking: Duration::from_secs(4),
             idle_release: DEFAULT_IDLE_RELEASE,
+            level_margin: DEFAULT_LEVEL_MARGIN,
             on_shed: None,
         }
     }
@@ -335,17 +361,18 @@ impl AdmissionController {
         // Work conservation: a request that would wait less than the floor is let in whatever
         // the draw said, so the controller never leaves a worker idle that the queue would
         // have kept busy. Read only when the draw refuses: at full admission it costs nothing.
-        let admit = admit || {
-            let floored = self
-                .inner
-                .signal
-                .instant()
-                .is_some_and(|now| now < self.inner.floor);
-            if floored {
-                self.inner.floor_admitted.fetch_add(1, Relaxed);
-            }
-            floored
-        };
+        let admit = admit
+            || i >= self.inner.floor_from.load(Relaxed) && {
+                let floored = self
+                    .inner
+                    .signal
+                    .instant()
+                    .is_some_and(|now| now < self.inner.floor);
+                if floored {
+                    self.inner.floor_admitted.fetch_add(1, Relaxed);
+                }
+                floored
+            };
         if admit {
             self.inner.admitted.fetch_add(1, Relaxed);
         } else {
@@ -463,11 +490,23 @@ impl AdmissionController {
         let terms = state.pid.terms();
         let probability = (1.0 - shed).clamp(0.0, 1.0);
         inner.probability.store(probability.to_bits(), Relaxed);
-        let levels = match state.shares {
-            Some(shares) => split_shed(shed, &shares),
+        let (levels, floor_from) = match state.shares {
+            Some(shares) => {
+                let alpha = (dt.as_secs_f64() / SPILL_FILTER.as_secs_f64()).min(1.0);
+                state.slow_shed += alpha * (shed - state.slow_shed);
+                let fast = split_shed(shed, &shares, inner.level_margin);
+                let slow = split_shed(shed.min(state.slow_shed), &shares, inner.level_margin);
+                let lowest = shares.iter().position(|&s| s > 0.0).unwrap_or(0);
+                let levels: [f64; LEVELS] =
+                    std::array::from_fn(|i| if i <= lowest { fast[i] } else { slow[i] });
+                // Levels refused whole are below the floor's reach.
+                let floor_from = levels.iter().position(|&p| p > 0.0).unwrap_or(0);
+                (levels, floor_from)
+            }
             // No arrivals seen yet (a ticker with no traffic): every level alike.
-            None => [probability; LEVELS],
+            None => ([probability; LEVELS], 0),
         };
+        inner.floor_from.store(floor_from, Relaxed);
         for (slot, p) in inner.level_probability.iter().zip(levels) {
             slot.store(p.to_bits(), Relaxed);
         }
@@ -507,6 +546,7 @@ pub struct AdmissionControllerBuilder {
     floor: Option<f64>,
     floor_tracking: Duration,
     idle_release: f64,
+    level_margin: f64,
     on_shed: Option<ShedCallback>,
 }
 
@@ -665,6 +705,19 @@ impl AdmissionControllerBuilder {
         self
     }
 
+    /// How far past the levels below it the shed fraction must go before a higher
+    /// [`Criticality`] loses anything, as a share of all requests (see
+    /// [`try_admit_at`](AdmissionController::try_admit_at)). The controller's output moves by a
+    /// few hundredths between ticks under random arrivals; when the server needs nearly all of
+    /// the lowest level shed, those swings would otherwise fall on the next level. Within the
+    /// plateau the integral moves on at its own pace, so a real need to shed the next level
+    /// costs a fraction of a second more. In `[0, 0.5]`. Default 0.1: in the `criticality`
+    /// example (3× load, 30% critical) critical goodput went from 0.91 with 0 to 0.99.
+    pub fn level_margin(mut self, margin: f64) -> Self {
+        self.level_margin = margin;
+        self
+    }
+
     /// Calls `callback` with the shed fraction (`1 − probability`) at every tick that updates
     /// it, under the controller's lock: keep it short (store a number). The synchronous
     /// alternative to [`subscribe`](AdmissionController::subscribe), e.g. to set a whole-client
@@ -703,6 +756,12 @@ impl AdmissionControllerBuilder {
             self.min_admission,
             |m| (0.0..1.0).contains(m),
             "in [0, 1)",
+        )?;
+        let level_margin = check(
+            "level_margin",
+            self.level_margin,
+            |m| (0.0..=0.5).contains(m),
+            "in [0, 0.5]",
         )?;
         let idle_release = check(
             "idle_release",
@@ -751,6 +810,7 @@ impl AdmissionControllerBuilder {
                     idle_ticks: 0,
                     last_arrivals: [0; LEVELS],
                     shares: None,
+                    slow_shed: 0.0,
                 }),
                 next_tick_us: AtomicU64::new(0),
                 probability: AtomicU64::new(1.0f64.to_bits()),
@@ -762,6 +822,7 @@ impl AdmissionControllerBuilder {
                 floor,
                 floor_tracking,
                 idle_release,
+                level_margin,
                 idle_releases: AtomicU64::new(0),
                 admitted: AtomicU64::new(0),
                 floor_admitted: AtomicU64::new(0),
@@ -769,6 +830,7 @@ impl AdmissionControllerBuilder {
                 arrivals: Default::default(),
                 level_probability: std::array::from_fn(|_| AtomicU64::new(1.0f64.to_bits())),
                 level_credit: Default::default(),
+                floor_from: AtomicUsize::new(0),
                 shed_tx,
                 on_shed: self.on_shed,
             }),
@@ -783,21 +845,30 @@ mod tests {
     #[test]
     fn the_shed_fills_the_lowest_level_first() {
         let shares = [0.5, 0.2, 0.3, 0.0];
-        assert_eq!(split_shed(0.0, &shares), [1.0, 1.0, 1.0, 1.0]);
-        let p = split_shed(0.25, &shares);
+        assert_eq!(split_shed(0.0, &shares, 0.0), [1.0, 1.0, 1.0, 1.0]);
+        let p = split_shed(0.25, &shares, 0.0);
         assert!(
             (p[0] - 0.5).abs() < 1e-12 && p[1..] == [1.0, 1.0, 1.0],
             "{p:?}"
         );
-        let p = split_shed(0.6, &shares);
+        let p = split_shed(0.6, &shares, 0.0);
         assert!(p[0] == 0.0 && (p[1] - 0.5).abs() < 1e-12 && p[2..] == [1.0, 1.0]);
-        let p = split_shed(0.85, &shares);
+        let p = split_shed(0.85, &shares, 0.0);
         assert!(p[..2] == [0.0, 0.0] && (p[2] - 0.5).abs() < 1e-12 && p[3] == 1.0);
         // A level with no recent arrivals below one being shed is refused whole.
-        let p = split_shed(0.1, &[0.0, 0.5, 0.5, 0.0]);
+        let p = split_shed(0.1, &[0.0, 0.5, 0.5, 0.0], 0.0);
         assert!(p[0] == 0.0 && (p[1] - 0.8).abs() < 1e-12 && p[2..] == [1.0, 1.0]);
         // One level alone is the plain shed fraction.
-        let p = split_shed(0.37, &[0.0, 0.0, 1.0, 0.0]);
-        assert!((p[2] - 0.63).abs() < 1e-12 && p[3] == 1.0);
+        let p = split_shed(0.37, &[0.0, 0.0, 1.0, 0.0], 0.1);
+        assert!(
+            (p[2] - 0.63).abs() < 1e-12 && p[3] == 1.0,
+            "no margin below the only level"
+        );
+        // With a margin, the next level loses nothing until the shed passes the plateau.
+        let shares = [0.7, 0.0, 0.3, 0.0];
+        let p = split_shed(0.78, &shares, 0.1);
+        assert!(p[0] == 0.0 && p[2] == 1.0, "{p:?}");
+        let p = split_shed(0.86, &shares, 0.1);
+        assert!(p[0] == 0.0 && (p[2] - 0.8).abs() < 1e-12, "{p:?}");
     }
 }
