@@ -236,3 +236,80 @@ fn a_level_margin_out_of_range_is_refused_at_build() {
         assert_eq!(err.expected(), "in [0, 0.5]");
     }
 }
+
+/// A full queue by criticality sheds its oldest lower-level waiter to admit a higher one, and
+/// refuses as before when nobody lower waits.
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_evicts_a_lower_level_for_a_higher_one() {
+    use backstop::lifo_queue::LifoQueueLayer;
+    use backstop::{OverloadReason, find_overload};
+    use std::time::Duration;
+    use tower::Service;
+
+    let layer = LifoQueueLayer::builder("q")
+        .max_in_flight(1)
+        .max_waiting(2)
+        .interval(Duration::from_secs(10))
+        .target(Duration::from_secs(5))
+        .by_criticality(Criticality::Sheddable)
+        .build()
+        .unwrap();
+    let queue = layer.queue().clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Req| async { Ok::<_, BoxError>(()) });
+    let reason = |r: Result<(), BoxError>| find_overload(r.unwrap_err().as_ref()).unwrap().reason();
+
+    let running = svc.call(tagged(Criticality::Critical));
+    let sheddable_a = svc.call(Req::new(())); // untagged: the layer's default, sheddable
+    let sheddable_b = svc.call(tagged(Criticality::Sheddable));
+    assert_eq!(queue.waiting(), 2);
+    let critical_c = svc.call(tagged(Criticality::Critical));
+    assert_eq!(queue.waiting(), 2, "C took A's place");
+    assert_eq!(reason(sheddable_a.await), OverloadReason::Shed);
+    let critical_d = svc.call(tagged(Criticality::CriticalPlus));
+    assert_eq!(reason(sheddable_b.await), OverloadReason::Shed);
+    // Full of critical requests: a newcomer of the same level, or lower, is refused at once.
+    assert_eq!(
+        reason(svc.call(tagged(Criticality::Critical)).await),
+        OverloadReason::QueueFull
+    );
+    assert_eq!(
+        reason(svc.call(tagged(Criticality::SheddablePlus)).await),
+        OverloadReason::QueueFull
+    );
+    running.await.unwrap();
+    critical_c.await.unwrap();
+    critical_d.await.unwrap();
+    let stats = queue.stats();
+    assert_eq!((stats.shed, stats.rejected, stats.admitted), (2, 2, 3));
+    assert_eq!(stats.offered(), 7, "one outcome each");
+}
+
+/// Without `by_criticality` the queue ignores tags: the old behaviour.
+#[tokio::test(start_paused = true)]
+async fn a_queue_without_criticality_never_evicts() {
+    use backstop::lifo_queue::LifoQueueLayer;
+    use backstop::{OverloadReason, find_overload};
+    use tower::Service;
+
+    let layer = LifoQueueLayer::builder("q")
+        .max_in_flight(1)
+        .max_waiting(1)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Req| async { Ok::<_, BoxError>(()) });
+    let running = svc.call(tagged(Criticality::Sheddable));
+    let waiting = svc.call(tagged(Criticality::Sheddable));
+    let refused = svc.call(tagged(Criticality::CriticalPlus)).await;
+    assert_eq!(
+        find_overload(refused.unwrap_err().as_ref())
+            .unwrap()
+            .reason(),
+        OverloadReason::QueueFull
+    );
+    running.await.unwrap();
+    waiting.await.unwrap();
+}
