@@ -3,13 +3,14 @@
 //! **Scenario 1.** A server of 4 workers taking 20–60 ms a request (100 requests/s) is offered
 //! 300 requests/s (Poisson) for 60 s of simulated time; 30% of the requests are tagged
 //! `Critical`, the rest `Sheddable`. Each caller waits 500 ms. The server stack is an
-//! `AdmissionLayer` on the queue delay of a `BackpressureLayer` line. Three runs: the PID
-//! admission's recommended configuration (50 ms, a line of 9) with every request alike (the
-//! baseline); the same with `AdmissionLayer::by_criticality`, which fills the shed with the
-//! lowest level first; and by criticality with a 100 ms setpoint, a line of 36 and a level
-//! margin of 0.2 (the summary's row). Critical traffic alone is 90% of capacity, and its own
-//! random bursts overflow a line of 9, which refuses critical and sheddable alike: the queues'
-//! eviction by criticality is not built yet.
+//! `AdmissionLayer` on the queue delay of a line in front of the workers. Five runs: the PID
+//! admission's recommended configuration (50 ms, a `BackpressureLayer` line of 9) with every
+//! request alike (the baseline); the same with `AdmissionLayer::by_criticality`, which fills the
+//! shed with the lowest level first; by criticality with a 100 ms setpoint, a line of 36 and a
+//! level margin of 0.2; and both configurations again with a line that, when full, evicts a
+//! waiting sheddable request for a critical one (`LifoQueueLayer::by_criticality`, kept FIFO).
+//! Critical traffic alone is 90% of capacity, and its own random bursts overflow a line of 9.
+//! The summary reports the last row.
 //!
 //! **Scenario 2.** Ten clients each offer 100 requests/s (1,000/s in all) to a server that
 //! accepts 100/s (its own token bucket, burst 10) and answers the rest with a 429 (an
@@ -33,6 +34,7 @@ use std::time::Duration;
 use backstop::backpressure::BackpressureLayer;
 use backstop::client_throttle::{ClientThrottle, ClientThrottleLayer};
 use backstop::context::{Criticality, HasCriticality};
+use backstop::lifo_queue::LifoQueueLayer;
 use backstop::pid::{AdmissionController, AdmissionLayer, Draw, QueueDelay};
 use backstop::token_bucket::{AdaptiveRate, TokenBucket, TokenBucketLayer};
 use backstop::{BoxError, OverloadReason, Overloaded};
@@ -81,9 +83,13 @@ struct Stack {
     /// The line in front of the workers.
     max_waiting: usize,
     level_margin: f64,
+    /// The line evicts a waiting sheddable request for a critical one when full (a
+    /// `LifoQueueLayer` by criticality, its CoDel bound set past the callers' patience, in place
+    /// of the `BackpressureLayer`).
+    evicting_line: bool,
 }
 
-const STACKS: [Stack; 3] = [
+const STACKS: [Stack; 5] = [
     // The pid module's recommended configuration: 50 ms, a line of 1.8 setpoints.
     Stack {
         name: "pid, all alike",
@@ -91,6 +97,7 @@ const STACKS: [Stack; 3] = [
         setpoint: 0.050,
         max_waiting: 9,
         level_margin: 0.1,
+        evicting_line: false,
     },
     Stack {
         name: "by criticality",
@@ -98,6 +105,7 @@ const STACKS: [Stack; 3] = [
         setpoint: 0.050,
         max_waiting: 9,
         level_margin: 0.1,
+        evicting_line: false,
     },
     // Critical traffic alone is 90% of capacity here: its own bursts fill a 9-long line and
     // pass a 50 ms setpoint. A longer line and setpoint (well inside the 500 ms patience) and
@@ -108,6 +116,23 @@ const STACKS: [Stack; 3] = [
         setpoint: 0.100,
         max_waiting: 36,
         level_margin: 0.2,
+        evicting_line: false,
+    },
+    Stack {
+        name: "+ evicting line",
+        by_criticality: true,
+        setpoint: 0.050,
+        max_waiting: 9,
+        level_margin: 0.1,
+        evicting_line: true,
+    },
+    Stack {
+        name: "long + evicting line",
+        by_criticality: true,
+        setpoint: 0.100,
+        max_waiting: 36,
+        level_margin: 0.2,
+        evicting_line: true,
     },
 ];
 
@@ -116,8 +141,22 @@ async fn scenario1(stack: Stack, seed: u64) -> Result<Served, BoxError> {
         .max_in_flight(WORKERS)
         .max_waiting(stack.max_waiting)
         .build()?;
+    let evicting = LifoQueueLayer::builder("s1")
+        .max_in_flight(WORKERS)
+        .max_waiting(stack.max_waiting)
+        // FIFO throughout (the queue never counts as behind within the run), as the
+        // backpressure line: this row measures the eviction alone.
+        .interval(Duration::from_secs(3600))
+        .target(PATIENCE)
+        .by_criticality(Criticality::Sheddable)
+        .build()?;
+    let signal = if stack.evicting_line {
+        QueueDelay::of_queue(evicting.queue())
+    } else {
+        QueueDelay::of_limiter(queue.limiter())
+    };
     let scale = 0.050 / stack.setpoint;
-    let controller = AdmissionController::builder("s1", QueueDelay::of_limiter(queue.limiter()))
+    let controller = AdmissionController::builder("s1", signal)
         .setpoint(stack.setpoint)
         .dead_band(0.3 * stack.setpoint)
         .measurement_filter(Duration::from_secs(1))
@@ -132,7 +171,13 @@ async fn scenario1(stack: Stack, seed: u64) -> Result<Served, BoxError> {
         tokio::time::sleep(*req.body()).await;
         Ok::<_, BoxError>(())
     });
-    let server: BoxCloneService<Req, (), BoxError> = if stack.by_criticality {
+    let server: BoxCloneService<Req, (), BoxError> = if stack.evicting_line {
+        let stack = ServiceBuilder::new()
+            .layer(admission.by_criticality(Criticality::Sheddable))
+            .layer(evicting)
+            .service(handler);
+        BoxCloneService::new(stack)
+    } else if stack.by_criticality {
         // Untagged requests would count as sheddable; here every request is tagged.
         let stack = ServiceBuilder::new()
             .layer(admission.by_criticality(Criticality::Sheddable))
