@@ -201,6 +201,53 @@ mod admission {
         )
     }
 
+    /// A one-tick jump of the shed to its cap takes all the sheddable requests but reaches
+    /// no critical one; the same shed held for seconds does.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_lasting_shed_reaches_the_next_level() {
+        let signal = Arc::new(AtomicU64::new(0.5f64.to_bits()));
+        let s = signal.clone();
+        let controller = AdmissionController::builder(
+            "spill",
+            signal_fn(move |_| Some(f64::from_bits(s.load(Relaxed)))),
+        )
+        .setpoint(0.0)
+        .gains(1.0, 0.0, 0.0)
+        .seed(3)
+        .build()
+        .unwrap();
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(AdmissionLayer::new(controller.clone()).by_criticality(Criticality::Sheddable))
+            .service_fn(|_req: http::Request<()>| async { Ok::<_, BoxError>(()) });
+        let mut run = async |ms: u32| {
+            for i in 0..ms {
+                let mut req = http::Request::new(());
+                if i % 10 < 3 {
+                    req.set_criticality(Criticality::Critical);
+                }
+                let _ = svc.ready().await.unwrap().call(req).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        run(5_000).await; // the shares are learned, the slow filter sits at 0.5
+        assert_eq!(controller.denied_at(Criticality::Critical), 0);
+        signal.store(5.0f64.to_bits(), Relaxed); // capped at 0.95
+        run(150).await;
+        signal.store(0.5f64.to_bits(), Relaxed);
+        run(1_000).await;
+        assert_eq!(controller.denied_at(Criticality::Critical), 0, "a spike");
+        let sheddable = controller.denied_at(Criticality::Sheddable);
+        signal.store(5.0f64.to_bits(), Relaxed);
+        run(10_000).await;
+        assert!(controller.denied_at(Criticality::Sheddable) > sheddable + 6_900);
+        // The filtered shed 0.95 − 0.45·e^(−t/2 s) passes the plateau (0.7 + 0.1) after 2.2 s;
+        // from then the critical share refused, (shed − 0.8) / 0.3, rises toward one half.
+        // Integrated over the 10 s at 300 critical requests/s: about 880 (1,500 without the
+        // filter).
+        let critical = controller.denied_at(Criticality::Critical);
+        assert!((800..1_000).contains(&critical), "{critical}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_shed_below_the_sheddable_share_never_touches_critical() {
         let (sheddable, critical, controller) = refused_shares(0.5).await;
