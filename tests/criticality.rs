@@ -360,3 +360,73 @@ async fn a_queue_without_criticality_never_evicts() {
     running.await.unwrap();
     waiting.await.unwrap();
 }
+
+/// The whole-client throttle by criticality: the shed fraction takes sheddable requests first;
+/// within a level the choice of clients stays whole and stable.
+#[tokio::test(start_paused = true)]
+async fn the_throttle_sheds_sheddable_clients_first() {
+    use backstop::throttle::{HeaderKey, ShedFraction, ThrottleLayer};
+    use tower::Service;
+
+    let shed = ShedFraction::builder("t")
+        .seed(5)
+        .epoch_origin(tokio::time::Instant::now())
+        .build()
+        .unwrap();
+    let layer = ThrottleLayer::builder("t", HeaderKey::default())
+        .shed(shed.clone())
+        .build()
+        .unwrap()
+        .by_criticality(Criticality::Sheddable);
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Req| async { Ok::<_, BoxError>(()) });
+    // 1,000 clients; clients 0..300 send critical requests, the others untagged ones.
+    let request = |client: u32| {
+        let mut req = Req::new(());
+        req.headers_mut()
+            .insert("x-client-id", client.to_string().parse().unwrap());
+        if client < 300 {
+            req.set_criticality(Criticality::Critical);
+        }
+        req
+    };
+    let round = async |svc: &mut _| {
+        let mut refused = [0u32; 2];
+        let mut shed_clients = Vec::new();
+        for client in 0..1000u32 {
+            let svc: &mut tower::util::BoxService<Req, (), BoxError> = svc;
+            if svc
+                .ready()
+                .await
+                .unwrap()
+                .call(request(client))
+                .await
+                .is_err()
+            {
+                refused[usize::from(client < 300)] += 1;
+                shed_clients.push(client);
+            }
+        }
+        (refused, shed_clients)
+    };
+    let mut svc = tower::util::BoxService::new(svc.clone());
+    shed.set(0.5); // no mix seen yet: every level sheds half
+    let (refused, _) = round(&mut svc).await;
+    assert!(
+        refused[1] > 100,
+        "uniform before a mix is known: {refused:?}"
+    );
+    shed.set(0.5); // the mix is 70/30 now
+    assert!((shed.fraction_at(Criticality::Sheddable) - 0.5 / 0.7).abs() < 1e-9);
+    assert_eq!(shed.fraction_at(Criticality::Critical), 0.0);
+    let (refused, first) = round(&mut svc).await;
+    assert_eq!(refused[1], 0, "no critical request shed");
+    assert!(
+        (refused[0] as f64 / 700.0 - 0.5 / 0.7).abs() < 0.05,
+        "{refused:?}"
+    );
+    // The same clients again: whole and stable.
+    let (_, again) = round(&mut svc).await;
+    assert_eq!(first, again);
+}

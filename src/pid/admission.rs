@@ -120,7 +120,7 @@ const SHARE_SMOOTHING: f64 = 0.1;
 /// nearly all of the lowest level spilled those swings onto the next). A level with no recent
 /// arrivals is refused whole when it sits below a level still being shed, and not at all
 /// above.
-fn split_shed(shed: f64, shares: &[f64; LEVELS], margin: f64) -> [f64; LEVELS] {
+pub(crate) fn split_shed(shed: f64, shares: &[f64; LEVELS], margin: f64) -> [f64; LEVELS] {
     let mut left = shed;
     let mut probability = [1.0; LEVELS];
     for (p, &share) in probability.iter_mut().zip(shares) {
