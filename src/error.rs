@@ -31,6 +31,8 @@ pub enum OverloadReason {
     RateLimited,
     /// A retry or hedge budget was spent.
     BudgetExhausted,
+    /// The client throttle refused locally: the server has been refusing most requests.
+    ClientThrottled,
 }
 
 impl OverloadReason {
@@ -43,6 +45,7 @@ impl OverloadReason {
             OverloadReason::AdmissionDenied => "admission_denied",
             OverloadReason::RateLimited => "rate_limited",
             OverloadReason::BudgetExhausted => "budget_exhausted",
+            OverloadReason::ClientThrottled => "client_throttled",
         }
     }
 }

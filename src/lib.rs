@@ -4,6 +4,7 @@
 
 pub mod backpressure;
 pub mod classify;
+pub mod client_throttle;
 pub mod context;
 pub mod error;
 #[cfg(feature = "redis")]

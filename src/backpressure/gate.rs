@@ -133,7 +133,14 @@ struct Node {
     enqueued: Instant,
     deadline: Option<Instant>,
     waker: Option<Waker>,
+    /// The request's criticality level (0 lowest): a full queue evicts a lower one for it.
+    level: u8,
 }
+
+/// The level of requests that carry none: `Criticality::Critical`'s index. A queue whose
+/// requests are all at one level never evicts.
+pub(crate) const DEFAULT_LEVEL: u8 = 2;
+const LEVELS: usize = 4;
 
 #[derive(Debug)]
 enum Slot {
@@ -167,6 +174,8 @@ struct State {
     sideline: List,
     /// When the main list last went from empty to non-empty; `None` while it is empty.
     nonempty_since: Option<Instant>,
+    /// Waiters (main list and sideline) at each criticality level.
+    waiting_by_level: [usize; LEVELS],
     totals: Totals,
 }
 
@@ -256,6 +265,10 @@ impl State {
         if place == Place::Main && self.main.len == 0 {
             self.nonempty_since = None;
         }
+        if matches!(new_place, Place::Granted | Place::Shed) {
+            let level = usize::from(self.node(key).level);
+            self.waiting_by_level[level] -= 1;
+        }
         let node = self.node_mut(key);
         node.prev = NIL;
         node.next = NIL;
@@ -284,6 +297,7 @@ impl Gate {
                 main: List::EMPTY,
                 sideline: List::EMPTY,
                 nonempty_since: None,
+                waiting_by_level: [0; LEVELS],
                 totals: Totals::default(),
             }),
             series: Series::register(name),
@@ -306,6 +320,19 @@ impl Gate {
         self: &Arc<Self>,
         deadline: impl FnOnce() -> Option<Deadline>,
     ) -> Admission {
+        self.acquire_at(deadline, DEFAULT_LEVEL)
+    }
+
+    /// [`acquire`](Self::acquire) for a request of criticality `level` (0 lowest, at most 3):
+    /// when the queue is full and a waiter of a lower level waits, the oldest waiter of the
+    /// lowest such level is shed to make room (sideline first, then the main list), so a full
+    /// queue never turns away a critical request while it holds a sheddable one.
+    pub(crate) fn acquire_at(
+        self: &Arc<Self>,
+        deadline: impl FnOnce() -> Option<Deadline>,
+        level: u8,
+    ) -> Admission {
+        let level = level.min(LEVELS as u8 - 1);
         let mut state = self.lock();
         if state.in_flight < self.config.limit && state.waiting() == 0 {
             state.in_flight += 1;
@@ -314,6 +341,10 @@ impl Gate {
             return Admission::Run(Permit { gate: self.clone() });
         }
         let now = Instant::now();
+        let mut evicted = None;
+        if state.waiting() >= self.config.max_waiting {
+            evicted = self.evict_below(&mut state, level);
+        }
         if state.waiting() >= self.config.max_waiting {
             state.totals.rejected += 1;
             self.publish(&state, now);
@@ -338,15 +369,50 @@ impl Gate {
             enqueued: now,
             deadline,
             waker: None,
+            level,
         });
         state.push_back(key, Place::Main, now);
+        state.waiting_by_level[usize::from(level)] += 1;
         state.totals.queued += 1;
         self.publish(&state, now);
         drop(state);
+        if let Some(waker) = evicted {
+            waker.wake();
+        }
         Admission::Wait(Ticket {
             gate: self.clone(),
             key,
         })
+    }
+
+    /// Sheds the oldest waiter of the lowest level below `level`, if any waits; returns its
+    /// waker, to wake once the lock is released. Only a full queue with a lower level waiting
+    /// pays for the scan (at most `max_waiting` nodes); a queue of one level never scans.
+    fn evict_below(&self, state: &mut State, level: u8) -> Option<Waker> {
+        let victim_level = (0..level).find(|&l| state.waiting_by_level[usize::from(l)] > 0)?;
+        let mut key = NIL;
+        for list in [state.sideline, state.main] {
+            let mut at = list.head;
+            while at != NIL {
+                let node = state.node(at);
+                if node.level == victim_level {
+                    key = at;
+                    break;
+                }
+                at = node.next;
+            }
+            if key != NIL {
+                break;
+            }
+        }
+        if key == NIL {
+            return None;
+        }
+        state.unlink(key, Place::Shed);
+        state.totals.shed += 1;
+        self.series.shed.increment(1);
+        // A waiter that never polled has no waker yet; it finds `Shed` at its first poll.
+        state.node_mut(key).waker.take()
     }
 
     /// Where the waiter `key` stands in time: when it expires, and what happens then.

@@ -28,6 +28,23 @@
 //!
 //! [`TimeoutLayer`]: crate::timeout::TimeoutLayer
 //!
+//! # Criticality
+//! The scope carries the request's [`Criticality`] too (Google's four levels, `Sheddable` to
+//! `CriticalPlus`), so a handler's calls are shed at the level of the request they serve. It
+//! travels the same three ways as the deadline: in the request's extensions
+//! ([`HasCriticality`]), on the wire in the `backstop-criticality` header (also the gRPC
+//! metadata key on HTTP/2: [`send_criticality`] writes it, [`inherit_criticality`] reads it;
+//! [`send_context`] and [`inherit_context`] do deadline and criticality in one step), and in
+//! the scope. The precedence is the deadline's: the request's own tag, then the scope's, then
+//! the layer's default ([`ByCriticality::new`]). In nested scopes the inner tag wins (a handler
+//! may send its prefetches as `Sheddable`). They are siblings of `send_deadline` and
+//! `inherit_deadline` rather than extensions of them, so a service can propagate one without
+//! the other, and the timeout module stays free of a concept it does not use.
+//!
+//! The layers that refuse read it through [`CriticalityOf`]: [`SameCriticality`] (the
+//! default: all alike) or [`ByCriticality`]; the [`pid`](crate::pid) admission then refuses
+//! the lowest level first.
+//!
 //! # Example
 //! ```
 //! use backstop::context::{self, ScopeLayer};
@@ -66,12 +83,36 @@
 //! # }
 //! ```
 
+mod criticality;
 mod future;
 mod layer;
 mod scope;
 mod service;
 
+pub use self::criticality::{
+    ByCriticality, Criticality, CriticalityOf, HasCriticality, SameCriticality, UnknownCriticality,
+};
+#[cfg(feature = "http")]
+pub use self::criticality::{
+    CRITICALITY_HEADER, inherit_criticality, read_criticality, send_criticality, write_criticality,
+};
 pub use self::future::ScopedFuture;
 pub use self::layer::ScopeLayer;
-pub use self::scope::{RequestContext, current, current_deadline, in_current_scope, spawn};
+pub use self::scope::{
+    RequestContext, current, current_criticality, current_deadline, in_current_scope, spawn,
+};
 pub use self::service::Scope;
+
+/// For servers: [`inherit_deadline`](crate::timeout::headers::inherit_deadline) and
+/// [`inherit_criticality`] in one step, for `tower::util::MapRequestLayer`.
+#[cfg(feature = "http")]
+pub fn inherit_context<B>(req: http::Request<B>) -> http::Request<B> {
+    inherit_criticality(crate::timeout::headers::inherit_deadline(req))
+}
+
+/// For clients: [`send_deadline`](crate::timeout::headers::send_deadline) and
+/// [`send_criticality`] in one step, for `tower::util::MapRequestLayer`.
+#[cfg(feature = "http")]
+pub fn send_context<B>(req: http::Request<B>) -> http::Request<B> {
+    send_criticality(crate::timeout::headers::send_deadline(req))
+}

@@ -4,31 +4,34 @@ use std::future::Future;
 
 use crate::timeout::{Deadline, HasDeadline};
 
-use super::ScopedFuture;
+use super::{Criticality, HasCriticality, ScopedFuture};
 
 tokio::task_local! {
     static CONTEXT: RequestContext;
 }
 
-/// What a request carries that the calls made while serving it inherit: today its deadline.
+/// What a request carries that the calls made while serving it inherit: its deadline and its
+/// [`Criticality`].
 ///
 /// Small and `Copy`; open a scope with [`scope`](Self::scope), read it with [`current`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RequestContext {
     deadline: Option<Deadline>,
+    criticality: Option<Criticality>,
 }
 
 impl RequestContext {
-    /// An empty context: no deadline.
+    /// An empty context: no deadline, no criticality.
     pub fn new() -> Self {
         RequestContext::default()
     }
 
     /// The context a request carries.
-    pub fn of<R: HasDeadline + ?Sized>(req: &R) -> Self {
+    pub fn of<R: HasDeadline + HasCriticality + ?Sized>(req: &R) -> Self {
         RequestContext {
             deadline: req.deadline(),
+            criticality: req.criticality(),
         }
     }
 
@@ -43,14 +46,28 @@ impl RequestContext {
         self.deadline
     }
 
+    /// This context with `criticality`.
+    pub fn with_criticality(mut self, criticality: Criticality) -> Self {
+        self.criticality = Some(criticality);
+        self
+    }
+
+    /// The criticality, if any.
+    pub fn criticality(&self) -> Option<Criticality> {
+        self.criticality
+    }
+
     /// This context as seen inside `outer`: the earlier deadline wins, so a nested scope never
-    /// gives its calls more time than the scope around it has.
+    /// gives its calls more time than the scope around it has. The inner criticality wins when
+    /// it has one, as a request's own tag wins over its scope's: a handler may send its
+    /// background prefetch as `Sheddable` while serving a `Critical` request.
     pub fn within(self, outer: RequestContext) -> Self {
         RequestContext {
             deadline: match (self.deadline, outer.deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
+            criticality: self.criticality.or(outer.criticality),
         }
     }
 
@@ -75,6 +92,11 @@ pub fn current_deadline() -> Option<Deadline> {
     CONTEXT.try_with(|c| c.deadline).ok().flatten()
 }
 
+/// The current scope's criticality, if any.
+pub fn current_criticality() -> Option<Criticality> {
+    CONTEXT.try_with(|c| c.criticality).ok().flatten()
+}
+
 /// `fut` carrying the current context, for any executor: the scope is captured now and entered
 /// on every poll.
 pub fn in_current_scope<F: Future>(fut: F) -> ScopedFuture<F> {
@@ -82,7 +104,7 @@ pub fn in_current_scope<F: Future>(fut: F) -> ScopedFuture<F> {
 }
 
 /// `tokio::spawn` for a task that belongs to the request being served: it inherits the current
-/// context, so its calls keep the request's deadline. Use `tokio::spawn` for work that should
+/// context, so its calls keep the request's deadline and criticality. Use `tokio::spawn` for work that should
 /// outlive the request.
 ///
 /// Needs a tokio runtime, as `tokio::spawn` does.

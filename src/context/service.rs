@@ -2,7 +2,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::{RequestContext, ScopedFuture};
+use super::{HasCriticality, RequestContext, ScopedFuture};
 use crate::timeout::HasDeadline;
 
 /// A service that runs each call inside its request's scope.
@@ -37,7 +37,7 @@ impl<S> Scope<S> {
 impl<S, Req> Service<Req> for Scope<S>
 where
     S: Service<Req>,
-    Req: HasDeadline,
+    Req: HasDeadline + HasCriticality,
 {
     type Response = S::Response;
     type Error = S::Error;

@@ -6,6 +6,7 @@ use tower_layer::Layer;
 use super::{AdaptiveQueue, LifoQueue};
 use crate::backpressure::UntilResponse;
 use crate::backpressure::gate::{Config, Shedding};
+use crate::context::{ByCriticality, Criticality, SameCriticality};
 use crate::error::{ConfigError, check, clamp_forever};
 use crate::timeout::{FromRequest, NoDeadline};
 
@@ -30,9 +31,10 @@ use crate::timeout::{FromRequest, NoDeadline};
 /// # }
 /// ```
 #[derive(Debug, Clone)]
-pub struct LifoQueueLayer<H = UntilResponse, D = FromRequest> {
+pub struct LifoQueueLayer<H = UntilResponse, D = FromRequest, K = SameCriticality> {
     queue: AdaptiveQueue,
     deadlines: D,
+    criticality: K,
     _hold: PhantomData<fn() -> H>,
 }
 
@@ -54,29 +56,35 @@ impl LifoQueueLayer {
             interval: Duration::from_millis(100),
             sideline: None,
             deadlines: FromRequest,
+            criticality: SameCriticality,
             _hold: PhantomData,
         }
     }
 }
 
-impl<H, D> LifoQueueLayer<H, D> {
+impl<H, D, K> LifoQueueLayer<H, D, K> {
     /// The shared queue, to read its figures.
     pub fn queue(&self) -> &AdaptiveQueue {
         &self.queue
     }
 }
 
-impl<S, H, D: Clone> Layer<S> for LifoQueueLayer<H, D> {
-    type Service = LifoQueue<S, H, D>;
+impl<S, H, D: Clone, K: Clone> Layer<S> for LifoQueueLayer<H, D, K> {
+    type Service = LifoQueue<S, H, D, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        LifoQueue::new(inner, self.queue.clone(), self.deadlines.clone())
+        LifoQueue::new(
+            inner,
+            self.queue.clone(),
+            self.deadlines.clone(),
+            self.criticality.clone(),
+        )
     }
 }
 
 /// Builds a [`LifoQueueLayer`]; [`build`](Self::build) checks every value.
 #[derive(Debug, Clone)]
-pub struct LifoQueueLayerBuilder<H = UntilResponse, D = FromRequest> {
+pub struct LifoQueueLayerBuilder<H = UntilResponse, D = FromRequest, K = SameCriticality> {
     name: String,
     max_in_flight: usize,
     max_waiting: usize,
@@ -84,10 +92,33 @@ pub struct LifoQueueLayerBuilder<H = UntilResponse, D = FromRequest> {
     interval: Duration,
     sideline: Option<Duration>,
     deadlines: D,
+    criticality: K,
     _hold: PhantomData<fn() -> H>,
 }
 
-impl<H, D> LifoQueueLayerBuilder<H, D> {
+impl<H, D, K> LifoQueueLayerBuilder<H, D, K> {
+    /// Orders the queue by [`Criticality`] when it is full: a request that finds it full, while
+    /// a request of a lower level waits, takes that one's place (the oldest waiter of the lowest
+    /// such level is shed, sideline first), so a full queue never refuses a critical request
+    /// while it holds a sheddable one. A request's level is its own tag, else its
+    /// [scope's](crate::context), else `default`. Without it, every request is alike.
+    pub fn by_criticality(
+        self,
+        default: Criticality,
+    ) -> LifoQueueLayerBuilder<H, D, ByCriticality> {
+        LifoQueueLayerBuilder {
+            name: self.name,
+            max_in_flight: self.max_in_flight,
+            max_waiting: self.max_waiting,
+            target: self.target,
+            interval: self.interval,
+            sideline: self.sideline,
+            deadlines: self.deadlines,
+            criticality: ByCriticality::new(default),
+            _hold: PhantomData,
+        }
+    }
+
     /// The most requests that may hold a slot at once. At least 1. Default 64.
     pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
         self.max_in_flight = max_in_flight;
@@ -131,17 +162,20 @@ impl<H, D> LifoQueueLayerBuilder<H, D> {
     #[cfg(feature = "http")]
     pub fn hold_until_body_end(
         self,
-    ) -> LifoQueueLayerBuilder<crate::backpressure::UntilBodyEnd, D> {
+    ) -> LifoQueueLayerBuilder<crate::backpressure::UntilBodyEnd, D, K> {
         self.with_types(|same| same)
     }
 
     /// Ignores request deadlines, so the layer accepts request types without
     /// [`HasDeadline`](crate::timeout::HasDeadline); only the CoDel bound sheds.
-    pub fn ignore_deadlines(self) -> LifoQueueLayerBuilder<H, NoDeadline> {
+    pub fn ignore_deadlines(self) -> LifoQueueLayerBuilder<H, NoDeadline, K> {
         self.with_types(|_| NoDeadline)
     }
 
-    fn with_types<H2, D2>(self, deadlines: impl FnOnce(D) -> D2) -> LifoQueueLayerBuilder<H2, D2> {
+    fn with_types<H2, D2>(
+        self,
+        deadlines: impl FnOnce(D) -> D2,
+    ) -> LifoQueueLayerBuilder<H2, D2, K> {
         LifoQueueLayerBuilder {
             name: self.name,
             max_in_flight: self.max_in_flight,
@@ -150,12 +184,13 @@ impl<H, D> LifoQueueLayerBuilder<H, D> {
             interval: self.interval,
             sideline: self.sideline,
             deadlines: deadlines(self.deadlines),
+            criticality: self.criticality,
             _hold: PhantomData,
         }
     }
 
     /// Checks the values, registers the metric series, and builds the layer.
-    pub fn build(self) -> Result<LifoQueueLayer<H, D>, ConfigError> {
+    pub fn build(self) -> Result<LifoQueueLayer<H, D, K>, ConfigError> {
         let limit = check(
             "max_in_flight",
             self.max_in_flight,
@@ -196,6 +231,7 @@ impl<H, D> LifoQueueLayerBuilder<H, D> {
         Ok(LifoQueueLayer {
             queue: AdaptiveQueue::new(config, &self.name),
             deadlines: self.deadlines,
+            criticality: self.criticality,
             _hold: PhantomData,
         })
     }

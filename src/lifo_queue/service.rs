@@ -5,6 +5,7 @@ use tower_service::Service;
 
 use super::{AdaptiveQueue, ResponseFuture};
 use crate::backpressure::Hold;
+use crate::context::{CriticalityOf, SameCriticality};
 use crate::error::BoxError;
 use crate::timeout::DeadlineOf;
 
@@ -14,30 +15,33 @@ use crate::timeout::DeadlineOf;
 /// (see the [module docs](super) on false overloads). The inner service is cloned per request and
 /// made ready only once the request holds a slot.
 #[derive(Debug)]
-pub struct LifoQueue<S, H, D> {
+pub struct LifoQueue<S, H, D, K = SameCriticality> {
     inner: S,
     queue: AdaptiveQueue,
     deadlines: D,
+    criticality: K,
     _hold: PhantomData<fn() -> H>,
 }
 
-impl<S: Clone, H, D: Clone> Clone for LifoQueue<S, H, D> {
+impl<S: Clone, H, D: Clone, K: Clone> Clone for LifoQueue<S, H, D, K> {
     fn clone(&self) -> Self {
         LifoQueue {
             inner: self.inner.clone(),
             queue: self.queue.clone(),
             deadlines: self.deadlines.clone(),
+            criticality: self.criticality.clone(),
             _hold: PhantomData,
         }
     }
 }
 
-impl<S, H, D> LifoQueue<S, H, D> {
-    pub(super) fn new(inner: S, queue: AdaptiveQueue, deadlines: D) -> Self {
+impl<S, H, D, K> LifoQueue<S, H, D, K> {
+    pub(super) fn new(inner: S, queue: AdaptiveQueue, deadlines: D, criticality: K) -> Self {
         LifoQueue {
             inner,
             queue,
             deadlines,
+            criticality,
             _hold: PhantomData,
         }
     }
@@ -58,12 +62,13 @@ impl<S, H, D> LifoQueue<S, H, D> {
     }
 }
 
-impl<S, H, D, Req> Service<Req> for LifoQueue<S, H, D>
+impl<S, H, D, K, Req> Service<Req> for LifoQueue<S, H, D, K>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     H: Hold<S::Response>,
     D: DeadlineOf<Req>,
+    K: CriticalityOf<Req>,
 {
     type Response = H::Output;
     type Error = BoxError;
@@ -74,10 +79,11 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        let level = self.criticality.criticality_of(&request).index() as u8;
         let admission = self
             .queue
             .gate
-            .acquire(|| self.deadlines.deadline_of(&request));
+            .acquire_at(|| self.deadlines.deadline_of(&request), level);
         ResponseFuture::new(admission, self.inner.clone(), request)
     }
 }

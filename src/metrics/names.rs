@@ -107,6 +107,12 @@ pub const ADMISSION_I_TERM: &str = "backstop_admission_i_term";
 pub const ADMISSION_D_TERM: &str = "backstop_admission_d_term";
 /// Counter: requests the admission controller refused with `AdmissionDenied`.
 pub const ADMISSION_DENIED: &str = "backstop_admission_denied_total";
+/// Counter: requests refused by the admission controller, by [`CRITICALITY_LABEL`] (all four
+/// levels registered at build, so zeros show).
+pub const ADMISSION_DENIED_BY_CRITICALITY: &str = "backstop_admission_denied_by_criticality_total";
+/// Label: a request's criticality level (`sheddable`, `sheddable_plus`, `critical`,
+/// `critical_plus`).
+pub const CRITICALITY_LABEL: &str = "criticality";
 
 /// Describes the admission controller's series. Calling it again is harmless.
 pub fn describe_admission() {
@@ -126,6 +132,11 @@ pub fn describe_admission() {
         ADMISSION_DENIED,
         Unit::Count,
         "Requests refused by the admission controller."
+    );
+    describe_counter!(
+        ADMISSION_DENIED_BY_CRITICALITY,
+        Unit::Count,
+        "Requests refused by the admission controller, by criticality level."
     );
 }
 
@@ -294,5 +305,23 @@ pub fn describe_replay() {
         REPLAY_ABANDONED,
         metrics::Unit::Count,
         "Request bodies that could no longer be replayed (not retried or hedged again), by reason."
+    );
+}
+
+/// Counter: requests the client throttle refused locally, before sending them.
+pub const CLIENT_THROTTLE_REFUSED: &str = "backstop_client_throttle_refused_total";
+/// Gauge: the client throttle's local refusal probability at the last request.
+pub const CLIENT_THROTTLE_PROBABILITY: &str = "backstop_client_throttle_probability";
+
+/// Describes the client throttle's series.
+pub fn describe_client_throttle() {
+    metrics::describe_counter!(
+        CLIENT_THROTTLE_REFUSED,
+        metrics::Unit::Count,
+        "Requests the client throttle refused locally (the server refused too many)."
+    );
+    metrics::describe_gauge!(
+        CLIENT_THROTTLE_PROBABILITY,
+        "Probability that the client throttle refuses a request locally."
     );
 }

@@ -127,6 +127,7 @@ mod layer;
 mod service;
 mod signal;
 
+pub(crate) use self::admission::split_shed;
 pub use self::admission::{AdmissionController, AdmissionControllerBuilder, Draw};
 pub use self::controller::{Action, AntiWindup, PidController, PidControllerBuilder, PidTerms};
 pub use self::future::ResponseFuture;

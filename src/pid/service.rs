@@ -4,6 +4,7 @@ use tower_service::Service;
 
 use super::admission::AdmissionController;
 use super::future::ResponseFuture;
+use crate::context::{CriticalityOf, SameCriticality};
 use crate::error::{BoxError, OverloadReason, Overloaded};
 
 /// The service made by [`AdmissionLayer`](super::AdmissionLayer).
@@ -11,15 +12,27 @@ use crate::error::{BoxError, OverloadReason, Overloaded};
 /// Readiness is the inner service's; the admission draw happens in `call`, so a refusal never
 /// waits for anything.
 #[derive(Debug, Clone)]
-pub struct Admission<S> {
+pub struct Admission<S, K = SameCriticality> {
     inner: S,
     controller: AdmissionController,
+    criticality: K,
 }
 
 impl<S> Admission<S> {
-    /// Wraps `inner`, deciding by `controller`.
+    /// Wraps `inner`, deciding by `controller`, every request alike.
     pub fn new(inner: S, controller: AdmissionController) -> Self {
-        Admission { inner, controller }
+        Admission::with_criticality(inner, controller, SameCriticality)
+    }
+}
+
+impl<S, K> Admission<S, K> {
+    /// Wraps `inner`, deciding by `controller` at the level `criticality` reads.
+    pub fn with_criticality(inner: S, controller: AdmissionController, criticality: K) -> Self {
+        Admission {
+            inner,
+            controller,
+            criticality,
+        }
     }
 
     /// The shared controller.
@@ -38,10 +51,11 @@ impl<S> Admission<S> {
     }
 }
 
-impl<S, Req> Service<Req> for Admission<S>
+impl<S, K, Req> Service<Req> for Admission<S, K>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    K: CriticalityOf<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -52,7 +66,8 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        if self.controller.try_admit() {
+        let level = self.criticality.criticality_of(&req);
+        if self.controller.try_admit_at(level) {
             ResponseFuture::admitted(self.inner.call(req))
         } else {
             ResponseFuture::refused(Overloaded::new(OverloadReason::AdmissionDenied).into())

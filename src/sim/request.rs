@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 
+use crate::context::{Criticality, HasCriticality};
 use crate::error::BoxError;
 use crate::timeout::{Deadline, HasDeadline};
 
@@ -40,6 +41,7 @@ pub struct SimRequest {
     /// When the user stops waiting for the answer: work that finishes after it is wasted.
     pub caller_gives_up_at: Instant,
     deadline: Option<Deadline>,
+    criticality: Option<Criticality>,
     /// Flags raised when a caller up the chain stopped waiting for this attempt.
     pub(crate) abandoned: Abandoned,
     /// Free-form markers for layers (feature `http`).
@@ -62,6 +64,7 @@ impl SimRequest {
             sent_at: Instant::now(),
             caller_gives_up_at,
             deadline: Some(Deadline::at(caller_gives_up_at)),
+            criticality: None,
             abandoned: Abandoned::default(),
             #[cfg(feature = "http")]
             extensions: http::Extensions::new(),
@@ -81,6 +84,15 @@ impl HasDeadline for SimRequest {
     }
     fn set_deadline(&mut self, deadline: Deadline) {
         self.deadline = Some(deadline);
+    }
+}
+
+impl HasCriticality for SimRequest {
+    fn criticality(&self) -> Option<Criticality> {
+        self.criticality
+    }
+    fn set_criticality(&mut self, criticality: Criticality) {
+        self.criticality = Some(criticality);
     }
 }
 
@@ -200,6 +212,7 @@ impl From<RequestParts> for SimRequest {
             sent_at: Instant::now(),
             caller_gives_up_at: p.caller_gives_up_at,
             deadline: p.deadline,
+            criticality: None,
             abandoned: p.abandoned,
             #[cfg(feature = "http")]
             extensions: http::Extensions::new(),

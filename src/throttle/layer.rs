@@ -10,6 +10,7 @@ use super::key::{ClientId, ClientKey, MissingKey};
 use super::service::Throttle;
 use super::shed::ShedFraction;
 use super::store::QuotaStore;
+use crate::context::{ByCriticality, Criticality, SameCriticality};
 use crate::error::{BoxError, ConfigError, OverloadReason, Overloaded, check};
 use crate::metrics::names;
 
@@ -43,19 +44,21 @@ use crate::metrics::names;
 /// # Ok(())
 /// # }
 /// ```
-pub struct ThrottleLayer<K> {
+pub struct ThrottleLayer<K, C = SameCriticality> {
     policy: Arc<Policy<K>>,
+    criticality: C,
 }
 
-impl<K> Clone for ThrottleLayer<K> {
+impl<K, C: Clone> Clone for ThrottleLayer<K, C> {
     fn clone(&self) -> Self {
         ThrottleLayer {
             policy: self.policy.clone(),
+            criticality: self.criticality.clone(),
         }
     }
 }
 
-impl<K> fmt::Debug for ThrottleLayer<K> {
+impl<K, C> fmt::Debug for ThrottleLayer<K, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.policy.fmt(f)
     }
@@ -73,6 +76,19 @@ impl<K> ThrottleLayer<K> {
             shed_retry_after: Duration::from_secs(1),
         }
     }
+}
+
+impl<K, C> ThrottleLayer<K, C> {
+    /// Sheds by [`Criticality`]: the shed fraction is split over the levels, lowest first
+    /// ([`ShedFraction::is_shed_at`]), so a client's sheddable requests are refused before
+    /// any client's critical ones. A request's level is its own tag, else its scope's, else
+    /// `default`. Quotas are not affected.
+    pub fn by_criticality(self, default: Criticality) -> ThrottleLayer<K, ByCriticality> {
+        ThrottleLayer {
+            policy: self.policy,
+            criticality: ByCriticality::new(default),
+        }
+    }
 
     /// The shed fraction handle, if any.
     pub fn shed(&self) -> Option<&ShedFraction> {
@@ -85,11 +101,11 @@ impl<K> ThrottleLayer<K> {
     }
 }
 
-impl<S, K> Layer<S> for ThrottleLayer<K> {
-    type Service = Throttle<S, K>;
+impl<S, K, C: Clone> Layer<S> for ThrottleLayer<K, C> {
+    type Service = Throttle<S, K, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Throttle::new(inner, self.policy.clone())
+        Throttle::new(inner, self.policy.clone(), self.criticality.clone())
     }
 }
 
@@ -174,6 +190,7 @@ impl<K> ThrottleLayerBuilder<K> {
                 missing_count: missing_key,
                 keyless,
             }),
+            criticality: SameCriticality,
         })
     }
 }
@@ -195,7 +212,7 @@ pub(super) struct Policy<K> {
 
 impl<K> Policy<K> {
     /// Admits the request, or says why not.
-    pub(super) fn decide<Req>(&self, req: &Req) -> Result<(), BoxError>
+    pub(super) fn decide<Req>(&self, req: &Req, level: Criticality) -> Result<(), BoxError>
     where
         K: ClientKey<Req>,
     {
@@ -218,7 +235,7 @@ impl<K> Policy<K> {
         };
         // Shedding first: a shed request must not spend its client's quota.
         if let Some(shed) = &self.shed
-            && shed.is_shed(&key)
+            && shed.is_shed_at(&key, level)
         {
             self.shed_count.increment(1);
             return Err(Overloaded::new(OverloadReason::Throttled)

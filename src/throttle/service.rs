@@ -7,18 +7,24 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::key::ClientKey;
 use super::layer::Policy;
+use crate::context::{CriticalityOf, SameCriticality};
 use crate::error::BoxError;
 
 /// The service made by [`ThrottleLayer`](super::ThrottleLayer): refuses throttled clients at
 /// once, before the inner service sees the request.
-pub struct Throttle<S, K> {
+pub struct Throttle<S, K, C = SameCriticality> {
     inner: S,
     policy: Arc<Policy<K>>,
+    criticality: C,
 }
 
-impl<S, K> Throttle<S, K> {
-    pub(super) fn new(inner: S, policy: Arc<Policy<K>>) -> Self {
-        Throttle { inner, policy }
+impl<S, K, C> Throttle<S, K, C> {
+    pub(super) fn new(inner: S, policy: Arc<Policy<K>>, criticality: C) -> Self {
+        Throttle {
+            inner,
+            policy,
+            criticality,
+        }
     }
 
     /// The inner service.
@@ -27,16 +33,17 @@ impl<S, K> Throttle<S, K> {
     }
 }
 
-impl<S: Clone, K> Clone for Throttle<S, K> {
+impl<S: Clone, K, C: Clone> Clone for Throttle<S, K, C> {
     fn clone(&self) -> Self {
         Throttle {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
+            criticality: self.criticality.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, K> fmt::Debug for Throttle<S, K> {
+impl<S: fmt::Debug, K, C> fmt::Debug for Throttle<S, K, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Throttle")
             .field("inner", &self.inner)
@@ -45,11 +52,12 @@ impl<S: fmt::Debug, K> fmt::Debug for Throttle<S, K> {
     }
 }
 
-impl<S, K, Req> Service<Req> for Throttle<S, K>
+impl<S, K, C, Req> Service<Req> for Throttle<S, K, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     K: ClientKey<Req>,
+    C: CriticalityOf<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -60,7 +68,8 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.policy.decide(&req) {
+        let level = self.criticality.criticality_of(&req);
+        match self.policy.decide(&req, level) {
             Ok(()) => ResponseFuture::admitted(self.inner.call(req)),
             Err(refusal) => ResponseFuture::refused(refusal),
         }

@@ -2,14 +2,15 @@
 //! choice of which clients.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{Gauge, gauge};
 use tokio::time::Instant;
 
 use super::key::ClientId;
+use crate::context::Criticality;
 use crate::error::{ConfigError, check};
 use crate::metrics::names;
 
@@ -76,7 +77,15 @@ struct Inner {
     offset: Duration,
     base_epoch: u64,
     gauge: Gauge,
+    /// Requests seen at each criticality level while shedding ([`ShedFraction::is_shed_at`]).
+    arrivals: [AtomicU64; LEVELS],
+    /// The fraction (f64 bits) of each level's clients to shed: the lowest level first.
+    level_fraction: [AtomicU64; LEVELS],
+    /// Arrivals at the last `set`, and the mix of levels between the last two.
+    split: Mutex<([u64; LEVELS], Option<[f64; LEVELS]>)>,
 }
+
+const LEVELS: usize = Criticality::ALL.len();
 
 impl ShedFraction {
     /// Starts a builder; `name` labels the `backstop_throttle_shed_fraction` gauge.
@@ -95,6 +104,53 @@ impl ShedFraction {
         let p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
         self.inner.fraction.store(p.to_bits(), Relaxed);
         self.inner.gauge.set(p);
+        self.resplit(p);
+    }
+
+    /// Splits `p` over the criticality levels by the mix of requests seen since the last
+    /// `set` (a controller sets it every tick): the lowest level's clients are shed up to all
+    /// of them before the next level loses any. Until a mix is known, every level sheds `p`.
+    fn resplit(&self, p: f64) {
+        let inner = &self.inner;
+        let mut split = inner.split.lock().unwrap_or_else(|e| e.into_inner());
+        let now: [u64; LEVELS] = std::array::from_fn(|i| inner.arrivals[i].load(Relaxed));
+        let seen: [u64; LEVELS] = std::array::from_fn(|i| now[i].saturating_sub(split.0[i]));
+        let total: u64 = seen.iter().sum();
+        split.0 = now;
+        if total > 0 {
+            split.1 = Some(std::array::from_fn(|i| seen[i] as f64 / total as f64));
+        }
+        let fractions = match split.1 {
+            Some(shares) => crate::pid::split_shed(p, &shares, 0.0).map(|admit| 1.0 - admit),
+            None => [p; LEVELS],
+        };
+        for (slot, f) in inner.level_fraction.iter().zip(fractions) {
+            slot.store(f.to_bits(), Relaxed);
+        }
+    }
+
+    /// The fraction of clients shed now for requests of `level`.
+    pub fn fraction_at(&self, level: Criticality) -> f64 {
+        f64::from_bits(self.inner.level_fraction[level.index()].load(Relaxed))
+    }
+
+    /// Whether `key`'s requests of criticality `level` are shed now: the fraction is split over
+    /// the levels lowest first ([`set`](Self::set)), and within a level the choice of clients
+    /// is the same stable, fleet-consistent hash. Counts the request's level while shedding.
+    pub fn is_shed_at(&self, key: &ClientId, level: Criticality) -> bool {
+        if self.get() <= 0.0 {
+            return false;
+        }
+        self.inner.arrivals[level.index()].fetch_add(1, Relaxed);
+        match self.fraction_at(level) {
+            p if p <= 0.0 => false,
+            p if p >= 1.0 => true,
+            p => {
+                let epoch = self.epoch_at(Instant::now());
+                let threshold = (p * 18_446_744_073_709_551_616.0) as u64;
+                stable_hash(self.inner.seed, epoch, key.as_bytes()) < threshold
+            }
+        }
     }
 
     /// The fraction asked for now.
@@ -248,6 +304,9 @@ impl ShedFractionBuilder {
                 offset,
                 base_epoch,
                 gauge,
+                arrivals: Default::default(),
+                level_fraction: std::array::from_fn(|_| AtomicU64::new(initial.to_bits())),
+                split: Mutex::new(([0; LEVELS], None)),
             }),
         })
     }
