@@ -34,6 +34,7 @@ pub const OUTCOMES: [&str; 4] = ["success", "error", "overload", "cancelled"];
 /// Describes every series to the installed recorder (units and help text). Called when a meter
 /// is built; calling it again is harmless.
 pub fn describe() {
+    warn_if_no_recorder();
     use metrics::{Unit, describe_counter, describe_gauge};
     describe_gauge!(IN_FLIGHT, Unit::Count, "Requests in flight now.");
     describe_counter!(REQUESTS, Unit::Count, "Requests completed, by outcome.");
@@ -73,6 +74,7 @@ pub const REFUSED: &str = "backstop_refused_total";
 
 /// Describes the queue series (backpressure and LIFO queue). Calling it again is harmless.
 pub fn describe_queues() {
+    warn_if_no_recorder();
     use metrics::{Unit, describe_counter, describe_gauge};
     describe_gauge!(
         QUEUE_LENGTH,
@@ -116,6 +118,7 @@ pub const CRITICALITY_LABEL: &str = "criticality";
 
 /// Describes the admission controller's series. Calling it again is harmless.
 pub fn describe_admission() {
+    warn_if_no_recorder();
     use metrics::{Unit, describe_counter, describe_gauge};
     describe_gauge!(
         ADMISSION_PROBABILITY,
@@ -154,6 +157,7 @@ pub const HEDGES_STOOD_DOWN: &str = "backstop_hedges_stood_down_total";
 
 /// Describes the hedge series. Calling it again is harmless.
 pub fn describe_hedge() {
+    warn_if_no_recorder();
     use metrics::{Unit, describe_counter, describe_gauge};
     describe_counter!(HEDGES_SENT, Unit::Count, "Duplicates a hedge layer sent.");
     describe_counter!(
@@ -208,6 +212,7 @@ pub const THROTTLE_DECISIONS: [&str; 4] = ["admitted", "shed", "quota", "missing
 
 /// Describes the throttle series. Calling it again is harmless.
 pub fn describe_throttle() {
+    warn_if_no_recorder();
     use metrics::{Unit, describe_counter, describe_gauge};
     describe_counter!(
         THROTTLE_REQUESTS,
@@ -245,6 +250,7 @@ pub const FLEET_QUOTA_DEGRADED: &str = "backstop_fleet_quota_degraded";
 
 /// Describes the fleet quota store's series. Calling it again is harmless.
 pub fn describe_fleet_quota() {
+    warn_if_no_recorder();
     use metrics::{Unit, describe_counter, describe_gauge};
     describe_counter!(
         FLEET_QUOTA_REDIS_CALLS,
@@ -275,6 +281,7 @@ pub const TOKEN_BUCKET_DENIED: &str = "backstop_token_bucket_denied_total";
 
 /// Describes the token bucket series. Calling it again is harmless.
 pub fn describe_token_bucket() {
+    warn_if_no_recorder();
     use metrics::{Unit, describe_counter, describe_gauge};
     describe_gauge!(TOKEN_BUCKET_TOKENS, Unit::Count, "Tokens the bucket holds.");
     describe_gauge!(
@@ -301,6 +308,7 @@ pub const REPLAY_ABANDONED: &str = "backstop_replay_abandoned_total";
 /// Describes the replayable body's series.
 #[cfg(feature = "http")]
 pub fn describe_replay() {
+    warn_if_no_recorder();
     metrics::describe_counter!(
         REPLAY_ABANDONED,
         metrics::Unit::Count,
@@ -315,6 +323,7 @@ pub const CLIENT_THROTTLE_PROBABILITY: &str = "backstop_client_throttle_probabil
 
 /// Describes the client throttle's series.
 pub fn describe_client_throttle() {
+    warn_if_no_recorder();
     metrics::describe_counter!(
         CLIENT_THROTTLE_REFUSED,
         metrics::Unit::Count,
@@ -324,4 +333,40 @@ pub fn describe_client_throttle() {
         CLIENT_THROTTLE_PROBABILITY,
         "Probability that the client throttle refuses a request locally."
     );
+}
+
+/// True when a `metrics` recorder (global, or local to this thread) is installed now. The facade
+/// has no direct query; its no-op recorder is the one recorder of size zero, so this asks the
+/// size of the recorder in use.
+pub fn recorder_installed() -> bool {
+    metrics::with_recorder(|r| std::mem::size_of_val(r) != 0)
+}
+
+/// In debug builds, says once per process on stderr that a layer was built before any recorder
+/// was installed: its series would go nowhere, silently (the facade hands out no-op handles).
+fn warn_if_no_recorder() {
+    #[cfg(debug_assertions)]
+    if !recorder_installed() {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            eprintln!(
+                "backstop: a layer was built before any `metrics` recorder was installed, so its \
+                 series go nowhere; install the recorder before building the layers (ignore this \
+                 if you export no metrics)"
+            )
+        });
+    }
+}
+
+#[cfg(test)]
+mod recorder_tests {
+    #[test]
+    fn the_no_op_recorder_is_the_one_of_size_zero_and_a_real_one_is_seen() {
+        assert_eq!(std::mem::size_of::<metrics::NoopRecorder>(), 0);
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        assert!(metrics::with_local_recorder(
+            &recorder,
+            super::recorder_installed
+        ));
+    }
 }

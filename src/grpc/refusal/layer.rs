@@ -6,6 +6,28 @@ use super::ErrorToGrpc;
 /// error type is `Infallible`; see the [module docs](super).
 ///
 /// `H` is the [`OnGrpcError`](super::OnGrpcError) hook, `()` (none) by default.
+///
+/// ```
+/// use backstop::grpc::ErrorToGrpcLayer;
+/// use backstop::{OverloadReason, Overloaded};
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let svc = ServiceBuilder::new()
+///     .layer(ErrorToGrpcLayer::new())
+///     .service_fn(|_req: http::Request<()>| async {
+///         let full = Overloaded::new(OverloadReason::QueueFull).with_retry_after(Duration::from_millis(200));
+///         Err::<http::Response<String>, _>(backstop::BoxError::from(full))
+///     });
+/// // Trailers-only: HTTP 200 with the gRPC status (and the pushback) in the headers.
+/// let res = svc.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// assert_eq!(res.headers()["grpc-status"], "14"); // UNAVAILABLE: the server is full
+/// assert_eq!(res.headers()["grpc-retry-pushback-ms"], "200");
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorToGrpcLayer<H = ()> {
     on_error: H,
