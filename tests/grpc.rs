@@ -390,6 +390,42 @@ async fn a_readiness_error_answers_the_next_call() {
     assert_eq!(res.headers()["grpc-status"], "14");
 }
 
+/// The gRPC hook hears of each error once, with the code it is answered with, and of no success.
+#[tokio::test(start_paused = true)]
+async fn the_grpc_hook_sees_every_error_with_its_code_and_no_success() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let layer = ErrorToGrpcLayer::new().on_error({
+        let seen = seen.clone();
+        move |err: &BoxError, code: backstop::grpc::Code| {
+            seen.lock().unwrap().push((err.to_string(), code))
+        }
+    });
+    let mut server = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|req: Request<()>| async move {
+            match req.uri().path() {
+                "/throttled" => Err(Overloaded::new(OverloadReason::Throttled).into()),
+                "/broken" => Err::<Response<String>, BoxError>("disk on fire".into()),
+                _ => Ok(Response::new(String::from("ok"))),
+            }
+        });
+    for path in ["/ok", "/throttled", "/broken"] {
+        let req = Request::builder().uri(path).body(()).unwrap();
+        let res = server.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    let seen = seen.lock().unwrap();
+    let codes: Vec<_> = seen.iter().map(|(_, code)| *code).collect();
+    assert_eq!(
+        codes,
+        [
+            backstop::grpc::Code::RESOURCE_EXHAUSTED,
+            backstop::grpc::Code::UNKNOWN
+        ]
+    );
+    assert_eq!(seen[1].0, "disk on fire");
+}
+
 /// A gRPC body that sends one message and then, as told, fails or never ends.
 struct Stuck {
     sent: bool,

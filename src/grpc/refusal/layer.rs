@@ -1,6 +1,6 @@
 use tower_layer::Layer;
 
-use super::ErrorToGrpc;
+use super::{ErrorToGrpc, GrpcAnswer};
 
 /// Turns every error of the service below into a trailers-only gRPC answer, so the stack's
 /// error type is `Infallible`; see the [module docs](super).
@@ -52,6 +52,6 @@ impl<S, H: Clone> Layer<S> for ErrorToGrpcLayer<H> {
     type Service = ErrorToGrpc<S, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ErrorToGrpc::new(inner, self.on_error.clone())
+        ErrorToGrpc::new(inner, GrpcAnswer::new(self.on_error.clone()))
     }
 }

@@ -57,5 +57,5 @@ mod service;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::ErrorToGrpcLayer;
-pub use self::respond::{OnGrpcError, error_code, error_to_grpc};
+pub use self::respond::{GrpcAnswer, OnGrpcError, error_code, error_to_grpc};
 pub use self::service::ErrorToGrpc;

@@ -1,4 +1,5 @@
 use std::error::Error as StdError;
+use std::fmt;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Response, header::CONTENT_TYPE};
@@ -8,6 +9,8 @@ use crate::error::{find_overload, is_timeout};
 use crate::grpc::status::{
     Code, GRPC_MESSAGE_HEADER, GRPC_PUSHBACK_HEADER, GRPC_STATUS_HEADER, Pushback,
 };
+use crate::http::ResponseBody;
+use crate::http::error_to_response::Answer;
 use crate::throttle::DEFAULT_RETRY_AFTER;
 
 /// The gRPC code a server answers an error with: a backstop refusal anywhere in the error's
@@ -102,5 +105,33 @@ impl OnGrpcError for () {
 impl<F: Fn(&crate::BoxError, Code)> OnGrpcError for F {
     fn on_error(&self, error: &crate::BoxError, code: Code) {
         self(error, code)
+    }
+}
+
+/// The gRPC [`Answer`]: a trailers-only answer ([`error_to_grpc`]) and the [`OnGrpcError`]
+/// hook `H`; what [`ErrorToGrpc`](super::ErrorToGrpc) answers errors with.
+#[derive(Clone, Copy)]
+pub struct GrpcAnswer<H = ()> {
+    on_error: H,
+}
+
+impl<H> GrpcAnswer<H> {
+    pub(crate) fn new(on_error: H) -> Self {
+        GrpcAnswer { on_error }
+    }
+}
+
+// No `H: Debug` bound: the hook is usually a closure.
+impl<H> fmt::Debug for GrpcAnswer<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcAnswer").finish_non_exhaustive()
+    }
+}
+
+impl<H: OnGrpcError> Answer for GrpcAnswer<H> {
+    fn answer<B>(&self, error: &crate::BoxError) -> Response<ResponseBody<B>> {
+        let err = error.as_ref() as &(dyn StdError + 'static);
+        self.on_error.on_error(error, error_code(err));
+        error_to_grpc(err)
     }
 }

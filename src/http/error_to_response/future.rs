@@ -6,21 +6,22 @@ use std::task::{Context, Poll, ready};
 use http::Response;
 use pin_project::pin_project;
 
-use super::respond::error_answer;
-use super::{OnError, ResponseBody};
+use super::{Answer, HttpAnswer, ResponseBody};
 use crate::error::BoxError;
 
-/// The response future of [`ErrorToResponse`](super::ErrorToResponse): the inner service's
-/// future, whose error becomes an answer. `F` is the inner future, `H` the
-/// [`OnError`](super::OnError) hook. It holds nothing but the inner future, so dropping it
-/// drops that future and whatever permits it holds.
+/// The response future of [`ErrorToResponse`](super::ErrorToResponse): the inner future, whose
+/// error becomes an answer. `H` is the [`OnError`](super::OnError) hook.
+pub type ResponseFuture<F, H = ()> = AnswerFuture<F, HttpAnswer<H>>;
+
+/// The response future of [`ErrorAnswer`](super::ErrorAnswer): the inner service's future,
+/// whose error becomes the answer `A` gives. It holds nothing but the inner future, so dropping
+/// it drops that future and whatever permits it holds.
 #[pin_project]
 #[derive(Debug)]
-pub struct ResponseFuture<F, H> {
+pub struct AnswerFuture<F, A> {
     #[pin]
     state: State<F>,
-    expose_error_text: bool,
-    on_error: H,
+    answer: A,
 }
 
 #[pin_project(project = StateProj)]
@@ -31,29 +32,27 @@ enum State<F> {
     Failed(Option<BoxError>),
 }
 
-impl<F, H> ResponseFuture<F, H> {
-    pub(crate) fn called(future: F, expose_error_text: bool, on_error: H) -> Self {
-        ResponseFuture {
+impl<F, A> AnswerFuture<F, A> {
+    pub(crate) fn called(future: F, answer: A) -> Self {
+        AnswerFuture {
             state: State::Called(future),
-            expose_error_text,
-            on_error,
+            answer,
         }
     }
 
-    pub(crate) fn failed(error: BoxError, expose_error_text: bool, on_error: H) -> Self {
-        ResponseFuture {
+    pub(crate) fn failed(error: BoxError, answer: A) -> Self {
+        AnswerFuture {
             state: State::Failed(Some(error)),
-            expose_error_text,
-            on_error,
+            answer,
         }
     }
 }
 
-impl<F, B, E, H> Future for ResponseFuture<F, H>
+impl<F, B, E, A> Future for AnswerFuture<F, A>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
-    H: OnError,
+    A: Answer,
 {
     type Output = Result<Response<ResponseBody<B>>, Infallible>;
 
@@ -64,12 +63,12 @@ where
                 Ok(res) => return Poll::Ready(Ok(res.map(ResponseBody::inner))),
                 Err(err) => err.into(),
             },
+            // A second poll after completion answers again rather than panicking: a polled-once
+            // contract broken by the caller is no reason to take the server down.
             StateProj::Failed(err) => err
                 .take()
-                .expect("ErrorToResponse's future polled after it completed"),
+                .unwrap_or_else(|| "polled after completion".into()),
         };
-        let res = error_answer(&err, *this.expose_error_text);
-        this.on_error.on_error(&err, res.status());
-        Poll::Ready(Ok(res))
+        Poll::Ready(Ok(this.answer.answer(&err)))
     }
 }

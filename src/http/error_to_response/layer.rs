@@ -1,6 +1,6 @@
 use tower_layer::Layer;
 
-use super::ErrorToResponse;
+use super::{ErrorToResponse, HttpAnswer};
 
 /// Turns every error of the service below into an HTTP answer, so the stack's error type is
 /// `Infallible`; see the [module docs](super).
@@ -77,6 +77,9 @@ impl<S, H: Clone> Layer<S> for ErrorToResponseLayer<H> {
     type Service = ErrorToResponse<S, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ErrorToResponse::new(inner, self.expose_error_text, self.on_error.clone())
+        ErrorToResponse::new(
+            inner,
+            HttpAnswer::new(self.expose_error_text, self.on_error.clone()),
+        )
     }
 }

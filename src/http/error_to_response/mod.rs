@@ -37,6 +37,11 @@
 //! inner service's `poll_ready` answers the next call, so readiness never fails. The layer holds
 //! nothing of its own: dropping its future drops the inner one, with every permit it holds.
 //!
+//! The service and its future are [`ErrorAnswer`] and [`AnswerFuture`], generic over an
+//! [`Answer`]: how an error becomes a response and which hook hears of it. [`ErrorToResponse`]
+//! is [`ErrorAnswer`] with [`HttpAnswer`]; the gRPC edge's `ErrorToGrpc` is the same mechanism
+//! with its trailers-only answer.
+//!
 //! # When to use it
 //! Outermost in every HTTP server stack, once, so each refusal below becomes its 429 or 503
 //! (and a Little's-law meter right under it still sees the errors and counts refusals as
@@ -129,14 +134,16 @@
 //! TowerToHyperService::new(server_stack.service(handler)))`. `axum::serve` takes a `Router`
 //! (its services must answer axum's own `Response`); a bare service goes into one with
 //! `Router::new().route_service(path, service)` or `fallback_service(service)`.
+mod answer;
 mod body;
 mod future;
 mod layer;
 mod respond;
 mod service;
 
+pub use self::answer::{Answer, HttpAnswer};
 pub use self::body::ResponseBody;
-pub use self::future::ResponseFuture;
+pub use self::future::{AnswerFuture, ResponseFuture};
 pub use self::layer::ErrorToResponseLayer;
 pub use self::respond::{OnError, error_response, error_status};
-pub use self::service::ErrorToResponse;
+pub use self::service::{ErrorAnswer, ErrorToResponse};

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use http::Response;
 use tower_service::Service;
 
-use super::{OnError, ResponseBody, ResponseFuture};
+use super::{Answer, AnswerFuture, HttpAnswer, ResponseBody};
 use crate::error::BoxError;
 
 /// A service whose errors become HTTP answers; made by
@@ -14,20 +14,27 @@ use crate::error::BoxError;
 /// Its error type is `Infallible`: every request gets exactly one answer, the inner service's
 /// response or the error's status. An error from the inner service's `poll_ready` is kept and
 /// answers the next call (the inner service is not called with it), so readiness never fails.
-pub struct ErrorToResponse<S, H = ()> {
+/// `H` is the [`OnError`](super::OnError) hook.
+pub type ErrorToResponse<S, H = ()> = ErrorAnswer<S, HttpAnswer<H>>;
+
+/// A service whose errors become the answers `A` gives ([`HttpAnswer`] for HTTP, `GrpcAnswer`
+/// for gRPC): the mechanism behind [`ErrorToResponse`] and `ErrorToGrpc`.
+///
+/// Its error type is `Infallible`: every request gets exactly one answer, the inner service's
+/// response or its error's. An error from the inner service's `poll_ready` is kept and answers
+/// the next call (the inner service is not called with it), so readiness never fails.
+pub struct ErrorAnswer<S, A> {
     inner: S,
-    expose_error_text: bool,
-    on_error: H,
+    answer: A,
     /// The error the inner `poll_ready` failed with, which the next call answers with.
     ready_error: Option<BoxError>,
 }
 
-impl<S, H> ErrorToResponse<S, H> {
-    pub(crate) fn new(inner: S, expose_error_text: bool, on_error: H) -> Self {
-        ErrorToResponse {
+impl<S, A> ErrorAnswer<S, A> {
+    pub(crate) fn new(inner: S, answer: A) -> Self {
+        ErrorAnswer {
             inner,
-            expose_error_text,
-            on_error,
+            answer,
             ready_error: None,
         }
     }
@@ -50,35 +57,31 @@ impl<S, H> ErrorToResponse<S, H> {
 
 /// A clone starts without the original's pending readiness error: that error belongs to the
 /// one call the original was readied for.
-impl<S: Clone, H: Clone> Clone for ErrorToResponse<S, H> {
+impl<S: Clone, A: Clone> Clone for ErrorAnswer<S, A> {
     fn clone(&self) -> Self {
-        ErrorToResponse::new(
-            self.inner.clone(),
-            self.expose_error_text,
-            self.on_error.clone(),
-        )
+        ErrorAnswer::new(self.inner.clone(), self.answer.clone())
     }
 }
 
-impl<S: fmt::Debug, H> fmt::Debug for ErrorToResponse<S, H> {
+impl<S: fmt::Debug, A: fmt::Debug> fmt::Debug for ErrorAnswer<S, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ErrorToResponse")
+        f.debug_struct("ErrorAnswer")
             .field("inner", &self.inner)
-            .field("expose_error_text", &self.expose_error_text)
+            .field("answer", &self.answer)
             .field("ready_error", &self.ready_error)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
-impl<S, H, Req, B> Service<Req> for ErrorToResponse<S, H>
+impl<S, A, Req, B> Service<Req> for ErrorAnswer<S, A>
 where
     S: Service<Req, Response = Response<B>>,
     S::Error: Into<BoxError>,
-    H: OnError + Clone,
+    A: Answer + Clone,
 {
     type Response = Response<ResponseBody<B>>;
     type Error = Infallible;
-    type Future = ResponseFuture<S::Future, H>;
+    type Future = AnswerFuture<S::Future, A>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         if self.ready_error.is_some() {
@@ -95,10 +98,10 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let hook = self.on_error.clone();
+        let answer = self.answer.clone();
         match self.ready_error.take() {
-            Some(err) => ResponseFuture::failed(err, self.expose_error_text, hook),
-            None => ResponseFuture::called(self.inner.call(request), self.expose_error_text, hook),
+            Some(err) => AnswerFuture::failed(err, answer),
+            None => AnswerFuture::called(self.inner.call(request), answer),
         }
     }
 }
