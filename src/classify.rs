@@ -18,7 +18,7 @@
 //!   other (transport) errors are retryable, and a [`ConfigError`] is final.
 //! - [`HttpClassifier`] (feature `http`) for `Result<http::Response<B>, BoxError>`: 5xx retryable;
 //!   429, and 503 with `Retry-After`, overload; other 4xx final.
-//! - [`GrpcClassifier`](crate::grpc::GrpcClassifier) (feature `grpc`) for gRPC answers: the
+//! - `backstop::grpc::GrpcClassifier` (feature `grpc`) for gRPC answers: the
 //!   `grpc-status` and `grpc-retry-pushback-ms` they carry; with the feature on, the default
 //!   classifier applies it to every `http::Response` that is a gRPC answer.
 //! - [`classify_fn`], a closure adapter.
@@ -323,7 +323,7 @@ mod http_classify {
     }
 
     /// HTTP's mapping, or gRPC's for a gRPC answer when the `grpc` feature is on
-    /// ([`GrpcClassifier`](crate::grpc::GrpcClassifier)).
+    /// (`backstop::grpc::GrpcClassifier`).
     impl<B> DefaultClassify for Response<B> {
         fn default_outcome(&self) -> Outcome {
             #[cfg(feature = "grpc")]
