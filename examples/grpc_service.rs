@@ -11,14 +11,12 @@
 //! `tonic::client::Grpc` over a `Channel` wrapped in:
 //!
 //! `TimeoutLayer (250 ms a call) → ReplayBodyLayer → RetryLayer (RetryBudget) →
-//! TokenBucketLayer (adaptive rate) → send_deadline (grpc-timeout) → ReadTrailersLayer →
-//! Channel`
+//! send_deadline (grpc-timeout) → ReadTrailersLayer → Channel`
 //!
 //! with no classifier call: the default classifier reads `grpc-status` and
 //! `grpc-retry-pushback-ms`. Three phases, on one client stack:
 //! 1. 3× capacity (600 calls/s for 1.5 s, open loop): the queue refuses what it cannot serve in
-//!    time, as `UNAVAILABLE` with a pushback; the client's adaptive bucket counts those as
-//!    throttles and slows down. `goodput` is the calls answered OK within their deadline ÷
+//!    time, as `UNAVAILABLE` with a pushback. `goodput` is the calls answered OK within their deadline ÷
 //!    what the server can serve in the same time (capacity × duration).
 //! 2. The server answers `UNAVAILABLE` with a 50 ms pushback to the first attempt of every
 //!    call, and serves the retry. `retried_unavailable` is the share of those calls the client

@@ -186,6 +186,9 @@ pub fn cubic_k(w_max: f64, beta: f64, scale: f64) -> f64 {
     (w_max * (1.0 - beta) / scale).powf(1.0 / 3.0)
 }
 
+/// Responses counted in the first window before their rate is an estimate to cut from.
+const MIN_RESPONSES_TO_ESTIMATE: u64 = 4;
+
 /// The controller's state; lives under a short lock in the bucket, touched once per response.
 #[derive(Debug)]
 pub(crate) struct Controller {
@@ -205,6 +208,8 @@ pub(crate) struct Controller {
     last_throttle: f64,
     /// When the rate was last cut; throttles of requests sent before it are not cut for again.
     last_cut: f64,
+    /// A throttle arrived before there was any send rate to cut from: the cut waits for one.
+    pending_cut: bool,
 }
 
 impl Controller {
@@ -222,6 +227,7 @@ impl Controller {
             k: 0.0,
             last_throttle: now,
             last_cut: f64::NEG_INFINITY,
+            pending_cut: false,
         };
         if let Some(rate) = cfg.initial_rate {
             // Start on the plateau of the curve at the configured rate, not at its bottom.
@@ -242,19 +248,20 @@ impl Controller {
         self.measured
     }
 
-    /// The send rate to cut from. Until the first measurement bucket closes the smoothed rate
-    /// is still 0; the open bucket's count over its elapsed time is then the only estimate (a
-    /// server that refuses within the first half second would otherwise cut to the floor).
-    fn rate_estimate(&self, now: f64) -> f64 {
+    /// The send rate to cut from, once there is one. Until the first measurement bucket closes
+    /// the smoothed rate is still 0; the open bucket's count over its elapsed time is then the
+    /// estimate, once it has counted a few responses (a server that refuses within the first
+    /// half second would otherwise cut to the floor). `None` before that: a throttle among the
+    /// very first responses, which carry no rate at all, defers its cut until they do (the
+    /// AWS SDKs cut from 0 there, to the 0.5/s floor, and a client that starts against a full
+    /// server then refuses nearly everything itself).
+    fn rate_estimate(&self, now: f64) -> Option<f64> {
         if self.measured_once {
-            return self.measured;
+            return Some(self.measured);
         }
         let elapsed = now - self.last_bucket;
-        if elapsed > 0.0 {
-            self.count as f64 / elapsed
-        } else {
-            0.0
-        }
+        (self.count >= MIN_RESPONSES_TO_ESTIMATE && elapsed > 0.0)
+            .then(|| self.count as f64 / elapsed)
     }
 
     fn measure(&mut self, now: f64) {
@@ -301,9 +308,13 @@ impl Controller {
         fill_rate: Option<f64>,
     ) -> Option<f64> {
         self.measure(now);
-        let cut = throttled && sent_at >= self.last_cut;
-        let rate = if cut {
-            let measured = self.rate_estimate(now);
+        let cut = (throttled && sent_at >= self.last_cut) || self.pending_cut;
+        let estimate = if cut { self.rate_estimate(now) } else { None };
+        if cut && estimate.is_none() {
+            self.pending_cut = true;
+        }
+        let rate = if let Some(measured) = estimate {
+            self.pending_cut = false;
             let base = match (self.enabled, fill_rate) {
                 (true, Some(fill)) => measured.min(fill),
                 _ => measured,
@@ -337,6 +348,35 @@ mod tests {
     #[test]
     fn k_for_wmax_10_is_the_published_constant() {
         assert_eq!(cubic_k(10.0, 0.7, 0.4), 1.9574338205844317);
+    }
+
+    #[test]
+    fn a_throttle_among_the_first_responses_waits_for_a_rate_instead_of_cutting_to_the_floor() {
+        let cfg = AdaptiveRate::aws().build().unwrap();
+        let mut c = Controller::new(cfg, 0.0);
+        // A server full from the start: every answer is a throttle, 100 a second.
+        let mut rates = Vec::new();
+        for i in 1..=6 {
+            let now = i as f64 * 0.01;
+            rates.push(c.on_response(now, now - 0.005, true, None));
+        }
+        // The first four answers carry no rate: the client stays unlimited meanwhile.
+        assert_eq!(&rates[..4], &[None, None, None, None]);
+        // The fifth: 4 gaps over 40 ms is 100/s, cut to 0.7 of it (not to the 0.5/s floor).
+        let cut = rates[4].expect("cut");
+        assert!((cut - 70.0).abs() < 1e-6, "cut to {cut}");
+        // The sixth was sent before that cut: no second cut, the rate follows the curve.
+        assert!(rates[5].expect("limited") >= cut - 1e-9);
+    }
+
+    #[test]
+    fn with_an_initial_rate_an_early_throttle_also_waits_for_a_measured_rate() {
+        let cfg = AdaptiveRate::aws().initial_rate(50.0).build().unwrap();
+        let mut c = Controller::new(cfg, 0.0);
+        let first = c
+            .on_response(0.001, 0.0, true, Some(50.0))
+            .expect("limited from the start");
+        assert!(first > 40.0, "not cut from a rate of 0: {first}");
     }
 
     #[test]
@@ -440,7 +480,9 @@ mod tests {
             .build()
             .unwrap();
         let mut c = Controller::new(cfg, 0.0);
-        assert_eq!(c.on_response(0.0, 0.0, true, None), Some(2.0)); // measured 0: the floor
+        // A first answer carries no rate: the cut waits for one (1/s here), then the floor.
+        assert_eq!(c.on_response(0.0, 0.0, true, None), None);
+        assert_eq!(c.on_response(1.0, 1.0, true, None), Some(2.0)); // 0.7 x 1/s: the floor
         let mut c = Controller::new(cfg, 0.0);
         let mut t = 0.0;
         while t < 5.0 {
