@@ -88,8 +88,11 @@
 //!     });
 //!
 //! assert_eq!(bucket.rate(), None); // unlimited until the server says "slow down"
-//! svc.ready().await?.call(false).await?;
-//! let _ = svc.ready().await?.call(true).await; // a throttle
+//! for _ in 0..5 {
+//!     svc.ready().await?.call(false).await?;
+//!     tokio::time::advance(std::time::Duration::from_millis(10)).await; // 100 a second
+//! }
+//! let _ = svc.ready().await?.call(true).await; // a throttle: cut to 0.7 of the send rate
 //! assert!(bucket.rate().is_some());
 //! // The bucket starts empty after a throttle: the next request is refused at once.
 //! let refused = svc.ready().await?.call(false).await.unwrap_err();
