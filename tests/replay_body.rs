@@ -229,16 +229,7 @@ async fn two_copies_read_the_same_stream_at_once() {
     let recorder = DebuggingRecorder::new();
     let (tx, body) = channel_body();
     let layer = metrics::with_local_recorder(&recorder, || ReplayBodyLayer::new("copies"));
-    // The layer's service turns the request body into a ReplayBody; take it out.
-    let mut svc = wrapped(layer);
-    let req = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(body))
-        .await
-        .unwrap();
-    let first = req.into_body();
+    let first = replayable(layer, body).await;
     let second = first.clone();
     let a = tokio::spawn(first.collect());
     let b = tokio::spawn(second.collect());
@@ -256,15 +247,7 @@ async fn two_copies_read_the_same_stream_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_copy_dropped_while_waiting_does_not_strand_the_other() {
     let (tx, body) = channel_body();
-    let mut svc = wrapped(ReplayBodyLayer::new("drop"));
-    let req = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(body))
-        .await
-        .unwrap();
-    let mut first = req.into_body();
+    let mut first = replayable(ReplayBodyLayer::new("drop"), body).await;
     let second = first.clone();
     // The first copy polls the stream (and so holds its wake-up), then is dropped.
     let polled = futures::poll!(first.frame());
@@ -286,15 +269,11 @@ async fn a_copy_dropped_while_waiting_does_not_strand_the_other() {
 #[tokio::test(start_paused = true)]
 async fn a_copy_behind_an_overflow_fails_and_the_copy_ahead_completes() {
     let (tx, body) = channel_body();
-    let mut svc = wrapped(ReplayBodyLayer::builder("behind").limit(4).build().unwrap());
-    let req = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(body))
-        .await
-        .unwrap();
-    let mut ahead = req.into_body();
+    let mut ahead = replayable(
+        ReplayBodyLayer::builder("behind").limit(4).build().unwrap(),
+        body,
+    )
+    .await;
     let mut behind = ahead.clone();
     tx.send(data("abc")).unwrap();
     tx.send(data("defgh")).unwrap();
@@ -313,17 +292,11 @@ async fn trailers_are_replayed() {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     let chunks: Vec<Chunk> = vec![data("x"), Ok(Frame::trailers(trailers.clone()))];
-    let mut svc = wrapped(ReplayBodyLayer::new("trailers"));
-    let req = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(http::Request::new(StreamBody::new(futures::stream::iter(
-            chunks,
-        ))))
-        .await
-        .unwrap();
-    let first = req.into_body();
+    let first = replayable(
+        ReplayBodyLayer::new("trailers"),
+        StreamBody::new(futures::stream::iter(chunks)),
+    )
+    .await;
     let second = first.clone();
     let a = first.collect().await.unwrap();
     assert_eq!(a.trailers(), Some(&trailers));
@@ -332,18 +305,20 @@ async fn trailers_are_replayed() {
     assert_eq!(b.to_bytes(), "x");
 }
 
-/// The layer over a service that hands the wrapped request back.
-fn wrapped<B>(
-    layer: ReplayBodyLayer,
-) -> impl Service<http::Request<B>, Response = http::Request<ReplayBody<B>>, Error = BoxError>
+/// `body` as the layer's service hands it on: a `ReplayBody` of it.
+async fn replayable<B>(layer: ReplayBodyLayer, body: B) -> ReplayBody<B>
 where
     B: Body + Send + 'static,
     B::Data: Send,
 {
     use tower::Layer;
-    layer.layer(tower::service_fn(
+    let svc = layer.layer(tower::service_fn(
         |req: http::Request<ReplayBody<B>>| async move { Ok::<_, BoxError>(req) },
-    ))
+    ));
+    svc.oneshot(http::Request::new(body))
+        .await
+        .expect("the layer does not fail")
+        .into_body()
 }
 
 /// A proxy over real HTTP: the inbound `hyper::body::Incoming` (not `Clone`) goes to a flaky
