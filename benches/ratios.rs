@@ -11,7 +11,8 @@
 //! - A counting global allocator gives allocations per call for each side (outside the timed
 //!   runs) and the bytes one hedge layer holds.
 //!
-//! Run: `cargo bench --bench ratios` (about a minute). It ends with one line:
+//! Run: `cargo bench --bench ratios` (about half a minute). The 2-thread rows mean something only
+//! on an otherwise idle machine with two free cores. It ends with one line:
 //! `summary: timeout=R little=R retry=R hedge=R backpressure=R lifo=R throttle=R pid=R
 //! bucket_1t=R bucket_2t=R meter_2t=R extra_allocs=N hedge_kb=N`.
 
@@ -30,7 +31,7 @@ use backstop::hedge::{HedgeLayer, Idempotent, LatencyTracker};
 use backstop::lifo_queue::LifoQueueLayer;
 use backstop::metrics::{LittleLayer, LittleMeter};
 use backstop::pid::{AdmissionController, AdmissionLayer, signal_fn};
-use backstop::retry::{RetryBudget, RetryLayer, RetryRequest};
+use backstop::retry::{RetryBudget, RetryKind, RetryLayer, RetryRequest};
 use backstop::throttle::{ClientId, ClientQuotas, Quota, ShedFraction, ThrottleLayer};
 use backstop::timeout::{Deadline, HasDeadline, TimeoutLayer};
 use backstop::token_bucket::{Clock, TokenBucket};
@@ -225,10 +226,14 @@ where
 /// slowest thread's wall time ÷ `iters`).
 fn hammer<F: Fn() -> bool + Sync>(threads: usize, iters: u64, op: F) -> f64 {
     let op = &op;
+    // Every thread starts timing at once: without the barrier a short run on one thread can
+    // finish before the next is spawned, and "2 threads" would measure one at a time.
+    let barrier = &std::sync::Barrier::new(threads);
     let slowest = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(move || {
+                    barrier.wait();
                     let start = Instant::now();
                     let mut n = 0u64;
                     for _ in 0..iters {
@@ -481,6 +486,186 @@ fn held_bytes<T>(f: impl FnOnce() -> T) -> (T, isize) {
     (value, held)
 }
 
+// ---- the other shared primitives on 2 threads ----------------------------------------------
+
+/// ns per call per thread when `threads` threads each drive their own clone of a service (on
+/// their own current-thread runtime) through `n` calls at once: the shared state behind the
+/// clones is what the threads contend on.
+fn drive_on_threads<S, R>(threads: usize, svc: &S, make: fn(u64) -> R, n: u64) -> f64
+where
+    S: Service<R> + Clone + Send,
+    S::Error: std::fmt::Debug,
+    R: Send,
+{
+    let barrier = &std::sync::Barrier::new(threads);
+    let slowest = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut svc = svc.clone();
+                s.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    let mut reqs: Vec<R> = (0..n).map(make).collect();
+                    barrier.wait();
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        Driven::<S, R>::drain(&mut svc, &mut reqs).await;
+                        start.elapsed()
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .max()
+            .unwrap()
+    });
+    slowest.as_nanos() as f64 / n as f64
+}
+
+/// The shared state each of these primitives keeps (a budget, a tracker, a quota table, a
+/// queue's gate) on 1 and 2 threads against its baseline, in interleaved rounds: "2t/1t" is how
+/// the cost of one call grows when a second thread uses the same state at once.
+fn two_thread_rows(rt: &Runtime) {
+    let _guard = rt.enter();
+    type Row = (
+        &'static str,
+        &'static str,
+        Box<dyn Fn(usize) -> f64>,
+        Box<dyn Fn(usize) -> f64>,
+    );
+    const N: u64 = BUCKET_ITERS / 2;
+    let rows: Vec<Row> = vec![
+        {
+            let ours = RetryBudget::builder("ratios_budget_2t").build().unwrap();
+            let base = TpsBudget::default();
+            (
+                "retry budget",
+                "tower TpsBudget",
+                Box::new(move |t| {
+                    hammer(t, N, || {
+                        base.deposit();
+                        base.withdraw()
+                    })
+                }),
+                Box::new(move |t| {
+                    hammer(t, N, || {
+                        backstop::retry::Budget::deposit(&ours);
+                        backstop::retry::Budget::try_withdraw(&ours, RetryKind::AfterError)
+                    })
+                }),
+            )
+        },
+        {
+            let ours = LatencyTracker::new();
+            let base = std::sync::Mutex::new(
+                hdrhistogram::Histogram::<u32>::new_with_bounds(1, 100_000_000, 2).unwrap(),
+            );
+            (
+                "hedge tracker",
+                "Mutex<hdrhistogram>",
+                Box::new(move |t| {
+                    hammer(t, N, || {
+                        base.lock().unwrap().saturating_record(black_box(12_345));
+                        true
+                    })
+                }),
+                Box::new(move |t| {
+                    hammer(t, N, || {
+                        ours.record(Duration::from_micros(black_box(12_345)));
+                        true
+                    })
+                }),
+            )
+        },
+        {
+            let ours =
+                ClientQuotas::builder("ratios_quotas_2t", Quota::per_second(NonZeroU32::MAX))
+                    .build()
+                    .unwrap();
+            let base: governor::DefaultKeyedRateLimiter<u64> =
+                governor::RateLimiter::keyed(governor::Quota::per_second(NonZeroU32::MAX));
+            let keys: Arc<Vec<ClientId>> = Arc::new((0..1_000u64).map(ClientId::from).collect());
+            let next = || {
+                thread_local!(static I: Cell<u64> = const { Cell::new(0) });
+                I.with(|i| {
+                    i.set(i.get() + 1);
+                    i.get() % 1_000
+                })
+            };
+            (
+                "client quotas",
+                "governor keyed",
+                Box::new(move |t| hammer(t, N, || base.check_key(&next()).is_ok())),
+                Box::new(move |t| hammer(t, N, || ours.check(&keys[next() as usize]).is_ok())),
+            )
+        },
+        {
+            let ours = BackpressureLayer::new("ratios_backpressure_2t", LIMIT, 0)
+                .unwrap()
+                .layer(leaf::<Req>());
+            let base = ServiceBuilder::new()
+                .load_shed()
+                .concurrency_limit(LIMIT)
+                .service(leaf::<Req>());
+            // tower's ConcurrencyLimit shares its semaphore between clones, as the gate is shared.
+            (
+                "backpressure",
+                "tower ConcurrencyLimit + LoadShed",
+                Box::new(move |t| drive_on_threads(t, &base, plain, N)),
+                Box::new(move |t| drive_on_threads(t, &ours, plain, N)),
+            )
+        },
+        {
+            let ours = LifoQueueLayer::builder("ratios_lifo_2t")
+                .max_in_flight(LIMIT)
+                .ignore_deadlines()
+                .build()
+                .unwrap()
+                .layer(leaf::<Req>());
+            let base = ServiceBuilder::new()
+                .load_shed()
+                .concurrency_limit(LIMIT)
+                .service(leaf::<Req>());
+            (
+                "lifo queue",
+                "tower ConcurrencyLimit + LoadShed",
+                Box::new(move |t| drive_on_threads(t, &base, plain, N)),
+                Box::new(move |t| drive_on_threads(t, &ours, plain, N)),
+            )
+        },
+    ];
+    const ROUNDS_2T: usize = 21;
+    println!(
+        "\nshared state on 1 and 2 threads, ns per call per thread, median of {ROUNDS_2T} interleaved rounds:"
+    );
+    println!(
+        "  {:<14} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}  baseline",
+        "primitive", "base 1t", "ours 1t", "base 2t", "ours 2t", "ratio 2t", "ours 2/1"
+    );
+    for (name, baseline, base, ours) in rows {
+        let mut samples = [(); 6].map(|_| Vec::new());
+        for round in 0..ROUNDS_2T {
+            let (b1, o1, b2, o2) = if round % 2 == 0 {
+                (base(1), ours(1), base(2), ours(2))
+            } else {
+                let (o1, b1, o2) = (ours(1), base(1), ours(2));
+                (b1, o1, base(2), o2)
+            };
+            for (v, x) in samples.iter_mut().zip([b1, o1, b2, o2, o2 / b2, o2 / o1]) {
+                v.push(x);
+            }
+        }
+        let [b1, o1, b2, o2, r2, s] = samples.map(median);
+        println!(
+            "  {name:<14} {b1:>8.1} {o1:>8.1} {b2:>8.1} {o2:>8.1} {r2:>9.2} {s:>9.2}  {baseline}"
+        );
+    }
+}
+
 fn main() {
     // Only in a real bench run: `cargo test --benches` runs this binary without `--bench`.
     if !std::env::args().any(|a| a == "--bench") {
@@ -666,6 +851,7 @@ fn main() {
         median(rec_mutex),
         median(rec_mutex_clock)
     );
+    two_thread_rows(&rt);
     println!(
         "\nmemory: one HedgeLayer service {:.1} KB, tower's Hedge {:.1} KB",
         hedge_bytes as f64 / 1024.0,
