@@ -10,7 +10,7 @@
 //! Its capacity is fixed: 4 workers, 20 ms of work a call, 200 calls/s. The client is a
 //! `tonic::client::Grpc` over a `Channel` wrapped in:
 //!
-//! `TimeoutLayer (250 ms a call) → ReplayBodyLayer → RetryLayer (RetryBudget) →
+//! `ClientRefusalLayer → TimeoutLayer (250 ms a call) → ReplayBodyLayer → RetryLayer (RetryBudget) →
 //! send_deadline (grpc-timeout) → ReadTrailersLayer → Channel`
 //!
 //! with no classifier call: the default classifier reads `grpc-status` and
@@ -46,16 +46,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backstop::BoxError;
-use backstop::grpc::{Code, ErrorToGrpcLayer, GRPC_PUSHBACK_HEADER, ReadTrailersLayer};
-use backstop::http::{ReplayBody, ReplayBodyLayer};
+use backstop::grpc::{
+    ClientRefusalLayer, Code, ErrorToGrpcLayer, GRPC_PUSHBACK_HEADER, ReadTrailersLayer,
+};
+use backstop::http::{ReplayBody, ReplayBodyLayer, ResponseBody};
 use backstop::lifo_queue::LifoQueueLayer;
 use backstop::retry::{ATTEMPT_HEADER, RetryBudget, RetryLayer};
 use backstop::timeout::headers::{inherit_deadline, send_deadline};
 use backstop::timeout::{HasDeadline, TimeoutLayer};
-use bytes::{Buf, BufMut};
 use http::uri::PathAndQuery;
 use tokio::time::Instant;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::server::NamedService;
 use tonic::transport::{Channel, Endpoint, Server};
@@ -81,46 +81,9 @@ const METHOD: &str = "/demo.Work/Do";
 const CALL_ID: &str = "x-call-id";
 
 // ---------------------------------------------------------------------------------------------
-// The message: a u64, eight bytes big-endian. tonic's codec API instead of protobuf.
-
-#[derive(Debug, Clone, Copy, Default)]
-struct U64Codec;
-
-#[derive(Debug)]
-struct U64Coder;
-
-impl Encoder for U64Coder {
-    type Item = u64;
-    type Error = Status;
-    fn encode(&mut self, item: u64, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_u64(item);
-        Ok(())
-    }
-}
-
-impl Decoder for U64Coder {
-    type Item = u64;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<u64>, Status> {
-        if src.remaining() != 8 {
-            return Err(Status::invalid_argument("a u64 is 8 bytes"));
-        }
-        Ok(Some(src.get_u64()))
-    }
-}
-
-impl Codec for U64Codec {
-    type Encode = u64;
-    type Decode = u64;
-    type Encoder = U64Coder;
-    type Decoder = U64Coder;
-    fn encoder(&mut self) -> U64Coder {
-        U64Coder
-    }
-    fn decoder(&mut self) -> U64Coder {
-        U64Coder
-    }
-}
+#[path = "support/u64_codec.rs"]
+mod u64_codec;
+use u64_codec::U64Codec;
 
 // ---------------------------------------------------------------------------------------------
 // The server.
@@ -288,6 +251,9 @@ fn client(
     budget: RetryBudget,
 ) -> Result<tonic::client::Grpc<impl GrpcStack>, BoxError> {
     let stack = ServiceBuilder::new()
+        // The client's own refusals and timeouts reach the caller as gRPC statuses
+        // (`DEADLINE_EXCEEDED` here, not `UNKNOWN`).
+        .layer(ClientRefusalLayer::new())
         // The whole call, the retry included.
         .layer(TimeoutLayer::new(CALL_DEADLINE)?)
         // tonic's request body streams: kept so a retry can send it again.
@@ -304,11 +270,15 @@ fn client(
     Ok(tonic::client::Grpc::new(stack))
 }
 
+/// The body of the client stack's answers: the channel's, read for its trailers, or the
+/// `ClientRefusalLayer`'s empty one.
+type ClientBody = ResponseBody<backstop::grpc::TrailersBody<tonic::body::Body>>;
+
 /// What `client` returns: a clonable tonic transport service.
 trait GrpcStack:
     tonic::client::GrpcService<
         tonic::body::Body,
-        ResponseBody = backstop::grpc::TrailersBody<tonic::body::Body>,
+        ResponseBody = ClientBody,
         Error = BoxError,
         Future: Send,
     > + Clone
@@ -320,7 +290,7 @@ trait GrpcStack:
 impl<T> GrpcStack for T where
     T: tonic::client::GrpcService<
             tonic::body::Body,
-            ResponseBody = backstop::grpc::TrailersBody<tonic::body::Body>,
+            ResponseBody = ClientBody,
             Error = BoxError,
             Future: Send,
         > + Clone

@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::time::Instant;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// A trailers-only gRPC answer.
 fn answer(code: u32, pushback: Option<&str>) -> Response<()> {
@@ -483,4 +483,124 @@ async fn a_body_error_is_the_calls_error_and_trailers_that_never_come_end_at_the
             assert_eq!(started.elapsed(), Duration::from_millis(300));
         }
     }
+}
+
+// ---- the client's own refusals, as a tonic client reports them -------------------------------
+
+#[path = "../examples/support/u64_codec.rs"]
+mod u64_codec;
+
+/// One unary call through a real tonic client over `stack`: the status the caller sees.
+async fn tonic_status<S>(stack: S) -> tonic::Status
+where
+    S: tonic::client::GrpcService<tonic::body::Body, Error = BoxError>,
+    S::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <S::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
+{
+    let mut client = tonic::client::Grpc::new(stack);
+    client.ready().await.expect("ready");
+    client
+        .unary(
+            tonic::Request::new(7u64),
+            http::uri::PathAndQuery::from_static("/demo.Work/Do"),
+            u64_codec::U64Codec,
+        )
+        .await
+        .expect_err("the call fails")
+}
+
+type TonicReq = Request<tonic::body::Body>;
+type TonicRes = Response<tonic::body::Body>;
+
+fn refusing(
+    reason: OverloadReason,
+) -> impl Service<TonicReq, Response = TonicRes, Error = BoxError> {
+    tower::service_fn(move |_req: TonicReq| async move {
+        let refusal = Overloaded::new(reason).with_retry_after(Duration::from_millis(50));
+        Err::<TonicRes, _>(BoxError::from(refusal))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tonic_client_sees_its_own_refusals_as_the_status_a_server_would_send() {
+    use backstop::grpc::ClientRefusalLayer;
+    use tonic::Code as C;
+
+    // Without the layer, tonic reports the client's own refusal as UNKNOWN.
+    let bare = tonic_status(refusing(OverloadReason::RateLimited)).await;
+    assert_eq!(bare.code(), C::Unknown);
+
+    // With it: over the client's own rate, RESOURCE_EXHAUSTED with the pushback in metadata.
+    let limited =
+        tonic_status(ClientRefusalLayer::new().layer(refusing(OverloadReason::RateLimited))).await;
+    assert_eq!(limited.code(), C::ResourceExhausted, "{limited:?}");
+    assert_eq!(
+        limited.metadata().get("grpc-retry-pushback-ms").unwrap(),
+        "50"
+    );
+
+    // A full stage of the client's own stack (a queue): still RESOURCE_EXHAUSTED, not the
+    // UNAVAILABLE a server would send, which callers retry.
+    let full =
+        tonic_status(ClientRefusalLayer::new().layer(refusing(OverloadReason::QueueFull))).await;
+    assert_eq!(full.code(), C::ResourceExhausted, "{full:?}");
+
+    // The client's own deadline: DEADLINE_EXCEEDED.
+    let slow = tower::service_fn(|_req: TonicReq| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok::<TonicRes, BoxError>(Response::new(tonic::body::Body::empty()))
+    });
+    let late = tonic_status(
+        ServiceBuilder::new()
+            .layer(ClientRefusalLayer::new())
+            .layer(backstop::timeout::TimeoutLayer::new(Duration::from_millis(100)).unwrap())
+            .service(slow),
+    )
+    .await;
+    assert_eq!(late.code(), C::DeadlineExceeded, "{late:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transport_error_keeps_the_mapping_tonic_gives_it() {
+    use backstop::grpc::ClientRefusalLayer;
+
+    let broken = || {
+        tower::service_fn(|_req: TonicReq| async {
+            let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+            Err::<TonicRes, _>(BoxError::from(io))
+        })
+    };
+    let bare = tonic_status(broken()).await;
+    let layered = tonic_status(ClientRefusalLayer::new().layer(broken())).await;
+    assert_eq!(layered.code(), bare.code());
+    assert_eq!(layered.message(), bare.message());
+}
+
+/// A client stage that refuses at readiness (as a shedding limit does) and is never called.
+#[derive(Clone)]
+struct RefusesWhenPolled;
+
+impl Service<TonicReq> for RefusesWhenPolled {
+    type Response = TonicRes;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<TonicRes, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Err(Overloaded::new(OverloadReason::QueueFull).into()))
+    }
+
+    fn call(&mut self, _: TonicReq) -> Self::Future {
+        panic!("a refusing stage is never called");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_at_readiness_answers_the_next_call() {
+    use backstop::grpc::ClientRefusalLayer;
+
+    let status = tonic_status(ClientRefusalLayer::new().layer(RefusesWhenPolled)).await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 }

@@ -20,6 +20,9 @@
 //! - [`ErrorToGrpcLayer`] ([`refusal`]): the server stack's errors as gRPC answers
 //!   (`RESOURCE_EXHAUSTED` for a client over its share, `UNAVAILABLE` for a full server, both
 //!   with a pushback; `DEADLINE_EXCEEDED` for a passed deadline).
+//! - [`ClientRefusalLayer`] ([`client_refusal`]): on a tonic client, the calls the client's own
+//!   layers refuse or time out reach the caller as `RESOURCE_EXHAUSTED`, `UNAVAILABLE` (with the
+//!   pushback) or `DEADLINE_EXCEEDED`, as a server's would, not as `UNKNOWN`.
 //! - [`ReadTrailersLayer`] ([`trailers`]): unary answers whose status is in the trailers, read
 //!   before the layers above classify them.
 //! - [`RetryThrottling`](crate::retry::RetryThrottling): A6's retry throttling as a retry
@@ -57,11 +60,13 @@
 //! | trailers that never come | the call waits, as tonic would, until a timeout above ends it |
 
 pub(crate) mod classify;
+pub mod client_refusal;
 pub mod refusal;
 mod status;
 pub mod trailers;
 
 pub use self::classify::{GrpcClassifier, TrailersStatus};
+pub use self::client_refusal::{ClientRefusal, ClientRefusalLayer};
 pub use self::refusal::{ErrorToGrpc, ErrorToGrpcLayer, OnGrpcError, error_code, error_to_grpc};
 pub use self::status::{
     Code, GRPC_MESSAGE_HEADER, GRPC_PUSHBACK_HEADER, GRPC_STATUS_HEADER, GrpcStatus, Pushback,

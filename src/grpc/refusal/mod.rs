@@ -57,5 +57,6 @@ mod service;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::ErrorToGrpcLayer;
+pub(crate) use self::respond::answer_with;
 pub use self::respond::{GrpcAnswer, OnGrpcError, error_code, error_to_grpc};
 pub use self::service::ErrorToGrpc;

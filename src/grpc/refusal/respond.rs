@@ -60,7 +60,11 @@ pub fn error_code(err: &(dyn StdError + 'static)) -> Code {
 /// assert_eq!(res.headers()["grpc-retry-pushback-ms"], "40");
 /// ```
 pub fn error_to_grpc<B: Default>(err: &(dyn StdError + 'static)) -> Response<B> {
-    let code = error_code(err);
+    answer_with(error_code(err), err)
+}
+
+/// The trailers-only answer to `err` with `code`, the pushback included when `err` is a refusal.
+pub(crate) fn answer_with<B: Default>(code: Code, err: &(dyn StdError + 'static)) -> Response<B> {
     let mut res = Response::new(B::default());
     let headers = res.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
