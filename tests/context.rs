@@ -16,9 +16,10 @@ fn client()
 -> impl Service<Req, Response = Option<Duration>, Error = BoxError, Future: Send> + Clone + Send {
     ServiceBuilder::new()
         .layer(TimeoutLayer::new(Duration::from_secs(5)).unwrap())
-        .service_fn(
-            |req: Req| async move { Ok::<_, BoxError>(req.deadline().map(|d| d.remaining())) },
-        )
+        .service_fn(|req: Req| async move {
+            // The request, else the scope the timeout hands its deadline down in.
+            Ok::<_, BoxError>(context::effective_deadline(&req).map(|d| d.remaining()))
+        })
 }
 
 fn request_with(left: Duration) -> Req {

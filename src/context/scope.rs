@@ -80,6 +80,13 @@ impl RequestContext {
     pub fn sync_scope<T>(self, f: impl FnOnce() -> T) -> T {
         CONTEXT.sync_scope(self.within(current()), f)
     }
+
+    /// Runs `f` with exactly this context as the current one: for a caller that has already
+    /// nested it in the scope around it (the timeout, which read that scope in `call` and
+    /// re-enters on every poll), so no poll pays for a second task-local read.
+    pub(crate) fn enter<T>(self, f: impl FnOnce() -> T) -> T {
+        CONTEXT.sync_scope(self, f)
+    }
 }
 
 /// The context of the scope this code runs in; empty outside any scope.
@@ -90,6 +97,15 @@ pub fn current() -> RequestContext {
 /// The current scope's deadline, if any.
 pub fn current_deadline() -> Option<Deadline> {
     CONTEXT.try_with(|c| c.deadline).ok().flatten()
+}
+
+/// The deadline a layer or handler should work to: the one `req` carries, else the current
+/// scope's. The precedence every backstop reader of a deadline follows; a
+/// [`TimeoutLayer`](crate::timeout::TimeoutLayer) may leave a request without one and hand its
+/// deadline down in the scope instead (see its module docs), so code below a timeout reads it
+/// here rather than from `req.deadline()` alone.
+pub fn effective_deadline<R: HasDeadline + ?Sized>(req: &R) -> Option<Deadline> {
+    req.deadline().or_else(current_deadline)
 }
 
 /// The current scope's criticality, if any.

@@ -77,6 +77,20 @@ pub trait HasDeadline {
     fn deadline(&self) -> Option<Deadline>;
     /// Replaces the deadline the request carries.
     fn set_deadline(&mut self, deadline: Deadline);
+
+    /// Sets the deadline only if the request can hold it without allocating, and says whether
+    /// it did; `false` leaves the request as it was.
+    ///
+    /// [`TimeoutLayer`](super::TimeoutLayer) calls it for a request that carries no deadline
+    /// yet: where it answers `false`, the layer hands the deadline to the layers below through
+    /// the [request context](crate::context) instead, which costs no allocation. The default
+    /// sets it and answers `true`, right for a type that keeps an `Option<Deadline>` inline;
+    /// `http::Request` answers `true` only when its extensions already hold a `Deadline` (a new
+    /// entry would box it, and create the map if there is none).
+    fn try_set_deadline(&mut self, deadline: Deadline) -> bool {
+        self.set_deadline(deadline);
+        true
+    }
 }
 
 #[cfg(feature = "http")]
@@ -93,6 +107,15 @@ impl HasDeadline for http::Extensions {
             }
         }
     }
+    fn try_set_deadline(&mut self, deadline: Deadline) -> bool {
+        match self.get_mut::<Deadline>() {
+            Some(existing) => {
+                *existing = deadline;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 #[cfg(feature = "http")]
@@ -102,5 +125,8 @@ impl<B> HasDeadline for http::Request<B> {
     }
     fn set_deadline(&mut self, deadline: Deadline) {
         self.extensions_mut().set_deadline(deadline);
+    }
+    fn try_set_deadline(&mut self, deadline: Deadline) -> bool {
+        self.extensions_mut().try_set_deadline(deadline)
     }
 }

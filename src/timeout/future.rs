@@ -7,6 +7,7 @@ use pin_project::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::{Elapsed, ElapsedCause};
+use crate::context::RequestContext;
 use crate::error::BoxError;
 
 /// The response future of [`Timeout`](super::Timeout).
@@ -29,6 +30,10 @@ enum State<F> {
         sleep: Option<Pin<Box<Sleep>>>,
         deadline: Instant,
         elapsed: Elapsed,
+        // The context the layers below read the deadline from when the request could not hold
+        // it for free; entered on every poll, since the inner future's work (a handler's body,
+        // a retry's next attempt) runs there.
+        scope: Option<RequestContext>,
     },
     /// The request failed before the inner service was called.
     Failed(Option<Elapsed>),
@@ -40,6 +45,7 @@ impl<F> ResponseFuture<F> {
         deadline: Instant,
         cause: ElapsedCause,
         budget: Duration,
+        scope: Option<RequestContext>,
     ) -> Self {
         ResponseFuture {
             state: State::Running {
@@ -47,6 +53,7 @@ impl<F> ResponseFuture<F> {
                 sleep: None,
                 deadline,
                 elapsed: Elapsed::new(cause, budget),
+                scope,
             },
         }
     }
@@ -76,8 +83,13 @@ where
                 sleep,
                 deadline,
                 elapsed,
+                scope,
             } => {
-                if let Poll::Ready(result) = inner.poll(cx) {
+                let polled = match scope {
+                    Some(context) => context.enter(|| inner.poll(cx)),
+                    None => inner.poll(cx),
+                };
+                if let Poll::Ready(result) = polled {
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 let sleep = sleep.get_or_insert_with(|| Box::pin(sleep_until(*deadline)));

@@ -6,6 +6,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
 
 use super::{Deadline, Elapsed, ElapsedCause, HasDeadline, ResponseFuture};
+use crate::context::RequestContext;
 use crate::error::BoxError;
 
 /// A service whose calls end by the sooner of its own timeout and its caller's deadline.
@@ -16,6 +17,7 @@ pub struct Timeout<S> {
     inner: S,
     timeout: Duration,
     fraction: f64,
+    always_write: bool,
     wait: ReadyWait,
 }
 
@@ -38,11 +40,12 @@ enum ReadyWait {
 }
 
 impl<S> Timeout<S> {
-    pub(super) fn new(inner: S, timeout: Duration, fraction: f64) -> Self {
+    pub(super) fn new(inner: S, timeout: Duration, fraction: f64, always_write: bool) -> Self {
         Timeout {
             inner,
             timeout,
             fraction,
+            always_write,
             wait: ReadyWait::Idle,
         }
     }
@@ -66,7 +69,12 @@ impl<S> Timeout<S> {
 impl<S: Clone> Clone for Timeout<S> {
     /// A clone starts with no readiness wait of its own: readiness belongs to one handle.
     fn clone(&self) -> Self {
-        Timeout::new(self.inner.clone(), self.timeout, self.fraction)
+        Timeout::new(
+            self.inner.clone(),
+            self.timeout,
+            self.fraction,
+            self.always_write,
+        )
     }
 }
 
@@ -139,8 +147,13 @@ where
         };
         let own = Deadline::after_from(since, self.timeout).instant();
         // Precedence: the request's own deadline, then the scope of the request being served.
+        // The scope is read only for a request without one: a task-local access saved.
         let explicit = req.deadline();
-        let caller = explicit.or_else(crate::context::current_deadline);
+        let outer = match explicit {
+            Some(_) => None,
+            None => Some(crate::context::current()),
+        };
+        let caller = explicit.or_else(|| outer.and_then(|c| c.deadline()));
         let (deadline, cause) = match caller {
             Some(caller) => {
                 let remaining = caller.instant().saturating_duration_since(now);
@@ -159,11 +172,32 @@ where
             }
             None => (own, ElapsedCause::OwnTimeout),
         };
-        if explicit != Some(Deadline::at(deadline)) {
-            req.set_deadline(Deadline::at(deadline));
-        }
         let budget = deadline.saturating_duration_since(since);
-        ResponseFuture::running(self.inner.call(req), deadline, cause, budget)
+        let new = Deadline::at(deadline);
+        let scope = match outer {
+            // The request has a deadline and so a slot for it: tightened in place, no
+            // allocation (the result is never later than the request's own deadline).
+            None => {
+                if explicit != Some(new) {
+                    req.set_deadline(new);
+                }
+                None
+            }
+            Some(_) if self.always_write => {
+                req.set_deadline(new);
+                None
+            }
+            // Where the request cannot hold it for free (an `http::Request` without one: a new
+            // extension entry is a boxed value, and a new map), the layers below read it from
+            // the scope, entered around `call` and on every poll of the response future.
+            Some(outer) => (!req.try_set_deadline(new))
+                .then(|| RequestContext::new().with_deadline(new).within(outer)),
+        };
+        let inner = match scope {
+            Some(context) => context.enter(|| self.inner.call(req)),
+            None => self.inner.call(req),
+        };
+        ResponseFuture::running(inner, deadline, cause, budget, scope)
     }
 }
 
