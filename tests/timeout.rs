@@ -481,3 +481,41 @@ fn invalid_configs_name_the_field() {
     }
     assert!(TimeoutLayer::builder().fraction(1.0).build().is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_below_reads_the_time_left_from_the_timeouts_scope() {
+    use backstop::classify::HttpClassifier;
+    use backstop::retry::{Idempotent, RetryBudget, RetryLayer};
+    let sends = Arc::new(AtomicUsize::new(0));
+    let counted = sends.clone();
+    // Every attempt takes 95 ms and fails with a retryable 500.
+    let failing = service_fn(move |_req: Request<()>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            sleep(Duration::from_millis(95)).await;
+            let res = http::Response::builder().status(500).body(()).unwrap();
+            Ok::<_, BoxError>(res)
+        }
+    });
+    let budget = RetryBudget::builder("timeout_retry")
+        .min_per_second(0.0)
+        .initial_tokens(5.0)
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder(budget)
+        .classifier(HttpClassifier)
+        .min_time_left(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer(100, 1.0))
+        .layer(retry)
+        .service(failing);
+    let mut req = Request::new(());
+    req.extensions_mut().insert(Idempotent);
+    // 5 ms are left after the first attempt, under the retry's 10 ms minimum: the first answer
+    // comes back at once rather than a retry that the timeout would cut off.
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), 500);
+    assert_eq!(sends.load(Ordering::SeqCst), 1);
+}

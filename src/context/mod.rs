@@ -5,7 +5,8 @@
 //! outgoing calls are separate requests: unless someone copies the deadline by hand, the next
 //! service down starts from nothing and keeps working after the first caller has left. Finagle
 //! and gRPC-Go pass the deadline on through a context object; this module does the same for
-//! tower stacks with a tokio task-local:
+//! tower stacks with a task-scoped value (set on the thread only while the task's future is
+//! being polled, as tokio's task-locals are):
 //!
 //! - on the server, [`ScopeLayer`] (innermost, just above the handler) runs the handler inside a
 //!   scope holding the request's [`RequestContext`];

@@ -78,17 +78,15 @@ pub trait HasDeadline {
     /// Replaces the deadline the request carries.
     fn set_deadline(&mut self, deadline: Deadline);
 
-    /// Sets the deadline only if the request can hold it without allocating, and says whether
-    /// it did; `false` leaves the request as it was.
+    /// Whether [`set_deadline`](Self::set_deadline) on a request that carries no deadline yet
+    /// costs nothing (no allocation).
     ///
-    /// [`TimeoutLayer`](super::TimeoutLayer) calls it for a request that carries no deadline
-    /// yet: where it answers `false`, the layer hands the deadline to the layers below through
-    /// the [request context](crate::context) instead, which costs no allocation. The default
-    /// sets it and answers `true`, right for a type that keeps an `Option<Deadline>` inline;
-    /// `http::Request` answers `true` only when its extensions already hold a `Deadline` (a new
-    /// entry would box it, and create the map if there is none).
-    fn try_set_deadline(&mut self, deadline: Deadline) -> bool {
-        self.set_deadline(deadline);
+    /// [`TimeoutLayer`](super::TimeoutLayer) asks it of a request that carries no deadline:
+    /// where it is `false`, the layer hands the deadline to the layers below through the
+    /// [request context](crate::context) instead of writing it. `true` by default, right for a
+    /// type that keeps an `Option<Deadline>` inline; `false` for `http::Request`, whose
+    /// extensions would box it (and create their map first if it has none).
+    fn sets_deadline_for_free(&self) -> bool {
         true
     }
 }
@@ -107,14 +105,8 @@ impl HasDeadline for http::Extensions {
             }
         }
     }
-    fn try_set_deadline(&mut self, deadline: Deadline) -> bool {
-        match self.get_mut::<Deadline>() {
-            Some(existing) => {
-                *existing = deadline;
-                true
-            }
-            None => false,
-        }
+    fn sets_deadline_for_free(&self) -> bool {
+        false
     }
 }
 
@@ -126,7 +118,7 @@ impl<B> HasDeadline for http::Request<B> {
     fn set_deadline(&mut self, deadline: Deadline) {
         self.extensions_mut().set_deadline(deadline);
     }
-    fn try_set_deadline(&mut self, deadline: Deadline) -> bool {
-        self.extensions_mut().try_set_deadline(deadline)
+    fn sets_deadline_for_free(&self) -> bool {
+        false
     }
 }

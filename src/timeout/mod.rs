@@ -25,7 +25,7 @@
 //!
 //! - a request that already carries a deadline has it tightened in place;
 //! - a request that carries none and can hold one for free (a type with an `Option<Deadline>`
-//!   field, [`WithDeadline`]) gets it written in ([`HasDeadline::try_set_deadline`]);
+//!   field, [`WithDeadline`]) gets it written in ([`HasDeadline::sets_deadline_for_free`]);
 //! - an `http::Request` that carries none is left untouched (a new extension would cost a map
 //!   and a boxed entry per request): the layer runs the inner `call`, and every poll of the inner
 //!   future, inside a [context scope](crate::context) that holds the deadline. Nested scopes keep

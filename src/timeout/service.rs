@@ -135,15 +135,19 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
-        let since = match std::mem::take(&mut self.wait) {
-            ReadyWait::Expired => {
-                return ResponseFuture::failed(Elapsed::new(
-                    ElapsedCause::OwnTimeout,
-                    self.timeout,
-                ));
-            }
-            ReadyWait::ReadyAfter { since } | ReadyWait::Waiting { since, .. } => since,
+        // Matched in place first: the common case leaves the state as it is, with no drop.
+        let since = match self.wait {
             ReadyWait::Idle => now,
+            _ => match std::mem::take(&mut self.wait) {
+                ReadyWait::Expired => {
+                    return ResponseFuture::failed(Elapsed::new(
+                        ElapsedCause::OwnTimeout,
+                        self.timeout,
+                    ));
+                }
+                ReadyWait::ReadyAfter { since } | ReadyWait::Waiting { since, .. } => since,
+                ReadyWait::Idle => now,
+            },
         };
         let own = Deadline::after_from(since, self.timeout).instant();
         // Precedence: the request's own deadline, then the scope of the request being served.
@@ -172,7 +176,6 @@ where
             }
             None => (own, ElapsedCause::OwnTimeout),
         };
-        let budget = deadline.saturating_duration_since(since);
         let new = Deadline::at(deadline);
         let scope = match outer {
             // The request has a deadline and so a slot for it: tightened in place, no
@@ -183,21 +186,20 @@ where
                 }
                 None
             }
-            Some(_) if self.always_write => {
+            Some(_) if self.always_write || req.sets_deadline_for_free() => {
                 req.set_deadline(new);
                 None
             }
-            // Where the request cannot hold it for free (an `http::Request` without one: a new
-            // extension entry is a boxed value, and a new map), the layers below read it from
-            // the scope, entered around `call` and on every poll of the response future.
-            Some(outer) => (!req.try_set_deadline(new))
-                .then(|| RequestContext::new().with_deadline(new).within(outer)),
+            // An `http::Request` without one, where a new extension is a boxed entry (and a new
+            // map): the layers below read the deadline from the scope instead, entered around
+            // `call` and on every poll of the response future.
+            Some(outer) => Some(RequestContext::new().with_deadline(new).within(outer)),
         };
         let inner = match scope {
             Some(context) => context.enter(|| self.inner.call(req)),
             None => self.inner.call(req),
         };
-        ResponseFuture::running(inner, deadline, cause, budget, scope)
+        ResponseFuture::running(inner, since, deadline, cause, scope)
     }
 }
 
@@ -207,6 +209,9 @@ fn scale(remaining: Duration, fraction: f64) -> Duration {
     if fraction >= 1.0 {
         remaining
     } else {
-        Duration::from_nanos((remaining.as_nanos() as f64 * fraction) as u64)
+        // Through u64: a u128 to float conversion is a library call. Capping at u64::MAX ns
+        // (584 years) changes no real deadline.
+        let nanos = u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos((nanos as f64 * fraction) as u64)
     }
 }
