@@ -519,3 +519,48 @@ async fn a_retry_below_reads_the_time_left_from_the_timeouts_scope() {
     assert_eq!(res.status(), 500);
     assert_eq!(sends.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_client_stack_sends_the_per_attempt_deadline_without_writing_the_request() {
+    use backstop::hedge::HedgeLayer;
+    use backstop::retry::{Idempotent, RetryBudget, RetryLayer};
+    use backstop::timeout::headers::{TIMEOUT_MS_HEADER, send_deadline};
+    use backstop::token_bucket::{TokenBucket, TokenBucketLayer};
+    // The transport answers with the header it was sent and whether the request carried a
+    // `Deadline` of its own.
+    let transport = service_fn(|req: Request<()>| async move {
+        let header = req.headers().get(TIMEOUT_MS_HEADER).cloned();
+        Ok::<_, BoxError>((header, req.deadline().is_some()))
+    });
+    let name = "timeout_readme_stack";
+    let bucket = TokenBucket::builder(name).build().unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(2)).unwrap())
+        .layer(
+            RetryLayer::builder(RetryBudget::builder(name).build().unwrap())
+                .build()
+                .unwrap(),
+        )
+        .layer(HedgeLayer::builder(name).build().unwrap())
+        .layer(TokenBucketLayer::builder(bucket).build().unwrap())
+        .layer(layer(800, 0.5))
+        .map_request(send_deadline::<()>)
+        .service(transport);
+    let mut req = Request::new(());
+    req.extensions_mut().insert(Idempotent);
+    let (header, in_request) = client.ready().await.unwrap().call(req).await.unwrap();
+    // min(800 ms, 0.5 × 2 s): the inner timeout read the outer one's scope through the retry,
+    // the hedge and the bucket.
+    assert_eq!(header.unwrap(), "800");
+    assert!(!in_request);
+
+    // Inside a handler's scope with 1 s left: 0.9 s overall, then min(800, 0.45 s) per attempt.
+    let scope = RequestContext::new().with_deadline(Deadline::after(Duration::from_secs(1)));
+    let mut req = Request::new(());
+    req.extensions_mut().insert(Idempotent);
+    let (header, _) = scope
+        .scope(async { client.ready().await.unwrap().call(req).await })
+        .await
+        .unwrap();
+    assert_eq!(header.unwrap(), "450");
+}
