@@ -564,3 +564,40 @@ async fn the_readme_client_stack_sends_the_per_attempt_deadline_without_writing_
         .unwrap();
     assert_eq!(header.unwrap(), "450");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_token_bucket_below_gives_up_at_the_timeouts_deadline() {
+    use backstop::token_bucket::{TokenBucket, TokenBucketLayer};
+    use backstop::{OverloadReason, Overloaded};
+    // Empty, one token a second: a request would wait 1 s, and the bucket's own patience is
+    // 10 s; only the timeout's 100 ms, read from its scope, makes it leave the line sooner.
+    let bucket = TokenBucket::builder("timeout_bucket_wait")
+        .capacity(1.0)
+        .rate(1.0)
+        .initial_tokens(0.0)
+        .build()
+        .unwrap();
+    let waiting = TokenBucketLayer::builder(bucket)
+        .wait_up_to(Duration::from_secs(10))
+        .wait_until_deadline()
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer(100, 0.9))
+        .layer(waiting)
+        .service_fn(|_req: Request<()>| async { Ok::<_, BoxError>(()) });
+    let start = Instant::now();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    // The bucket's refusal, not the timeout's `Elapsed`: it knew the deadline and left first.
+    let refusal = err
+        .downcast_ref::<Overloaded>()
+        .unwrap_or_else(|| panic!("expected the bucket's refusal, got {err}"));
+    assert_eq!(refusal.reason(), OverloadReason::RateLimited);
+}
