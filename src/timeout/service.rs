@@ -151,7 +151,7 @@ where
         };
         let own = Deadline::after_from(since, self.timeout).instant();
         // Precedence: the request's own deadline, then the scope of the request being served.
-        // The scope is read only for a request without one: a task-local access saved.
+        // The scope is read only for a request without one: a thread-local access saved.
         let explicit = req.deadline();
         let outer = match explicit {
             Some(_) => None,
