@@ -21,7 +21,7 @@
 //! own timeout).
 //!
 //! # How the deadline travels down
-//! Without allocating, as tower's `Timeout` does not:
+//! Without an allocation (tower's `Timeout` makes none either):
 //!
 //! - a request that already carries a deadline has it tightened in place;
 //! - a request that carries none and can hold one for free (a type with an `Option<Deadline>`
@@ -35,6 +35,11 @@
 //! a [`TokenBucketLayer`] that waits, [`HedgeLayer`], [`send_deadline`](headers::send_deadline))
 //! takes the request's own first, then the scope's; code of your own below a timeout does the
 //! same with [`context::effective_deadline`](crate::context::effective_deadline).
+//!
+//! Whatever runs inside that scope sees the deadline, so a handler right below a server's
+//! timeout makes its outgoing calls under it; a deadline the request itself carries (one
+//! inherited from `grpc-timeout`) reaches those calls only through a
+//! [`ScopeLayer`](crate::context::ScopeLayer), which a server should keep innermost either way.
 //!
 //! The scope belongs to the task that calls the timeout. A service below it that calls *its*
 //! inner service on another task, as tower's `Buffer` does on its worker, hides the scope from
