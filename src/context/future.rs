@@ -15,7 +15,6 @@ use super::RequestContext;
 /// Made by [`RequestContext::scope`], [`in_current_scope`](super::in_current_scope) and the
 /// [`Scope`](super::Scope) service.
 #[pin_project(PinnedDrop)]
-#[derive(Debug)]
 pub struct ScopedFuture<F> {
     context: RequestContext,
     // `None` only while it is dropped in the scope.
@@ -34,6 +33,15 @@ impl<F> ScopedFuture<F> {
     /// The context this future runs in.
     pub fn context(&self) -> RequestContext {
         self.context
+    }
+}
+
+// By hand: any future, `Debug` or not (a handler's `async` block is not).
+impl<F> std::fmt::Debug for ScopedFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopedFuture")
+            .field("context", &self.context)
+            .finish_non_exhaustive()
     }
 }
 
