@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use backstop::context::{self, RequestContext, ScopeLayer};
+use backstop::context::{self, Criticality, RequestContext, ScopeLayer};
 use backstop::timeout::headers::{TIMEOUT_MS_HEADER, send_deadline};
 use backstop::timeout::{Deadline, ElapsedCause, HasDeadline, TimeoutLayer};
 use backstop::{BoxError, is_timeout};
@@ -16,9 +16,10 @@ fn client()
 -> impl Service<Req, Response = Option<Duration>, Error = BoxError, Future: Send> + Clone + Send {
     ServiceBuilder::new()
         .layer(TimeoutLayer::new(Duration::from_secs(5)).unwrap())
-        .service_fn(
-            |req: Req| async move { Ok::<_, BoxError>(req.deadline().map(|d| d.remaining())) },
-        )
+        .service_fn(|req: Req| async move {
+            // The request, else the scope the timeout hands its deadline down in.
+            Ok::<_, BoxError>(context::effective_deadline(&req).map(|d| d.remaining()))
+        })
 }
 
 fn request_with(left: Duration) -> Req {
@@ -174,4 +175,56 @@ async fn the_scope_does_not_leak_to_other_tasks_on_the_thread() {
         })
         .await;
     assert_eq!(other.await.unwrap(), None);
+}
+
+#[test]
+fn a_panic_inside_a_scope_restores_the_scope_around_it() {
+    let outer = RequestContext::new().with_deadline(Deadline::at(
+        tokio::time::Instant::now() + Duration::from_secs(9),
+    ));
+    let inner = RequestContext::new().with_criticality(Criticality::Sheddable);
+    outer.sync_scope(|| {
+        let caught = std::panic::catch_unwind(|| {
+            inner.sync_scope(|| {
+                assert_eq!(context::current_criticality(), Some(Criticality::Sheddable));
+                panic!("the handler fails");
+            })
+        });
+        assert!(caught.is_err());
+        assert_eq!(context::current(), outer, "the outer scope is back");
+    });
+    assert_eq!(context::current(), RequestContext::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scoped_future_dropped_before_it_ends_is_dropped_inside_its_scope() {
+    /// Records the deadline its destructor sees.
+    struct Probe(std::sync::Arc<std::sync::Mutex<Option<Option<Duration>>>>);
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(context::current_deadline().map(Deadline::remaining));
+        }
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let probe = Probe(seen.clone());
+    let scope = RequestContext::new().with_deadline(Deadline::after(Duration::from_millis(300)));
+    let fut = scope.scope(async move {
+        let _probe = probe;
+        std::future::pending::<()>().await;
+    });
+    let mut fut = Box::pin(fut);
+    // Started (so the probe lives in the future's state), then abandoned.
+    assert!(futures_poll_once(fut.as_mut()).is_pending());
+    drop(fut);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(Some(Duration::from_millis(300)))
+    );
+    assert_eq!(context::current_deadline(), None);
+}
+
+fn futures_poll_once<F: std::future::Future>(
+    fut: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 }

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backstop::BoxError;
+use backstop::context::{self, Criticality, RequestContext};
 use backstop::timeout::{Deadline, Elapsed, ElapsedCause, HasDeadline, TimeoutLayer, WithDeadline};
 use http::Request;
 use tokio::time::{Instant, advance, sleep};
@@ -136,18 +137,209 @@ async fn a_plain_request_in_with_deadline_gets_the_same_treatment() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn without_a_caller_deadline_the_layer_sets_its_own() {
-    let mut svc = layer(250, 0.9).layer(service_fn(|req: Request<()>| async move {
-        Ok::<_, BoxError>(req.deadline().map(|d| d.remaining()))
+async fn without_a_caller_deadline_the_layer_hands_its_own_down_in_the_scope() {
+    // What the inner service sees: in the request, in the scope at `call`, in the scope when
+    // its future runs.
+    let inner = tower::service_fn(|req: Request<()>| {
+        let in_request = req.deadline().map(Deadline::remaining);
+        let at_call = context::current_deadline().map(Deadline::remaining);
+        async move {
+            let at_poll = context::current_deadline().map(Deadline::remaining);
+            Ok::<_, BoxError>((in_request, at_call, at_poll))
+        }
+    });
+    let mut svc = layer(250, 0.9).layer(inner);
+    let seen = svc.ready().await.unwrap().call(Request::new(())).await;
+    let left = Some(Duration::from_millis(250));
+    assert_eq!(
+        seen.unwrap(),
+        (None, left, left),
+        "request untouched, scope set"
+    );
+    assert_eq!(
+        context::current_deadline(),
+        None,
+        "the scope ends with the call"
+    );
+
+    // Opted in, the request carries it and no scope is needed.
+    let always = TimeoutLayer::builder()
+        .timeout(Duration::from_millis(250))
+        .always_write_deadline()
+        .build()
+        .unwrap();
+    assert!(always.always_writes_deadline());
+    let mut svc = always.layer(inner);
+    let seen = svc.ready().await.unwrap().call(Request::new(())).await;
+    assert_eq!(seen.unwrap(), (left, None, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_can_hold_a_deadline_for_free_gets_it_written() {
+    let mut svc = layer(250, 0.9).layer(service_fn(|req: WithDeadline<()>| async move {
+        Ok::<_, BoxError>((
+            req.deadline().map(Deadline::remaining),
+            context::current_deadline(),
+        ))
     }));
-    let left = svc
+    let seen = svc.ready().await.unwrap().call(WithDeadline::new(())).await;
+    assert_eq!(seen.unwrap(), (Some(Duration::from_millis(250)), None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_deadline_is_tightened_in_place_and_wins_over_the_scope() {
+    let mut svc = layer(10_000, 0.5).layer(service_fn(|req: Request<()>| async move {
+        Ok::<_, BoxError>((
+            req.deadline().map(Deadline::remaining),
+            req.extensions().len(),
+        ))
+    }));
+    let mut req = Request::new(());
+    req.set_deadline(Deadline::after(Duration::from_millis(400)));
+    // A scope with less time: the request's own deadline still wins (a caller that set one
+    // means it), and it stays one entry, overwritten.
+    let scope = RequestContext::new().with_deadline(Deadline::after(Duration::from_millis(100)));
+    let seen = scope
+        .scope(async { svc.ready().await.unwrap().call(req).await })
+        .await;
+    assert_eq!(seen.unwrap(), (Some(Duration::from_millis(200)), 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn nested_timeouts_shrink_the_scope_and_an_outer_scope_is_kept() {
+    // Outer scope 8 s, then three layers giving half each: 4, 2, 1 s, all through the scope.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let leaf = service_fn(move |req: Request<()>| {
+        assert!(req.deadline().is_none(), "the request is never written");
+        record
+            .lock()
+            .unwrap()
+            .push(context::current_deadline().unwrap().remaining());
+        async { Ok::<_, BoxError>(context::current().criticality()) }
+    });
+    let mut svc =
+        layer(10_000, 0.5).layer(layer(10_000, 0.5).layer(layer(10_000, 0.5).layer(leaf)));
+    let outer = RequestContext::new()
+        .with_deadline(Deadline::after(Duration::from_secs(8)))
+        .with_criticality(Criticality::Sheddable);
+    let criticality = outer
+        .scope(async { svc.ready().await.unwrap().call(Request::new(())).await })
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![Duration::from_secs(1)]);
+    assert_eq!(
+        criticality,
+        Some(Criticality::Sheddable),
+        "the scope keeps its criticality"
+    );
+}
+
+/// Records what the service below a `Buffer` sees: the deadline at `call` (on the buffer's
+/// worker task) and when its future is polled (on the caller's task).
+#[derive(Clone)]
+struct SeenBelow;
+
+impl Service<Request<()>> for SeenBelow {
+    type Response = (Option<Duration>, Option<Duration>);
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        let at_call = context::effective_deadline(&req).map(Deadline::remaining);
+        Box::pin(async move {
+            let at_poll = context::effective_deadline(&req).map(Deadline::remaining);
+            Ok((at_call, at_poll))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_buffer_below_the_timeout_needs_the_opt_in_to_pass_the_deadline_at_call() {
+    let left = Some(Duration::from_millis(250));
+    let buffered = || tower::buffer::Buffer::new(SeenBelow, 8);
+
+    // Default: the worker task calls the service outside the caller's scope, so `call` sees
+    // nothing; the future it hands back is polled by the caller, in the scope.
+    let mut svc = layer(250, 0.9).layer(buffered());
+    let seen = svc.ready().await.unwrap().call(Request::new(())).await;
+    assert_eq!(seen.unwrap(), (None, left));
+
+    // Opted in: the request carries the deadline across the task hop.
+    let always = TimeoutLayer::builder()
+        .timeout(Duration::from_millis(250))
+        .always_write_deadline()
+        .build()
+        .unwrap();
+    let mut svc = always.layer(buffered());
+    let seen = svc.ready().await.unwrap().call(Request::new(())).await;
+    assert_eq!(seen.unwrap(), (left, left));
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_deadline_writes_the_timeouts_deadline_from_the_scope() {
+    let mut svc = ServiceBuilder::new()
+        .layer(layer(250, 0.9))
+        .map_request(backstop::timeout::headers::send_deadline::<()>)
+        .service_fn(|req: Request<()>| async move {
+            Ok::<_, BoxError>((
+                req.headers()
+                    .get(backstop::timeout::headers::TIMEOUT_MS_HEADER)
+                    .cloned(),
+                req.extensions().len(),
+            ))
+        });
+    let (header, extensions) = svc
         .ready()
         .await
         .unwrap()
         .call(Request::new(()))
         .await
         .unwrap();
-    assert_eq!(left, Some(Duration::from_millis(250)));
+    assert_eq!(header.unwrap(), "250");
+    assert_eq!(extensions, 0, "the request itself is left untouched");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lifo_queue_below_sheds_a_waiter_at_the_timeouts_deadline() {
+    use backstop::lifo_queue::LifoQueueLayer;
+    let queue_layer = LifoQueueLayer::builder("timeout_lifo")
+        .max_in_flight(1)
+        .build()
+        .unwrap();
+    let queue = queue_layer.queue().clone();
+    let stuck = service_fn(|_req: Request<()>| async {
+        std::future::pending::<()>().await;
+        Ok::<_, BoxError>(())
+    });
+    let below = queue_layer.layer(stuck);
+    // One request holds the only slot, outside any timeout.
+    let mut first = below.clone();
+    let holder = tokio::spawn(async move { first.ready().await?.call(Request::new(())).await });
+    tokio::task::yield_now().await;
+    assert_eq!(queue.in_flight(), 1);
+
+    // The next waits in the queue; the queue knows its 30 ms only through the timeout's scope.
+    let mut svc = layer(30, 1.0).layer(below);
+    let start = Instant::now();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(30));
+    assert_eq!(
+        queue.stats().shed,
+        1,
+        "shed by the queue at the deadline: {err}"
+    );
+    holder.abort();
 }
 
 /// Sends one plain request once the service is ready; returns how long it took and the result.
@@ -288,4 +480,124 @@ fn invalid_configs_name_the_field() {
         assert!(err.to_string().contains("(0, 1]"));
     }
     assert!(TimeoutLayer::builder().fraction(1.0).build().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_below_reads_the_time_left_from_the_timeouts_scope() {
+    use backstop::classify::HttpClassifier;
+    use backstop::retry::{Idempotent, RetryBudget, RetryLayer};
+    let sends = Arc::new(AtomicUsize::new(0));
+    let counted = sends.clone();
+    // Every attempt takes 95 ms and fails with a retryable 500.
+    let failing = service_fn(move |_req: Request<()>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            sleep(Duration::from_millis(95)).await;
+            let res = http::Response::builder().status(500).body(()).unwrap();
+            Ok::<_, BoxError>(res)
+        }
+    });
+    let budget = RetryBudget::builder("timeout_retry")
+        .min_per_second(0.0)
+        .initial_tokens(5.0)
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder(budget)
+        .classifier(HttpClassifier)
+        .min_time_left(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer(100, 1.0))
+        .layer(retry)
+        .service(failing);
+    let mut req = Request::new(());
+    req.extensions_mut().insert(Idempotent);
+    // 5 ms are left after the first attempt, under the retry's 10 ms minimum: the first answer
+    // comes back at once rather than a retry that the timeout would cut off.
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), 500);
+    assert_eq!(sends.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_client_stack_sends_the_per_attempt_deadline_without_writing_the_request() {
+    use backstop::hedge::HedgeLayer;
+    use backstop::retry::{Idempotent, RetryBudget, RetryLayer};
+    use backstop::timeout::headers::{TIMEOUT_MS_HEADER, send_deadline};
+    use backstop::token_bucket::{TokenBucket, TokenBucketLayer};
+    // The transport answers with the header it was sent and whether the request carried a
+    // `Deadline` of its own.
+    let transport = service_fn(|req: Request<()>| async move {
+        let header = req.headers().get(TIMEOUT_MS_HEADER).cloned();
+        Ok::<_, BoxError>((header, req.deadline().is_some()))
+    });
+    let name = "timeout_readme_stack";
+    let bucket = TokenBucket::builder(name).build().unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(2)).unwrap())
+        .layer(
+            RetryLayer::builder(RetryBudget::builder(name).build().unwrap())
+                .build()
+                .unwrap(),
+        )
+        .layer(HedgeLayer::builder(name).build().unwrap())
+        .layer(TokenBucketLayer::builder(bucket).build().unwrap())
+        .layer(layer(800, 0.5))
+        .map_request(send_deadline::<()>)
+        .service(transport);
+    let mut req = Request::new(());
+    req.extensions_mut().insert(Idempotent);
+    let (header, in_request) = client.ready().await.unwrap().call(req).await.unwrap();
+    // min(800 ms, 0.5 × 2 s): the inner timeout read the outer one's scope through the retry,
+    // the hedge and the bucket.
+    assert_eq!(header.unwrap(), "800");
+    assert!(!in_request);
+
+    // Inside a handler's scope with 1 s left: 0.9 s overall, then min(800, 0.45 s) per attempt.
+    let scope = RequestContext::new().with_deadline(Deadline::after(Duration::from_secs(1)));
+    let mut req = Request::new(());
+    req.extensions_mut().insert(Idempotent);
+    let (header, _) = scope
+        .scope(async { client.ready().await.unwrap().call(req).await })
+        .await
+        .unwrap();
+    assert_eq!(header.unwrap(), "450");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_token_bucket_below_gives_up_at_the_timeouts_deadline() {
+    use backstop::token_bucket::{TokenBucket, TokenBucketLayer};
+    use backstop::{OverloadReason, Overloaded};
+    // Empty, one token a second: a request would wait 1 s, and the bucket's own patience is
+    // 10 s; only the timeout's 100 ms, read from its scope, makes it leave the line sooner.
+    let bucket = TokenBucket::builder("timeout_bucket_wait")
+        .capacity(1.0)
+        .rate(1.0)
+        .initial_tokens(0.0)
+        .build()
+        .unwrap();
+    let waiting = TokenBucketLayer::builder(bucket)
+        .wait_up_to(Duration::from_secs(10))
+        .wait_until_deadline()
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer(100, 0.9))
+        .layer(waiting)
+        .service_fn(|_req: Request<()>| async { Ok::<_, BoxError>(()) });
+    let start = Instant::now();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    // The bucket's refusal, not the timeout's `Elapsed`: it knew the deadline and left first.
+    let refusal = err
+        .downcast_ref::<Overloaded>()
+        .unwrap_or_else(|| panic!("expected the bucket's refusal, got {err}"));
+    assert_eq!(refusal.reason(), OverloadReason::RateLimited);
 }

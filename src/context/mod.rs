@@ -5,14 +5,17 @@
 //! outgoing calls are separate requests: unless someone copies the deadline by hand, the next
 //! service down starts from nothing and keeps working after the first caller has left. Finagle
 //! and gRPC-Go pass the deadline on through a context object; this module does the same for
-//! tower stacks with a tokio task-local:
+//! tower stacks with a task-scoped value (set on the thread only while the task's future is
+//! being polled, as tokio's task-locals are):
 //!
 //! - on the server, [`ScopeLayer`] (innermost, just above the handler) runs the handler inside a
 //!   scope holding the request's [`RequestContext`];
 //! - on the client, every [`TimeoutLayer`](crate::timeout::TimeoutLayer) (and
 //!   [`send_deadline`](crate::timeout::headers::send_deadline)) reads the scope's deadline when
 //!   the request carries none, so the outermost client timeout takes it and each layer further
-//!   down still takes its fraction of what is left;
+//!   down still takes its fraction of what is left; a timeout hands its own deadline down the
+//!   same way, in a nested scope, when the request has no slot for it, so code below a timeout
+//!   reads the deadline with [`effective_deadline`] (the request's, else the scope's);
 //! - a task the handler spawns gets the scope through [`spawn`] (or [`in_current_scope`] for
 //!   any other executor); `tokio::spawn` alone starts a task outside any scope, on purpose: a
 //!   background job should not die with the request that started it.
@@ -54,9 +57,10 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), backstop::BoxError> {
-//! // The next service down: reports the deadline its request arrived with.
+//! // The next service down: reports the deadline it was given (the request's, else the
+//! // scope's: the timeout hands it down in a scope rather than allocate an extension).
 //! let downstream = tower::service_fn(|req: http::Request<()>| async move {
-//!     Ok::<_, backstop::BoxError>(req.deadline().map(|d| d.remaining()))
+//!     Ok::<_, backstop::BoxError>(context::effective_deadline(&req).map(|d| d.remaining()))
 //! });
 //! // A client stack with a 5 s timeout that gives the layers below 90% of what is left.
 //! let client = ServiceBuilder::new()
@@ -99,7 +103,8 @@ pub use self::criticality::{
 pub use self::future::ScopedFuture;
 pub use self::layer::ScopeLayer;
 pub use self::scope::{
-    RequestContext, current, current_criticality, current_deadline, in_current_scope, spawn,
+    RequestContext, current, current_criticality, current_deadline, effective_deadline,
+    in_current_scope, spawn,
 };
 pub use self::service::Scope;
 

@@ -14,6 +14,7 @@ use super::marker::{AlreadyRetried, RetriedMarker, RetryRequest};
 use super::{Budget, RetryKind};
 use crate::classify::{Classify, Outcome};
 use crate::error::{BoxError, is_timeout};
+use crate::timeout::Deadline;
 
 /// The response future of [`Retry`](super::Retry).
 ///
@@ -141,7 +142,7 @@ where
                         return Poll::Ready(Err(e.into()));
                     }
                     let request_ref = request.as_ref().expect("the retry is sent once");
-                    if !enough_time_left(shared, request_ref) {
+                    if !enough_time_left(shared, deadline_of(request_ref)) {
                         // The wait for readiness ate the time: pass the first failure up, as if
                         // there had been no retry, and give the token back.
                         if let Some(kind) = this.unsent.take() {
@@ -186,10 +187,11 @@ fn plan_retry<Req: RetryRequest, Res, B: Budget, C>(
     result: &Result<Res, BoxError>,
     pushback: Option<Duration>,
 ) -> Option<(RetryKind, Duration)> {
-    if !request.can_replay() || !enough_time_left(shared, request) {
+    let deadline = deadline_of(request);
+    if !request.can_replay() || !enough_time_left(shared, deadline) {
         return None;
     }
-    let limit = request.deadline().map_or(Duration::MAX, |d| {
+    let limit = deadline.map_or(Duration::MAX, |d| {
         d.remaining().saturating_sub(shared.min_time_left)
     });
     let pushback = pushback.unwrap_or(Duration::ZERO);
@@ -208,10 +210,15 @@ fn plan_retry<Req: RetryRequest, Res, B: Budget, C>(
     Some((kind, shared.delay(limit).max(pushback)))
 }
 
-/// True when the request has no deadline, or at least `min_time_left` (and more than zero)
-/// before it.
-fn enough_time_left<Req: RetryRequest, B, C>(shared: &Shared<B, C>, request: &Req) -> bool {
-    request.deadline().is_none_or(|d| {
+/// The request's deadline, else the scope's: a timeout above leaves an `http::Request` without
+/// one untouched and hands its deadline down in the scope, which the retry future is polled in.
+fn deadline_of<Req: RetryRequest>(request: &Req) -> Option<Deadline> {
+    crate::context::effective_deadline(request)
+}
+
+/// True when there is no deadline, or at least `min_time_left` (and more than zero) before it.
+fn enough_time_left<B, C>(shared: &Shared<B, C>, deadline: Option<Deadline>) -> bool {
+    deadline.is_none_or(|d| {
         let left = d.remaining();
         !left.is_zero() && left >= shared.min_time_left
     })

@@ -77,6 +77,18 @@ pub trait HasDeadline {
     fn deadline(&self) -> Option<Deadline>;
     /// Replaces the deadline the request carries.
     fn set_deadline(&mut self, deadline: Deadline);
+
+    /// Whether [`set_deadline`](Self::set_deadline) on a request that carries no deadline yet
+    /// costs nothing (no allocation).
+    ///
+    /// [`TimeoutLayer`](super::TimeoutLayer) asks it of a request that carries no deadline:
+    /// where it is `false`, the layer hands the deadline to the layers below through the
+    /// [request context](crate::context) instead of writing it. `true` by default, right for a
+    /// type that keeps an `Option<Deadline>` inline; `false` for `http::Request`, whose
+    /// extensions would box it (and create their map first if it has none).
+    fn sets_deadline_for_free(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(feature = "http")]
@@ -93,6 +105,9 @@ impl HasDeadline for http::Extensions {
             }
         }
     }
+    fn sets_deadline_for_free(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(feature = "http")]
@@ -102,5 +117,8 @@ impl<B> HasDeadline for http::Request<B> {
     }
     fn set_deadline(&mut self, deadline: Deadline) {
         self.extensions_mut().set_deadline(deadline);
+    }
+    fn sets_deadline_for_free(&self) -> bool {
+        false
     }
 }

@@ -23,7 +23,7 @@ pub struct FromRequest;
 
 impl<Req: HasDeadline> DeadlineOf<Req> for FromRequest {
     fn deadline_of(&self, request: &Req) -> Option<Deadline> {
-        request.deadline().or_else(crate::context::current_deadline)
+        crate::context::effective_deadline(request)
     }
 }
 

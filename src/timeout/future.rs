@@ -1,12 +1,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::{Elapsed, ElapsedCause};
+use crate::context::RequestContext;
 use crate::error::BoxError;
 
 /// The response future of [`Timeout`](super::Timeout).
@@ -27,8 +27,15 @@ enum State<F> {
         // Made on the first poll that finds the inner future pending, so a call that completes
         // at once never touches the timer; boxed, so the future stays small to move.
         sleep: Option<Pin<Box<Sleep>>>,
+        // The start of this request's time and its end; the budget an `Elapsed` reports is
+        // their difference, worked out only if it runs out.
+        since: Instant,
         deadline: Instant,
-        elapsed: Elapsed,
+        cause: ElapsedCause,
+        // The context the layers below read the deadline from when the request could not hold
+        // it for free; entered on every poll, since the inner future's work (a handler's body,
+        // a retry's next attempt) runs there.
+        scope: Option<RequestContext>,
     },
     /// The request failed before the inner service was called.
     Failed(Option<Elapsed>),
@@ -37,16 +44,19 @@ enum State<F> {
 impl<F> ResponseFuture<F> {
     pub(super) fn running(
         inner: F,
+        since: Instant,
         deadline: Instant,
         cause: ElapsedCause,
-        budget: Duration,
+        scope: Option<RequestContext>,
     ) -> Self {
         ResponseFuture {
             state: State::Running {
                 inner,
                 sleep: None,
+                since,
                 deadline,
-                elapsed: Elapsed::new(cause, budget),
+                cause,
+                scope,
             },
         }
     }
@@ -74,15 +84,22 @@ where
             Projected::Running {
                 inner,
                 sleep,
+                since,
                 deadline,
-                elapsed,
+                cause,
+                scope,
             } => {
-                if let Poll::Ready(result) = inner.poll(cx) {
+                let polled = match scope {
+                    Some(context) => context.enter(|| inner.poll(cx)),
+                    None => inner.poll(cx),
+                };
+                if let Poll::Ready(result) = polled {
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 let sleep = sleep.get_or_insert_with(|| Box::pin(sleep_until(*deadline)));
                 ready!(sleep.as_mut().poll(cx));
-                Poll::Ready(Err((*elapsed).into()))
+                let budget = deadline.saturating_duration_since(*since);
+                Poll::Ready(Err(Elapsed::new(*cause, budget).into()))
             }
         }
     }

@@ -128,7 +128,7 @@ pub fn inherit_deadline<B>(mut req: Request<B>) -> Request<B> {
 /// Put it below the timeout layers, just above the transport, with
 /// `tower::util::MapRequestLayer::new(send_deadline::<B>)`.
 pub fn send_deadline<B>(mut req: Request<B>) -> Request<B> {
-    if let Some(deadline) = req.deadline().or_else(crate::context::current_deadline) {
+    if let Some(deadline) = crate::context::effective_deadline(&req) {
         write_deadline(req.headers_mut(), deadline, Instant::now());
     }
     req

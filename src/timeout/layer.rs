@@ -9,6 +9,13 @@ use crate::error::{ConfigError, check};
 ///
 /// Build it with [`TimeoutLayer::builder`]; see the [module docs](super) for the rules.
 ///
+/// It allocates nothing per request. An `http::Request` that arrives without a deadline is left
+/// as it is, and the layers below read the deadline from the [request context](crate::context)
+/// the layer enters around them; that scope does not cross into a task that a layer below
+/// (tower's `Buffer`) calls the rest of the stack from. Build with
+/// [`always_write_deadline`](TimeoutLayerBuilder::always_write_deadline) for such a stack: the
+/// deadline then travels in the request, for one extension allocation per request.
+///
 /// ```
 /// use backstop::timeout::TimeoutLayer;
 /// use std::time::Duration;
@@ -31,6 +38,7 @@ use crate::error::{ConfigError, check};
 pub struct TimeoutLayer {
     timeout: Duration,
     fraction: f64,
+    always_write: bool,
 }
 
 impl TimeoutLayer {
@@ -53,13 +61,19 @@ impl TimeoutLayer {
     pub fn fraction(&self) -> f64 {
         self.fraction
     }
+
+    /// Whether it writes the deadline into every request
+    /// ([`always_write_deadline`](TimeoutLayerBuilder::always_write_deadline)).
+    pub fn always_writes_deadline(&self) -> bool {
+        self.always_write
+    }
 }
 
 impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Timeout::new(inner, self.timeout, self.fraction)
+        Timeout::new(inner, self.timeout, self.fraction, self.always_write)
     }
 }
 
@@ -68,6 +82,7 @@ impl<S> Layer<S> for TimeoutLayer {
 pub struct TimeoutLayerBuilder {
     timeout: Duration,
     fraction: f64,
+    always_write: bool,
 }
 
 impl Default for TimeoutLayerBuilder {
@@ -75,6 +90,7 @@ impl Default for TimeoutLayerBuilder {
         TimeoutLayerBuilder {
             timeout: Duration::from_secs(1),
             fraction: 0.9,
+            always_write: false,
         }
     }
 }
@@ -97,6 +113,22 @@ impl TimeoutLayerBuilder {
         self
     }
 
+    /// Also writes the deadline into requests that carry none, for stacks that call the layers
+    /// below on another task. Off by default.
+    ///
+    /// By default a request without a deadline is left untouched when writing one would
+    /// allocate (an `http::Request`: a boxed extension entry, and the map itself): the layers
+    /// below read the deadline from the [request context](crate::context), which the layer
+    /// enters around the inner `call` and on every poll of its response future. That scope
+    /// belongs to the caller's task, so a service that calls its inner service on a task of its
+    /// own, as tower's `Buffer` does on its worker, hides it from everything below it at `call`
+    /// time: a timeout, a queue or a token bucket there sees no deadline. With this option the
+    /// deadline travels in the request instead, at the cost of that allocation per request.
+    pub fn always_write_deadline(mut self) -> Self {
+        self.always_write = true;
+        self
+    }
+
     /// Checks the values and builds the layer.
     pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
         let timeout = check(
@@ -111,6 +143,10 @@ impl TimeoutLayerBuilder {
             |f| *f > 0.0 && *f <= 1.0,
             "in (0, 1]",
         )?;
-        Ok(TimeoutLayer { timeout, fraction })
+        Ok(TimeoutLayer {
+            timeout,
+            fraction,
+            always_write: self.always_write,
+        })
     }
 }

@@ -6,6 +6,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
 
 use super::{Deadline, Elapsed, ElapsedCause, HasDeadline, ResponseFuture};
+use crate::context::RequestContext;
 use crate::error::BoxError;
 
 /// A service whose calls end by the sooner of its own timeout and its caller's deadline.
@@ -16,6 +17,7 @@ pub struct Timeout<S> {
     inner: S,
     timeout: Duration,
     fraction: f64,
+    always_write: bool,
     wait: ReadyWait,
 }
 
@@ -38,11 +40,12 @@ enum ReadyWait {
 }
 
 impl<S> Timeout<S> {
-    pub(super) fn new(inner: S, timeout: Duration, fraction: f64) -> Self {
+    pub(super) fn new(inner: S, timeout: Duration, fraction: f64, always_write: bool) -> Self {
         Timeout {
             inner,
             timeout,
             fraction,
+            always_write,
             wait: ReadyWait::Idle,
         }
     }
@@ -66,7 +69,12 @@ impl<S> Timeout<S> {
 impl<S: Clone> Clone for Timeout<S> {
     /// A clone starts with no readiness wait of its own: readiness belongs to one handle.
     fn clone(&self) -> Self {
-        Timeout::new(self.inner.clone(), self.timeout, self.fraction)
+        Timeout::new(
+            self.inner.clone(),
+            self.timeout,
+            self.fraction,
+            self.always_write,
+        )
     }
 }
 
@@ -127,20 +135,29 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let now = Instant::now();
-        let since = match std::mem::take(&mut self.wait) {
-            ReadyWait::Expired => {
-                return ResponseFuture::failed(Elapsed::new(
-                    ElapsedCause::OwnTimeout,
-                    self.timeout,
-                ));
-            }
-            ReadyWait::ReadyAfter { since } | ReadyWait::Waiting { since, .. } => since,
+        // Matched in place first: the common case leaves the state as it is, with no drop.
+        let since = match self.wait {
             ReadyWait::Idle => now,
+            _ => match std::mem::take(&mut self.wait) {
+                ReadyWait::Expired => {
+                    return ResponseFuture::failed(Elapsed::new(
+                        ElapsedCause::OwnTimeout,
+                        self.timeout,
+                    ));
+                }
+                ReadyWait::ReadyAfter { since } | ReadyWait::Waiting { since, .. } => since,
+                ReadyWait::Idle => now,
+            },
         };
         let own = Deadline::after_from(since, self.timeout).instant();
         // Precedence: the request's own deadline, then the scope of the request being served.
+        // The scope is read only for a request without one: a thread-local access saved.
         let explicit = req.deadline();
-        let caller = explicit.or_else(crate::context::current_deadline);
+        let outer = match explicit {
+            Some(_) => None,
+            None => Some(crate::context::current()),
+        };
+        let caller = explicit.or_else(|| outer.and_then(|c| c.deadline()));
         let (deadline, cause) = match caller {
             Some(caller) => {
                 let remaining = caller.instant().saturating_duration_since(now);
@@ -159,11 +176,30 @@ where
             }
             None => (own, ElapsedCause::OwnTimeout),
         };
-        if explicit != Some(Deadline::at(deadline)) {
-            req.set_deadline(Deadline::at(deadline));
-        }
-        let budget = deadline.saturating_duration_since(since);
-        ResponseFuture::running(self.inner.call(req), deadline, cause, budget)
+        let new = Deadline::at(deadline);
+        let scope = match outer {
+            // The request has a deadline and so a slot for it: tightened in place, no
+            // allocation (the result is never later than the request's own deadline).
+            None => {
+                if explicit != Some(new) {
+                    req.set_deadline(new);
+                }
+                None
+            }
+            Some(_) if self.always_write || req.sets_deadline_for_free() => {
+                req.set_deadline(new);
+                None
+            }
+            // An `http::Request` without one, where a new extension is a boxed entry (and a new
+            // map): the layers below read the deadline from the scope instead, entered around
+            // `call` and on every poll of the response future.
+            Some(outer) => Some(RequestContext::new().with_deadline(new).within(outer)),
+        };
+        let inner = match scope {
+            Some(context) => context.enter(|| self.inner.call(req)),
+            None => self.inner.call(req),
+        };
+        ResponseFuture::running(inner, since, deadline, cause, scope)
     }
 }
 
@@ -173,6 +209,9 @@ fn scale(remaining: Duration, fraction: f64) -> Duration {
     if fraction >= 1.0 {
         remaining
     } else {
-        Duration::from_nanos((remaining.as_nanos() as f64 * fraction) as u64)
+        // Through u64: a u128 to float conversion is a library call. Capping at u64::MAX ns
+        // (584 years) changes no real deadline.
+        let nanos = u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos((nanos as f64 * fraction) as u64)
     }
 }
