@@ -53,7 +53,7 @@ fn claim() -> usize {
 
 /// The calling thread's shard, claimed on its first call: its own below [`SHARED`].
 #[inline]
-fn shard_index() -> usize {
+pub(crate) fn shard_index() -> usize {
     SHARD
         .try_with(|s| {
             let mut i = s.0.get();
@@ -99,7 +99,13 @@ impl<const N: usize> Sharded<N> {
     /// Adds each `(i, n)`: `n` to counter `i`, on the calling thread's shard.
     #[inline]
     pub(crate) fn add_all<const K: usize>(&self, adds: [(usize, u64); K]) {
-        let s = shard_index();
+        self.add_all_at(shard_index(), adds);
+    }
+
+    /// [`add_all`](Self::add_all) with the calling thread's [`shard_index`] already looked up.
+    /// `s` must be that index: a plain store on a shard another thread owns would lose counts.
+    #[inline]
+    pub(crate) fn add_all_at<const K: usize>(&self, s: usize, adds: [(usize, u64); K]) {
         let shard = &self.0[s].0;
         if s < SHARED {
             // This thread is the shard's only writer: a plain read-modify-write is exact.
