@@ -1,3 +1,5 @@
+use std::fmt;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -6,7 +8,8 @@ use metrics::{Counter, Gauge, counter, gauge};
 use tokio::time::Instant;
 
 use super::names;
-use super::shard::{SHARDS, Sharded, shard_index};
+use super::retire;
+use super::shard::{Sharded, shard_index};
 use crate::classify::Outcome;
 use crate::clock::{Clock, Epoch};
 use crate::error::{ConfigError, check};
@@ -71,28 +74,48 @@ const OUTCOME_0: usize = 4;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LittleMeter {
-    handles: Arc<Handles>,
+    handle: Arc<Handle>,
 }
 
-/// The meter and one [`Anchor`] per shard.
-#[derive(Debug)]
-struct Handles {
-    inner: Arc<Inner>,
-    anchors: [Arc<Anchor>; SHARDS],
+/// The meter's state, owned by its handles while any is left, then by `retire` until its last
+/// request in flight departs. Requests in flight hold a plain pointer to it, not a reference
+/// count: an `Arc` cloned per request cost two locked instructions a request, and bounced its
+/// count between cores when two threads measured at once (3× one thread's cost). See
+/// `retire.rs` for why the pointer stays valid.
+struct Handle(NonNull<Inner>);
+
+// SAFETY: a handle is a shared reference to `Inner`, which is `Send + Sync`.
+unsafe impl Send for Handle {}
+unsafe impl Sync for Handle {}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: from `Box::into_raw` in `build`; this was its last handle (`Handle` is held
+        // only in one `Arc` and never cloned), so it is retired once.
+        unsafe { retire::retire(self.0) }
+    }
 }
 
-/// What a request in flight holds to keep the meter alive. Cloning one `Arc` per request from
-/// many threads would bounce its reference count between their cores twice a request (that
-/// count, not the sums, made two threads cost 3× one); each thread clones the anchor of its own
-/// shard instead, whose count sits on a line of its own.
-#[derive(Debug)]
-#[repr(align(128))]
-struct Anchor(Arc<Inner>);
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Inner>();
+};
+
+impl fmt::Debug for LittleMeter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner();
+        f.debug_struct("LittleMeter")
+            .field("name", &inner.name)
+            .field("clock", &inner.epoch)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug)]
-struct Inner {
+pub(super) struct Inner {
     name: String,
     epoch: Epoch,
     capacity: Option<f64>,
@@ -242,7 +265,8 @@ impl LittleMeter {
     }
 
     fn inner(&self) -> &Inner {
-        &self.handles.inner
+        // SAFETY: the state lives at least as long as this handle (see `Handle`).
+        unsafe { self.handle.0.as_ref() }
     }
 
     /// The name the meter's series carry.
@@ -268,7 +292,7 @@ impl LittleMeter {
             .add_all_at(shard, [(ARRIVALS, (now_us << COUNT_BITS) + 1)]);
         inner.maybe_publish(now_ns, now_us);
         InFlight {
-            anchor: self.handles.anchors[shard].clone(),
+            inner: self.handle.0,
             started_ns: now_ns,
             finished: false,
         }
@@ -309,6 +333,13 @@ fn micros(ns: u64) -> u64 {
 }
 
 impl Inner {
+    /// True when every request that arrived has departed: each adds the same word to
+    /// `arrivals` and to `departures`. The loads acquire the departing threads' stores.
+    pub(super) fn settled(&self) -> bool {
+        let (arrivals, departures) = self.words();
+        arrivals == departures
+    }
+
     /// The two packed sums, over every shard.
     fn words(&self) -> (u64, u64) {
         let sums = self.sums.sums();
@@ -416,12 +447,26 @@ impl Inner {
 
 /// One request in flight through a [`LittleMeter`]; records its departure when finished or
 /// dropped.
-#[derive(Debug)]
 pub struct InFlight {
-    anchor: Arc<Anchor>,
+    /// The meter's state: valid until this guard's departure is stored (see `retire.rs`).
+    inner: NonNull<Inner>,
     /// Nanoseconds since the meter's epoch at the arrival.
     started_ns: u64,
     finished: bool,
+}
+
+// SAFETY: a guard reads and adds to the meter's shared state, which is `Send + Sync`, and the
+// state outlives it wherever it goes.
+unsafe impl Send for InFlight {}
+unsafe impl Sync for InFlight {}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight")
+            .field("started_ns", &self.started_ns)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
 }
 
 impl InFlight {
@@ -436,12 +481,18 @@ impl InFlight {
 
     fn depart(&mut self, outcome_index: usize) {
         self.finished = true;
-        let inner = &*self.anchor.0;
+        // SAFETY: the state lives until this guard's departure word is in (see `retire.rs`);
+        // `inner` is not used after that store.
+        let inner = unsafe { self.inner.as_ref() };
         let end_ns = inner.epoch.elapsed_ns();
         let (start_us, end_us) = (
             (self.started_ns / 1_000) & TIME_MASK,
             (end_ns / 1_000) & TIME_MASK,
         );
+        // Before the departure is stored, which is the last touch of the state: a rotation or
+        // publication at this event counts this request as still in flight.
+        inner.maybe_rotate(end_ns, end_us);
+        inner.maybe_publish(end_ns, end_us);
         // The closed area before the departure word: a reading between the two then counts
         // this request twice for a moment rather than not at all.
         inner.sums.add_all_at(
@@ -453,8 +504,7 @@ impl InFlight {
                 (DEPARTURES, (start_us << COUNT_BITS) + 1),
             ],
         );
-        inner.maybe_rotate(end_ns, end_us);
-        inner.maybe_publish(end_ns, end_us);
+        retire::sweep();
     }
 }
 
@@ -553,16 +603,86 @@ impl LittleMeterBuilder {
         inner
             .next_rotation_us
             .store(micros(window.as_nanos() as u64), Relaxed);
-        let inner = Arc::new(inner);
-        let weak = Arc::downgrade(&inner);
+        let meter = LittleMeter {
+            handle: Arc::new(Handle(NonNull::from(Box::leak(Box::new(inner))))),
+        };
+        let weak = Arc::downgrade(&meter.handle);
         super::publish::register(move || {
             weak.upgrade()
-                .map(|inner| inner.publish(inner.epoch.elapsed_ns()))
+                .map(|handle| LittleMeter { handle }.publish())
                 .is_some()
         });
-        let anchors = std::array::from_fn(|_| Arc::new(Anchor(inner.clone())));
-        Ok(LittleMeter {
-            handles: Arc::new(Handles { inner, anchors }),
-        })
+        retire::sweep();
+        Ok(meter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    fn state(meter: &LittleMeter) -> *const Inner {
+        meter.handle.0.as_ptr()
+    }
+
+    /// The state outlives the last handle exactly as long as requests are in flight, and the
+    /// last departure frees it, on whichever thread it lands.
+    #[test]
+    fn a_dropped_meter_lives_until_its_last_request_departs() {
+        let (clock, time) = Clock::manual();
+        let meter = LittleMeter::builder("retire").clock(clock).build().unwrap();
+        let at = state(&meter);
+        let (a, b) = (meter.start(), meter.start());
+        let clone = meter.clone();
+        drop(meter);
+        assert!(!retire::is_waiting(at), "a clone is still a handle");
+        drop(clone);
+        assert!(retire::is_waiting(at), "two requests are in flight");
+        time.advance(Duration::from_millis(5));
+        a.finish(Outcome::Success);
+        assert!(retire::is_waiting(at), "one request is in flight");
+        std::thread::spawn(move || drop(b)).join().unwrap();
+        assert!(!retire::is_waiting(at), "freed by the last departure");
+
+        let idle = LittleMeter::builder("idle").build().unwrap();
+        let at = state(&idle);
+        drop(idle);
+        assert!(!retire::is_waiting(at), "nothing in flight: freed at once");
+    }
+
+    /// Threads finish their requests while the meter's last handle is dropped under them; every
+    /// departure lands, and the state is freed once they are all in.
+    #[test]
+    fn departures_racing_the_last_handle_free_the_state_once() {
+        for _ in 0..20 {
+            let meter = LittleMeter::builder("race").build().unwrap();
+            let at = state(&meter);
+            let guards: Vec<Vec<InFlight>> = (0..4)
+                .map(|_| (0..500).map(|_| meter.start()).collect())
+                .collect();
+            let go = Barrier::new(5);
+            std::thread::scope(|s| {
+                for batch in guards {
+                    let go = &go;
+                    s.spawn(move || {
+                        go.wait();
+                        for (i, g) in batch.into_iter().enumerate() {
+                            if i % 2 == 0 {
+                                g.finish(Outcome::Success);
+                            } else {
+                                drop(g);
+                            }
+                        }
+                    });
+                }
+                go.wait();
+                drop(meter);
+            });
+            // The last departure may race the retirement and miss the list; the next sweep
+            // (here, a build) frees it.
+            drop(LittleMeter::builder("sweeper").build().unwrap());
+            assert!(!retire::is_waiting(at));
+        }
     }
 }

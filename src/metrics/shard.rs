@@ -107,15 +107,18 @@ impl<const N: usize> Sharded<N> {
     #[inline]
     pub(crate) fn add_all_at<const K: usize>(&self, s: usize, adds: [(usize, u64); K]) {
         let shard = &self.0[s].0;
+        // Release (free on x86-64): a reader that acquires a sum sees everything the adding
+        // thread did before, which is what lets the meter free its state after the last
+        // departure (`retire.rs`).
         if s < SHARED {
             // This thread is the shard's only writer: a plain read-modify-write is exact.
             for (i, n) in adds {
                 let c = &shard[i];
-                c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+                c.store(c.load(Relaxed).wrapping_add(n), Release);
             }
         } else {
             for (i, n) in adds {
-                shard[i].fetch_add(n, Relaxed);
+                shard[i].fetch_add(n, Release);
             }
         }
     }
@@ -125,7 +128,7 @@ impl<const N: usize> Sharded<N> {
         let mut out = [0u64; N];
         for shard in &self.0 {
             for (sum, c) in out.iter_mut().zip(&shard.0) {
-                *sum = sum.wrapping_add(c.load(Relaxed));
+                *sum = sum.wrapping_add(c.load(Acquire));
             }
         }
         out
