@@ -282,6 +282,7 @@ impl LittleMeter {
 
     /// Records an arrival now; the returned guard records the departure when it is finished or
     /// dropped (a dropped guard counts as `cancelled`).
+    #[inline]
     pub fn start(&self) -> InFlight {
         let inner = self.inner();
         let now_ns = inner.epoch.elapsed_ns();
@@ -471,6 +472,7 @@ impl fmt::Debug for InFlight {
 
 impl InFlight {
     /// Records the departure with `outcome` (success, error or overload).
+    #[inline]
     pub fn finish(mut self, outcome: Outcome) {
         self.depart(match outcome {
             Outcome::Success => 0,
@@ -479,6 +481,7 @@ impl InFlight {
         });
     }
 
+    #[inline]
     fn depart(&mut self, outcome_index: usize) {
         self.finished = true;
         // SAFETY: the state lives until this guard's departure word is in (see `retire.rs`);
@@ -495,15 +498,19 @@ impl InFlight {
         inner.maybe_publish(end_ns, end_us);
         // The closed area before the departure word: a reading between the two then counts
         // this request twice for a moment rather than not at all.
+        let shard = shard_index();
         inner.sums.add_all_at(
-            shard_index(),
+            shard,
             [
                 (CLOSED_AREA_US, end_us.wrapping_sub(start_us) & TIME_MASK),
                 (LATENCY_NS, end_ns.saturating_sub(self.started_ns)),
                 (OUTCOME_0 + outcome_index, 1),
-                (DEPARTURES, (start_us << COUNT_BITS) + 1),
             ],
         );
+        // The last touch of the state, with `Release` (see `retire.rs`).
+        inner
+            .sums
+            .add_release_at(shard, DEPARTURES, (start_us << COUNT_BITS) + 1);
         retire::sweep();
     }
 }

@@ -346,15 +346,18 @@ impl TokenBucket {
         self.inner.epoch.elapsed_ms()
     }
 
+    #[inline]
     fn cap_units(&self) -> u64 {
         self.inner.cap.load(Ordering::Acquire)
     }
 
+    #[inline]
     fn rate_fixed(&self) -> u64 {
         self.inner.rate.load(Ordering::Acquire)
     }
 
     /// Takes `n` tokens now if the bucket holds them and nobody waits; never waits.
+    #[inline]
     pub fn try_acquire(&self, n: u32) -> bool {
         let granted = self.inner.unlimited.load(Ordering::Acquire)
             || (self.inner.waiting.load(Ordering::Acquire) == 0 && self.take(n));
@@ -362,6 +365,7 @@ impl TokenBucket {
         granted
     }
 
+    #[inline]
     pub(crate) fn count(&self, granted: bool) {
         self.inner
             .counts
