@@ -41,6 +41,9 @@ const CLOSED_AREA_US: usize = 2;
 const LATENCY_NS: usize = 3;
 /// Four outcome counts from here, in `names::OUTCOMES` order.
 const OUTCOME_0: usize = 4;
+/// The departure word again, added last, after the departure has rotated and published: equal
+/// to `ARRIVALS` exactly when no guard can touch the meter any more (see `retire.rs`).
+const RELEASED: usize = 8;
 
 /// A Little's-law meter: how many requests are in flight, how long they take, and what that
 /// means for concurrency and headroom.
@@ -120,7 +123,7 @@ pub(super) struct Inner {
     epoch: Epoch,
     capacity: Option<f64>,
     window: Duration,
-    sums: Sharded<8>,
+    sums: Sharded<9>,
     next_rotation_us: AtomicU64,
     next_publish_us: AtomicU64,
     rotation: Mutex<Rotation>,
@@ -334,11 +337,12 @@ fn micros(ns: u64) -> u64 {
 }
 
 impl Inner {
-    /// True when every request that arrived has departed: each adds the same word to
-    /// `arrivals` and to `departures`. The loads acquire the departing threads' stores.
+    /// True when every request that arrived has departed and let go of the meter: each adds
+    /// the same word to `arrivals` and, as its last touch, to `released`. The loads acquire the
+    /// departing threads' stores.
     pub(super) fn settled(&self) -> bool {
-        let (arrivals, departures) = self.words();
-        arrivals == departures
+        let sums = self.sums.sums();
+        sums[ARRIVALS] == sums[RELEASED]
     }
 
     /// The two packed sums, over every shard.
@@ -492,25 +496,23 @@ impl InFlight {
             (self.started_ns / 1_000) & TIME_MASK,
             (end_ns / 1_000) & TIME_MASK,
         );
-        // Before the departure is stored, which is the last touch of the state: a rotation or
-        // publication at this event counts this request as still in flight.
-        inner.maybe_rotate(end_ns, end_us);
-        inner.maybe_publish(end_ns, end_us);
         // The closed area before the departure word: a reading between the two then counts
         // this request twice for a moment rather than not at all.
         let shard = shard_index();
+        let word = (start_us << COUNT_BITS) + 1;
         inner.sums.add_all_at(
             shard,
             [
                 (CLOSED_AREA_US, end_us.wrapping_sub(start_us) & TIME_MASK),
                 (LATENCY_NS, end_ns.saturating_sub(self.started_ns)),
                 (OUTCOME_0 + outcome_index, 1),
+                (DEPARTURES, word),
             ],
         );
+        inner.maybe_rotate(end_ns, end_us);
+        inner.maybe_publish(end_ns, end_us);
         // The last touch of the state, with `Release` (see `retire.rs`).
-        inner
-            .sums
-            .add_release_at(shard, DEPARTURES, (start_us << COUNT_BITS) + 1);
+        inner.sums.add_release_at(shard, RELEASED, word);
         retire::sweep();
     }
 }

@@ -4,17 +4,17 @@
 //! arrival and dropped at the departure, costs two locked read-modify-writes per request (about
 //! 25 ns of the meter's 67 on the 2-core VM, and a line bounced between cores when threads share
 //! the count). The meter already counts what is in flight, exactly, in its shards: a request
-//! adds the same packed word to `arrivals` when it starts and to `departures` when it ends, so
-//! the two sums are equal exactly when nothing is in flight. So a guard holds a plain pointer,
+//! adds the same packed word to `arrivals` when it starts and to `released` as the very last
+//! thing its departure does (after it has counted, rotated and published), so the two sums are
+//! equal exactly when no guard can touch the meter any more. So a guard holds a plain pointer,
 //! and the meter's state is freed when its last handle is dropped *and* the two sums are equal.
 //!
-//! The departure's store to `departures` is the guard's last touch of the meter (it publishes
-//! and rotates before it), made with `Release`; the sums are read with `Acquire` under this
-//! list's lock, so everything a departing thread did to the meter happens before it is freed.
-//! Nothing arrives after the last handle is gone (an arrival needs a handle). A retired meter is
-//! looked at when it retires, after any departure while the list is not empty, when a meter is
-//! built and on [`publish`](super::publish): a last departure that races the retirement and
-//! misses the list can leave one meter's state waiting until the next of those.
+//! The store to `released` is made with `Release` and the sums are read with `Acquire` under
+//! this list's lock, so everything a departing thread did to the meter happens before it is
+//! freed. Nothing arrives after the last handle is gone (an arrival needs a handle). A retired
+//! meter is looked at when it retires, after any departure while the list is not empty, when a
+//! meter is built and on [`publish`](super::publish): a last departure that races the
+//! retirement and misses the list can leave one meter's state waiting until the next of those.
 
 use std::ptr::NonNull;
 use std::sync::Mutex;
