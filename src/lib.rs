@@ -5,6 +5,7 @@
 pub mod backpressure;
 pub mod classify;
 pub mod client_throttle;
+pub mod clock;
 pub mod context;
 pub mod error;
 #[cfg(feature = "redis")]

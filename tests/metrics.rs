@@ -293,3 +293,56 @@ async fn series_lag_until_published_and_one_call_publishes_every_meter() {
     running.finish(Outcome::Success);
     assert_eq!(successes(), [1.0, 0.0]);
 }
+
+/// The meter reads the clock it is given: on a manual clock every figure is exact, with no
+/// runtime at all.
+#[test]
+fn a_meter_on_a_manual_clock_measures_exactly() {
+    use backstop::clock::Clock;
+    let (clock, time) = Clock::manual();
+    let meter = LittleMeter::builder("manual")
+        .capacity(4.0)
+        .clock(clock)
+        .build()
+        .unwrap();
+    let before = meter.snapshot();
+    let a = meter.start();
+    time.advance(Duration::from_millis(250));
+    let b = meter.start();
+    time.advance(Duration::from_millis(250));
+    a.finish(Outcome::Success);
+    time.advance(Duration::from_millis(500));
+    let report = meter.snapshot().since(&before);
+    assert_eq!(report.interval, Duration::from_secs(1));
+    // a: 500 ms done; b: 750 ms so far.
+    assert_eq!(report.average_concurrency, 1.25);
+    assert_eq!(report.completed_concurrency, 0.5);
+    assert_eq!(report.mean_latency, Some(Duration::from_millis(500)));
+    assert_eq!(report.in_flight, 1);
+    assert_eq!(report.utilization, Some(1.25 / 4.0));
+    drop(b);
+    assert_eq!(meter.in_flight(), 0);
+}
+
+/// The default clock is chosen when the meter is built: one built before the pause keeps real
+/// time (the trap the docs name), one built after it, or given `Clock::tokio()`, sees the
+/// test's `advance`.
+#[tokio::test]
+async fn the_default_clock_follows_a_pause_only_when_built_after_it() {
+    use backstop::clock::Clock;
+    let before_pause = LittleMeter::builder("before").build().unwrap();
+    let forced = LittleMeter::builder("forced")
+        .clock(Clock::tokio())
+        .build()
+        .unwrap();
+    tokio::time::pause();
+    let after_pause = LittleMeter::builder("after").build().unwrap();
+    let guards = [&before_pause, &forced, &after_pause].map(|m| m.start());
+    advance(Duration::from_secs(3600)).await;
+    drop(guards);
+    let latency = |m: &LittleMeter| m.report().mean_latency.unwrap();
+    assert_eq!(latency(&forced), Duration::from_secs(3600));
+    assert_eq!(latency(&after_pause), Duration::from_secs(3600));
+    let real = latency(&before_pause);
+    assert!(real < Duration::from_secs(60), "{real:?}");
+}

@@ -1,3 +1,5 @@
+use std::fmt;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -6,8 +8,10 @@ use metrics::{Counter, Gauge, counter, gauge};
 use tokio::time::Instant;
 
 use super::names;
-use super::shard::Sharded;
+use super::retire;
+use super::shard::{Sharded, shard_index};
 use crate::classify::Outcome;
+use crate::clock::{Clock, Epoch};
 use crate::error::{ConfigError, check};
 
 // Each event is one `fetch_add` on a word of the calling thread's shard, no compare-and-swap:
@@ -37,6 +41,9 @@ const CLOSED_AREA_US: usize = 2;
 const LATENCY_NS: usize = 3;
 /// Four outcome counts from here, in `names::OUTCOMES` order.
 const OUTCOME_0: usize = 4;
+/// The departure word again, added last, after the departure has rotated and published: equal
+/// to `ARRIVALS` exactly when no guard can touch the meter any more (see `retire.rs`).
+const RELEASED: usize = 8;
 
 /// A Little's-law meter: how many requests are in flight, how long they take, and what that
 /// means for concurrency and headroom.
@@ -47,7 +54,9 @@ const OUTCOME_0: usize = 4;
 /// they run. Against a stated capacity (workers, connections, a lock's 1), the meter reports
 /// utilization: how close the service is to running out of headroom.
 ///
-/// A cheap [`Clone`] handle: clones share one meter. The request path is lock-free.
+/// A cheap [`Clone`] handle: clones share one meter. The request path is lock-free, reads the
+/// meter's [`Clock`] once per arrival and once per departure, and writes nothing another thread
+/// writes (see [`LittleMeterBuilder::clock`] for the clock, and its one trap in tests).
 ///
 /// ```
 /// use backstop::metrics::LittleMeter;
@@ -68,18 +77,53 @@ const OUTCOME_0: usize = 4;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LittleMeter {
-    inner: Arc<Inner>,
+    handle: Arc<Handle>,
+}
+
+/// The meter's state, owned by its handles while any is left, then by `retire` until its last
+/// request in flight departs. Requests in flight hold a plain pointer to it, not a reference
+/// count: an `Arc` cloned per request cost two locked instructions a request, and bounced its
+/// count between cores when two threads measured at once (3× one thread's cost). See
+/// `retire.rs` for why the pointer stays valid.
+struct Handle(NonNull<Inner>);
+
+// SAFETY: a handle is a shared reference to `Inner`, which is `Send + Sync`.
+unsafe impl Send for Handle {}
+unsafe impl Sync for Handle {}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: from `Box::into_raw` in `build`; this was its last handle (`Handle` is held
+        // only in one `Arc` and never cloned), so it is retired once.
+        unsafe { retire::retire(self.0) }
+    }
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Inner>();
+};
+
+impl fmt::Debug for LittleMeter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner();
+        f.debug_struct("LittleMeter")
+            .field("name", &inner.name)
+            .field("clock", &inner.epoch)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(super) struct Inner {
     name: String,
-    epoch: Instant,
+    epoch: Epoch,
     capacity: Option<f64>,
     window: Duration,
-    sums: Sharded<8>,
+    sums: Sharded<9>,
     next_rotation_us: AtomicU64,
     next_publish_us: AtomicU64,
     rotation: Mutex<Rotation>,
@@ -147,6 +191,8 @@ impl Series {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LittleSnapshot {
     at: Instant,
+    /// Nanoseconds since the meter's epoch, on the meter's clock: intervals come from these.
+    at_ns: u64,
     area_us: u64,
     latency_ns: u64,
     arrivals: u64,
@@ -182,7 +228,7 @@ pub struct LittleReport {
 impl LittleSnapshot {
     /// The figures for the interval from `earlier` to this snapshot.
     pub fn since(&self, earlier: &LittleSnapshot) -> LittleReport {
-        let interval = self.at.saturating_duration_since(earlier.at);
+        let interval = Duration::from_nanos(self.at_ns.saturating_sub(earlier.at_ns));
         let secs = interval.as_secs_f64();
         let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
         let area = self.area_us.wrapping_sub(earlier.area_us) as f64 / 1e6;
@@ -203,7 +249,8 @@ impl LittleSnapshot {
         }
     }
 
-    /// When the snapshot was taken.
+    /// When the snapshot was taken, as a tokio instant (on a meter that reads the CPU's
+    /// counter, tokio's clock read at the same moment).
     pub fn at(&self) -> Instant {
         self.at
     }
@@ -216,30 +263,40 @@ impl LittleMeter {
             name: name.into(),
             capacity: None,
             window: Duration::from_secs(10),
+            clock: Clock::default(),
         }
+    }
+
+    fn inner(&self) -> &Inner {
+        // SAFETY: the state lives at least as long as this handle (see `Handle`).
+        unsafe { self.handle.0.as_ref() }
     }
 
     /// The name the meter's series carry.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner().name
     }
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> u64 {
-        let (arrivals, departures) = self.inner.words();
+        let (arrivals, departures) = self.inner().words();
         arrivals.wrapping_sub(departures) & COUNT_MAX
     }
 
     /// Records an arrival now; the returned guard records the departure when it is finished or
     /// dropped (a dropped guard counts as `cancelled`).
+    #[inline]
     pub fn start(&self) -> InFlight {
-        let now = Instant::now();
-        let now_ns = self.inner.nanos(now);
+        let inner = self.inner();
+        let now_ns = inner.epoch.elapsed_ns();
         let now_us = (now_ns / 1_000) & TIME_MASK;
-        self.inner.sums.add(ARRIVALS, (now_us << COUNT_BITS) + 1);
-        self.inner.maybe_publish(now, now_us);
+        let shard = shard_index();
+        inner
+            .sums
+            .add_all_at(shard, [(ARRIVALS, (now_us << COUNT_BITS) + 1)]);
+        inner.maybe_publish(now_ns, now_us);
         InFlight {
-            meter: self.clone(),
+            inner: self.handle.0,
             started_ns: now_ns,
             finished: false,
         }
@@ -247,22 +304,20 @@ impl LittleMeter {
 
     /// The meter's totals now.
     pub fn snapshot(&self) -> LittleSnapshot {
-        self.inner.totals(Instant::now()).snapshot
+        let inner = self.inner();
+        inner.totals(inner.epoch.elapsed_ns()).snapshot
     }
 
     /// The figures for the last full window (see [`LittleMeterBuilder::window`]), or for the time
     /// since the meter was built while no window has ended yet.
     pub fn report(&self) -> LittleReport {
-        let now = Instant::now();
-        self.inner.maybe_rotate(now, self.inner.micros(now));
-        let rotation = self
-            .inner
-            .rotation
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let inner = self.inner();
+        let now_ns = inner.epoch.elapsed_ns();
+        inner.maybe_rotate(now_ns, micros(now_ns));
+        let rotation = inner.rotation.lock().unwrap_or_else(|e| e.into_inner());
         match rotation.last {
             Some(report) => report,
-            None => self.inner.totals(now).snapshot.since(&rotation.start),
+            None => inner.totals(now_ns).snapshot.since(&rotation.start),
         }
     }
 
@@ -270,19 +325,24 @@ impl LittleMeter {
     /// 100 ms of its clock, at an arrival or a departure, and at the end of each window: call
     /// this where the series must be exact at once, such as before a scrape or in a test.
     pub fn publish(&self) {
-        self.inner.publish(Instant::now());
+        let inner = self.inner();
+        inner.publish(inner.epoch.elapsed_ns());
     }
 }
 
-impl Inner {
-    /// Nanoseconds since the epoch (u64: 584 years), from which both the µs of the area and the
-    /// ns of the latency come: one time subtraction per event.
-    fn nanos(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_nanos() as u64
-    }
+/// The µs of the area's time field from nanoseconds since the epoch (u64 ns: 584 years, from
+/// which both the µs of the area and the ns of the latency come: one clock read per event).
+fn micros(ns: u64) -> u64 {
+    (ns / 1_000) & TIME_MASK
+}
 
-    fn micros(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_micros() as u64 & TIME_MASK
+impl Inner {
+    /// True when every request that arrived has departed and let go of the meter: each adds
+    /// the same word to `arrivals` and, as its last touch, to `released`. The loads acquire the
+    /// departing threads' stores.
+    pub(super) fn settled(&self) -> bool {
+        let sums = self.sums.sums();
+        sums[ARRIVALS] == sums[RELEASED]
     }
 
     /// The two packed sums, over every shard.
@@ -294,8 +354,8 @@ impl Inner {
     /// Sums the shards. Not one atomic read: an event that lands between two loads is counted
     /// in one sum and not yet in another, which can misplace at most that request's own
     /// latency for this one reading.
-    fn totals(&self, now: Instant) -> Totals {
-        let now_us = self.micros(now);
+    fn totals(&self, now_ns: u64) -> Totals {
+        let now_us = micros(now_ns);
         let sums = self.sums.sums();
         let mut outcomes = [0u64; 4];
         outcomes.copy_from_slice(&sums[OUTCOME_0..OUTCOME_0 + 4]);
@@ -307,7 +367,8 @@ impl Inner {
         let completions = outcomes.iter().fold(0u64, |a, &o| a.wrapping_add(o));
         Totals {
             snapshot: LittleSnapshot {
-                at: now,
+                at: self.epoch.tokio_at(now_ns),
+                at_ns: now_ns,
                 area_us: sums[CLOSED_AREA_US].wrapping_add(open),
                 latency_ns: sums[LATENCY_NS],
                 // Every request that arrived has either completed or is still in flight.
@@ -320,20 +381,22 @@ impl Inner {
         }
     }
 
-    fn maybe_publish(&self, now: Instant, now_us: u64) {
+    #[inline]
+    fn maybe_publish(&self, now_ns: u64, now_us: u64) {
         if now_us >= self.next_publish_us.load(Relaxed) {
-            self.publish(now);
+            self.publish(now_ns);
         }
     }
 
-    fn publish(&self, now: Instant) {
+    #[cold]
+    fn publish(&self, now_ns: u64) {
         // Whoever holds the lock publishes; the rest move on (their events are in the sums).
         let Ok(mut published) = self.published.try_lock() else {
             return;
         };
         self.next_publish_us
-            .store(self.micros(now) + PUBLISH_EVERY_US, Relaxed);
-        let totals = self.totals(now);
+            .store(micros(now_ns) + PUBLISH_EVERY_US, Relaxed);
+        let totals = self.totals(now_ns);
         let snap = &totals.snapshot;
         self.series.in_flight.set(snap.in_flight as f64);
         self.series.latency_sum.set(snap.latency_ns as f64 / 1e9);
@@ -353,19 +416,24 @@ impl Inner {
         }
     }
 
-    fn maybe_rotate(&self, now: Instant, now_us: u64) {
-        if now_us < self.next_rotation_us.load(Relaxed) {
-            return;
+    #[inline]
+    fn maybe_rotate(&self, now_ns: u64, now_us: u64) {
+        if now_us >= self.next_rotation_us.load(Relaxed) {
+            self.rotate(now_ns);
         }
+    }
+
+    #[cold]
+    fn rotate(&self, now_ns: u64) {
         // A rotation is a slow path; whoever holds the lock does it and the rest move on.
         let Ok(mut rotation) = self.rotation.try_lock() else {
             return;
         };
-        let window_end = rotation.start.at + self.window;
-        if now < window_end {
+        let window_ns = self.window.as_nanos() as u64;
+        if now_ns < rotation.start.at_ns + window_ns {
             return;
         }
-        let snapshot = self.totals(now).snapshot;
+        let snapshot = self.totals(now_ns).snapshot;
         let report = snapshot.since(&rotation.start);
         self.series
             .average_concurrency
@@ -376,24 +444,39 @@ impl Inner {
         rotation.last = Some(report);
         rotation.start = snapshot;
         self.next_rotation_us
-            .store(self.micros(now + self.window), Relaxed);
+            .store(micros(now_ns + window_ns), Relaxed);
         drop(rotation);
-        self.publish(now);
+        self.publish(now_ns);
     }
 }
 
 /// One request in flight through a [`LittleMeter`]; records its departure when finished or
 /// dropped.
-#[derive(Debug)]
 pub struct InFlight {
-    meter: LittleMeter,
+    /// The meter's state: valid until this guard's departure is stored (see `retire.rs`).
+    inner: NonNull<Inner>,
     /// Nanoseconds since the meter's epoch at the arrival.
     started_ns: u64,
     finished: bool,
 }
 
+// SAFETY: a guard reads and adds to the meter's shared state, which is `Send + Sync`, and the
+// state outlives it wherever it goes.
+unsafe impl Send for InFlight {}
+unsafe impl Sync for InFlight {}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight")
+            .field("started_ns", &self.started_ns)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
 impl InFlight {
     /// Records the departure with `outcome` (success, error or overload).
+    #[inline]
     pub fn finish(mut self, outcome: Outcome) {
         self.depart(match outcome {
             Outcome::Success => 0,
@@ -402,25 +485,35 @@ impl InFlight {
         });
     }
 
+    #[inline]
     fn depart(&mut self, outcome_index: usize) {
         self.finished = true;
-        let now = Instant::now();
-        let inner = &self.meter.inner;
-        let end_ns = inner.nanos(now);
+        // SAFETY: the state lives until this guard's departure word is in (see `retire.rs`);
+        // `inner` is not used after that store.
+        let inner = unsafe { self.inner.as_ref() };
+        let end_ns = inner.epoch.elapsed_ns();
         let (start_us, end_us) = (
             (self.started_ns / 1_000) & TIME_MASK,
             (end_ns / 1_000) & TIME_MASK,
         );
         // The closed area before the departure word: a reading between the two then counts
         // this request twice for a moment rather than not at all.
-        inner.sums.add_all([
-            (CLOSED_AREA_US, end_us.wrapping_sub(start_us) & TIME_MASK),
-            (LATENCY_NS, end_ns.saturating_sub(self.started_ns)),
-            (OUTCOME_0 + outcome_index, 1),
-            (DEPARTURES, (start_us << COUNT_BITS) + 1),
-        ]);
-        inner.maybe_rotate(now, end_us);
-        inner.maybe_publish(now, end_us);
+        let shard = shard_index();
+        let word = (start_us << COUNT_BITS) + 1;
+        inner.sums.add_all_at(
+            shard,
+            [
+                (CLOSED_AREA_US, end_us.wrapping_sub(start_us) & TIME_MASK),
+                (LATENCY_NS, end_ns.saturating_sub(self.started_ns)),
+                (OUTCOME_0 + outcome_index, 1),
+                (DEPARTURES, word),
+            ],
+        );
+        inner.maybe_rotate(end_ns, end_us);
+        inner.maybe_publish(end_ns, end_us);
+        // The last touch of the state, with `Release` (see `retire.rs`).
+        inner.sums.add_release_at(shard, RELEASED, word);
+        retire::sweep();
     }
 }
 
@@ -438,6 +531,7 @@ pub struct LittleMeterBuilder {
     name: String,
     capacity: Option<f64>,
     window: Duration,
+    clock: Clock,
 }
 
 impl LittleMeterBuilder {
@@ -454,6 +548,17 @@ impl LittleMeterBuilder {
     /// after about 200 days, so a longer window could never end cleanly). Default 10 s.
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
+        self
+    }
+
+    /// Where the meter reads the time, once per arrival and once per departure. The default is
+    /// chosen at [`build`](Self::build): tokio's clock inside a runtime whose clock is paused
+    /// (so a test's `advance` moves the meter), else the CPU's counter, a few ns a read where
+    /// tokio's clock (`clock_gettime`) costs 20 to 30 on a virtual machine. The trap: a meter
+    /// built before `tokio::time::pause()` runs on the real counter; build it after, or give it
+    /// [`Clock::tokio`]. See [`Clock`].
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -480,10 +585,11 @@ impl LittleMeterBuilder {
             |w| *w >= Duration::from_millis(1) && *w <= MAX_WINDOW,
             "between 1 ms and 1 day",
         )?;
-        let epoch = Instant::now();
         let series = Series::register(&name);
+        let epoch = self.clock.start();
         let start = LittleSnapshot {
-            at: epoch,
+            at: epoch.tokio_at(0),
+            at_ns: 0,
             area_us: 0,
             latency_ns: 0,
             arrivals: 0,
@@ -505,14 +611,87 @@ impl LittleMeterBuilder {
         };
         inner
             .next_rotation_us
-            .store(inner.micros(epoch + window), Relaxed);
-        let inner = Arc::new(inner);
-        let weak = Arc::downgrade(&inner);
+            .store(micros(window.as_nanos() as u64), Relaxed);
+        let meter = LittleMeter {
+            handle: Arc::new(Handle(NonNull::from(Box::leak(Box::new(inner))))),
+        };
+        let weak = Arc::downgrade(&meter.handle);
         super::publish::register(move || {
             weak.upgrade()
-                .map(|inner| inner.publish(Instant::now()))
+                .map(|handle| LittleMeter { handle }.publish())
                 .is_some()
         });
-        Ok(LittleMeter { inner })
+        retire::sweep();
+        Ok(meter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    fn state(meter: &LittleMeter) -> *const Inner {
+        meter.handle.0.as_ptr()
+    }
+
+    /// The state outlives the last handle exactly as long as requests are in flight, and the
+    /// last departure frees it, on whichever thread it lands.
+    #[test]
+    fn a_dropped_meter_lives_until_its_last_request_departs() {
+        let (clock, time) = Clock::manual();
+        let meter = LittleMeter::builder("retire").clock(clock).build().unwrap();
+        let at = state(&meter);
+        let (a, b) = (meter.start(), meter.start());
+        let clone = meter.clone();
+        drop(meter);
+        assert!(!retire::is_waiting(at), "a clone is still a handle");
+        drop(clone);
+        assert!(retire::is_waiting(at), "two requests are in flight");
+        time.advance(Duration::from_millis(5));
+        a.finish(Outcome::Success);
+        assert!(retire::is_waiting(at), "one request is in flight");
+        std::thread::spawn(move || drop(b)).join().unwrap();
+        assert!(!retire::is_waiting(at), "freed by the last departure");
+
+        let idle = LittleMeter::builder("idle").build().unwrap();
+        let at = state(&idle);
+        drop(idle);
+        assert!(!retire::is_waiting(at), "nothing in flight: freed at once");
+    }
+
+    /// Threads finish their requests while the meter's last handle is dropped under them; every
+    /// departure lands, and the state is freed once they are all in.
+    #[test]
+    fn departures_racing_the_last_handle_free_the_state_once() {
+        for _ in 0..20 {
+            let meter = LittleMeter::builder("race").build().unwrap();
+            let at = state(&meter);
+            let guards: Vec<Vec<InFlight>> = (0..4)
+                .map(|_| (0..500).map(|_| meter.start()).collect())
+                .collect();
+            let go = Barrier::new(5);
+            std::thread::scope(|s| {
+                for batch in guards {
+                    let go = &go;
+                    s.spawn(move || {
+                        go.wait();
+                        for (i, g) in batch.into_iter().enumerate() {
+                            if i % 2 == 0 {
+                                g.finish(Outcome::Success);
+                            } else {
+                                drop(g);
+                            }
+                        }
+                    });
+                }
+                go.wait();
+                drop(meter);
+            });
+            // The last departure may race the retirement and miss the list; the next sweep
+            // (here, a build) frees it.
+            drop(LittleMeter::builder("sweeper").build().unwrap());
+            assert!(!retire::is_waiting(at));
+        }
     }
 }

@@ -56,6 +56,7 @@ mod layer;
 mod meter;
 pub mod names;
 pub(crate) mod publish;
+mod retire;
 mod service;
 pub(crate) mod shard;
 

@@ -23,4 +23,6 @@ pub(crate) fn register(publisher: impl Fn() -> bool + Send + Sync + 'static) {
 pub fn publish() {
     let mut all = PUBLISHERS.lock().unwrap_or_else(|p| p.into_inner());
     all.retain(|publish| publish());
+    drop(all);
+    super::retire::sweep();
 }

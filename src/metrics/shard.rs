@@ -17,13 +17,14 @@ const SHARED: usize = SHARDS - 1;
 /// Bit `i` set while a live thread owns shard `i`.
 static OWNED: AtomicUsize = AtomicUsize::new(0);
 
-/// A thread's claim on a shard, given back when the thread exits, so that threads that come and
-/// go (a blocking pool's) do not use the owned shards up.
-struct Owner(Cell<usize>);
+/// Gives the thread's claim on a shard back when the thread exits, so that threads that come
+/// and go (a blocking pool's) do not use the owned shards up.
+struct Owner;
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        let i = self.0.get();
+        // Whatever counts this thread still makes while exiting go to the shared shard.
+        let i = INDEX.try_with(|c| c.replace(SHARED)).unwrap_or(SHARED);
         if i < SHARED {
             // Release: the next owner sees every count this thread stored.
             OWNED.fetch_and(!(1 << i), Release);
@@ -32,7 +33,11 @@ impl Drop for Owner {
 }
 
 thread_local! {
-    static SHARD: Owner = const { Owner(Cell::new(usize::MAX)) };
+    /// The thread's shard, `usize::MAX` before its first count. Apart from `OWNER`, whose
+    /// destructor the claim needs, because a thread-local without one is read with a plain
+    /// load: this is read at every count.
+    static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    static OWNER: Owner = const { Owner };
 }
 
 fn claim() -> usize {
@@ -53,18 +58,24 @@ fn claim() -> usize {
 
 /// The calling thread's shard, claimed on its first call: its own below [`SHARED`].
 #[inline]
-fn shard_index() -> usize {
-    SHARD
-        .try_with(|s| {
-            let mut i = s.0.get();
-            if i == usize::MAX {
-                i = claim();
-                s.0.set(i);
-            }
-            i
-        })
-        // The thread is exiting and its claim is gone: share.
-        .unwrap_or(SHARED)
+pub(crate) fn shard_index() -> usize {
+    match INDEX.try_with(Cell::get) {
+        Ok(i) if i != usize::MAX => i,
+        _ => first_count(),
+    }
+}
+
+#[cold]
+fn first_count() -> usize {
+    // The destructor that gives the claim back is registered first; a thread too far into its
+    // exit to register one shares.
+    let i = if OWNER.try_with(|_| ()).is_ok() {
+        claim()
+    } else {
+        SHARED
+    };
+    let _ = INDEX.try_with(|c| c.set(i));
+    i
 }
 
 /// `N` counters of one thread's shard, 128-byte aligned: two shards never share a cache line,
@@ -99,7 +110,13 @@ impl<const N: usize> Sharded<N> {
     /// Adds each `(i, n)`: `n` to counter `i`, on the calling thread's shard.
     #[inline]
     pub(crate) fn add_all<const K: usize>(&self, adds: [(usize, u64); K]) {
-        let s = shard_index();
+        self.add_all_at(shard_index(), adds);
+    }
+
+    /// [`add_all`](Self::add_all) with the calling thread's [`shard_index`] already looked up.
+    /// `s` must be that index: a plain store on a shard another thread owns would lose counts.
+    #[inline]
+    pub(crate) fn add_all_at<const K: usize>(&self, s: usize, adds: [(usize, u64); K]) {
         let shard = &self.0[s].0;
         if s < SHARED {
             // This thread is the shard's only writer: a plain read-modify-write is exact.
@@ -114,12 +131,25 @@ impl<const N: usize> Sharded<N> {
         }
     }
 
+    /// Adds `n` to counter `i` on shard `s` (as [`add_all_at`](Self::add_all_at)) with
+    /// `Release`: a reader that acquires the sum sees everything this thread did before, which
+    /// is what lets the meter free its state after the last departure (`retire.rs`).
+    #[inline]
+    pub(crate) fn add_release_at(&self, s: usize, i: usize, n: u64) {
+        let c = &self.0[s].0[i];
+        if s < SHARED {
+            c.store(c.load(Relaxed).wrapping_add(n), Release);
+        } else {
+            c.fetch_add(n, Release);
+        }
+    }
+
     /// Every counter, summed over the shards (wrapping).
     pub(crate) fn sums(&self) -> [u64; N] {
         let mut out = [0u64; N];
         for shard in &self.0 {
             for (sum, c) in out.iter_mut().zip(&shard.0) {
-                *sum = sum.wrapping_add(c.load(Relaxed));
+                *sum = sum.wrapping_add(c.load(Acquire));
             }
         }
         out

@@ -16,9 +16,9 @@ use metrics::{Counter, Gauge, counter, gauge};
 use tokio::time::Instant;
 
 use super::adaptive::{AdaptiveRate, Controller};
-use super::clock::{Clock, Epoch};
 use super::future::Acquire;
 use crate::classify::Outcome;
+use crate::clock::{Clock, Epoch};
 use crate::error::{ConfigError, check};
 use crate::metrics::names;
 use crate::metrics::shard::Sharded;
@@ -173,6 +173,17 @@ impl View {
 fn grant(word: u64, now: u64, cap: u64, rate: u64, want: u64) -> Result<(u64, u64), u64> {
     let (stored, at) = unpack(word);
     let elapsed = since(at, now & TIME_MASK);
+    if elapsed == 0 && stored >= 0 && stored as u64 <= cap {
+        // Within the millisecond the tokens were counted at (every grant but about one a
+        // millisecond on a busy bucket): no refill, so the next word comes from the state
+        // alone. Taken as a predicted branch, it leaves the clock read off the path to the
+        // compare-and-swap, where the general arithmetic needs it first.
+        let stored = stored as u64;
+        return match stored.checked_sub(want) {
+            Some(left) => Ok((pack(left as i64, at), left)),
+            None => Err(stored),
+        };
+    }
     if let Some(product) = elapsed.checked_mul(rate) {
         let add = product >> RATE_SHIFT;
         // `add` < 2³², `stored` ≥ −2²⁰: no overflow.
@@ -209,8 +220,10 @@ fn grant_by_view(word: u64, now: u64, cap: u64, rate: u64, want: u64) -> Result<
 ///
 /// A cheap [`Clone`] handle: clones share one bucket. [`try_acquire`](Self::try_acquire) is one
 /// compare-and-swap loop on a single `AtomicU64` (tokens in 256ths and the last refill time packed
-/// together); the refill is computed from the bucket's [`Clock`] (tokio's by default) when
-/// asked, so there is no background task. Rate and capacity can change at run time.
+/// together); the refill is computed from the bucket's [`Clock`] when asked, so there is no
+/// background task. The default clock is tokio's when the bucket is built inside a runtime
+/// whose clock is paused, else the CPU's counter: build it after `tokio::time::pause()`, or
+/// choose [`Clock::tokio`], for a test's `advance` to move it. Rate and capacity can change at run time.
 ///
 /// Over any span of `T` seconds at a fixed rate, the tokens granted are at most
 /// `capacity + rate × (T + 1 ms)` (the clock is read in whole milliseconds); the refill loses
@@ -344,15 +357,18 @@ impl TokenBucket {
         self.inner.epoch.elapsed_ms()
     }
 
+    #[inline]
     fn cap_units(&self) -> u64 {
         self.inner.cap.load(Ordering::Acquire)
     }
 
+    #[inline]
     fn rate_fixed(&self) -> u64 {
         self.inner.rate.load(Ordering::Acquire)
     }
 
     /// Takes `n` tokens now if the bucket holds them and nobody waits; never waits.
+    #[inline]
     pub fn try_acquire(&self, n: u32) -> bool {
         let granted = self.inner.unlimited.load(Ordering::Acquire)
             || (self.inner.waiting.load(Ordering::Acquire) == 0 && self.take(n));
@@ -360,6 +376,7 @@ impl TokenBucket {
         granted
     }
 
+    #[inline]
     pub(crate) fn count(&self, granted: bool) {
         self.inner
             .counts
@@ -441,10 +458,11 @@ impl TokenBucket {
     /// `n` is more than the capacity (it could never be granted). With a rate of 0 it waits until
     /// the rate or the tokens change: bound the wait with a timeout.
     ///
-    /// The wait sleeps on tokio's timer. On a bucket with [`Clock::cpu_counter`] under
-    /// `tokio::time::pause`, tokio's time races ahead while the counter does not, so the
-    /// waiter wakes, finds no token, and sleeps again as fast as the runtime lets it: test
-    /// waiting buckets on the default clock.
+    /// The wait sleeps on tokio's timer. On a bucket running on the CPU's counter under
+    /// `tokio::time::pause` (built before the pause, or with [`Clock::cpu_counter`]), tokio's
+    /// time races ahead while the counter does not, so the waiter wakes, finds no token, and
+    /// sleeps again as fast as the runtime lets it: in tests that pause, build the bucket
+    /// after the pause or on [`Clock::tokio`].
     pub fn acquire(&self, n: u32) -> Acquire {
         Acquire::new(self.clone(), n)
     }
@@ -681,8 +699,10 @@ pub struct TokenBucketBuilder {
 }
 
 impl TokenBucketBuilder {
-    /// Where the refill reads the time: [`Clock::tokio`] (the default; honours paused time) or
-    /// [`Clock::cpu_counter`] (the CPU's counter; cheaper, for hot paths outside tests).
+    /// Where the refill reads the time. The default is chosen at [`build`](Self::build):
+    /// tokio's clock inside a runtime whose clock is paused, else the CPU's counter (a few ns a
+    /// read, as governor's). [`Clock::tokio`] keeps tokio's clock even when the test pauses
+    /// after building; [`Clock::cpu_counter`] forces the counter. See [`Clock`].
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self

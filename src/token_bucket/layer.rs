@@ -107,8 +107,9 @@ impl<C, D> TokenBucketLayerBuilder<C, D> {
     /// served); greater than zero. `Duration::MAX` waits as long as it takes (or, with
     /// [`wait_until_deadline`](Self::wait_until_deadline), until the request's deadline).
     ///
-    /// (The wait sleeps on tokio's timer: under `tokio::time::pause`, keep the bucket on the
-    /// default [`Clock`](super::Clock), which paused time moves too.)
+    /// (The wait sleeps on tokio's timer: under `tokio::time::pause`, the bucket must read
+    /// tokio's clock too: build it after the pause, so the default [`Clock`](super::Clock)
+    /// chooses tokio's, or give it [`Clock::tokio`](super::Clock::tokio).)
     pub fn wait_up_to(mut self, max_wait: Duration) -> Self {
         self.wait = Some(max_wait);
         self

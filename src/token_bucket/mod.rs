@@ -18,11 +18,12 @@
 //! [`set_capacity`](TokenBucket::set_capacity)).
 //!
 //! A grant reads the clock once, and that read is a large part of its cost. The default
-//! [`Clock::tokio`] reads [`tokio::time::Instant`], so tests that pause tokio's clock drive the
-//! bucket; [`Clock::cpu_counter`] reads the CPU's counter through `quanta`, as governor does,
-//! for hot paths in production. `cargo bench --bench token_bucket` measures both against governor's
-//! direct `RateLimiter::check` with the same quota, each on the same kind of clock; the figures
-//! are in the overhead table of docs/results.md.
+//! [`Clock`] is resolved when the bucket is built: tokio's clock inside a runtime whose clock is
+//! paused (so tests that pause drive the bucket), the CPU's counter through `quanta` everywhere
+//! else (governor's default, a few ns a read). The trap: a bucket built *before*
+//! `tokio::time::pause()` runs on the real counter; build it after, or choose
+//! [`Clock::tokio`]. `cargo bench --bench ratios` measures the bucket against governor's direct
+//! `RateLimiter::check` with the same quota, each on its default clock.
 //!
 //! # The adaptive rate
 //! Built with [`adaptive`](TokenBucketBuilder::adaptive)([`AdaptiveRate::aws`]), the layer reads
@@ -106,7 +107,6 @@
 
 mod adaptive;
 mod bucket;
-mod clock;
 mod future;
 mod layer;
 #[cfg(all(test, backstop_loom))]
@@ -116,8 +116,10 @@ mod service;
 
 pub use self::adaptive::{AdaptiveRate, AdaptiveRateBuilder, cubic_k};
 pub use self::bucket::{MAX_CAPACITY, MAX_RATE, TokenBucket, TokenBucketBuilder};
-pub use self::clock::{Clock, ManualTime};
+// The clock lives in `crate::clock` (every hot path reads it); re-exported here so code that
+// names it from the bucket's module keeps compiling.
 pub use self::future::{Acquire, ResponseFuture};
 pub use self::layer::{TokenBucketLayer, TokenBucketLayerBuilder};
 pub use self::quota::{RETRY_COST, SUCCESS_REFUND, TIMEOUT_RETRY_COST};
 pub use self::service::TokenBucketService;
+pub use crate::clock::{Clock, ManualTime};
