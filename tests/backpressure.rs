@@ -585,3 +585,85 @@ proptest! {
         prop_assert_eq!(counted, offered);
     }
 }
+
+/// OS threads driving one limiter at once, so the lock-free path (admit with a compare-and-swap,
+/// release with a decrement) races the locked one (a request starting to wait, a release
+/// handing its slot to a waiter): every request gets exactly one outcome, the limit holds, no
+/// waiter is forgotten (a lost hand-over would hang the run) and every permit comes back.
+fn race_fast_and_slow_paths(threads: usize, limit: usize, queue: usize, calls: usize) {
+    let layer = BackpressureLayer::new("backpressure_race", limit, queue).unwrap();
+    let limiter = layer.limiter().clone();
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let handler = {
+        let (now, peak) = (now.clone(), peak.clone());
+        service_fn(move |x: u64| {
+            let n = now.fetch_add(1, SeqCst) + 1;
+            peak.fetch_max(n, SeqCst);
+            // Hold the slot a little, sometimes across a reschedule, to widen the races.
+            if x.is_multiple_of(4) {
+                std::thread::yield_now();
+            }
+            now.fetch_sub(1, SeqCst);
+            std::future::ready(Ok::<_, BoxError>(x))
+        })
+    };
+    let svc = layer.layer(handler);
+    let start = std::sync::Barrier::new(threads);
+    let (served, rejected) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let mut svc = svc.clone();
+                let start = &start;
+                s.spawn(move || {
+                    let (mut served, mut rejected) = (0, 0);
+                    start.wait();
+                    for i in 0..calls {
+                        let call = svc.call((t * calls + i) as u64);
+                        match futures::executor::block_on(call) {
+                            Ok(_) => served += 1,
+                            Err(e) => {
+                                assert_eq!(reason(&e), Some(OverloadReason::QueueFull));
+                                rejected += 1;
+                            }
+                        }
+                    }
+                    (served, rejected)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    });
+    assert_eq!(served + rejected, threads * calls, "one outcome each");
+    assert!(peak.load(SeqCst) <= limit, "the limit held");
+    let stats = limiter.stats();
+    assert_eq!((stats.in_flight, stats.waiting), (0, 0), "nothing left");
+    assert_eq!(stats.admitted as usize, served);
+    assert_eq!(stats.rejected as usize, rejected);
+    if queue >= threads {
+        assert_eq!(rejected, 0, "room for every thread to wait");
+    }
+    // The "someone waits" state did not outlive the waiters: a request is admitted at once,
+    // without queueing.
+    let queued = stats.queued;
+    let answer = svc.clone().call(7).now_or_never();
+    assert!(matches!(answer, Some(Ok(7))));
+    let stats = limiter.stats();
+    assert_eq!((stats.queued, stats.in_flight), (queued, 0));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_lock_free_path_racing_the_locked_one_keeps_every_rule(
+        threads in 2usize..5,
+        limit in 1usize..4,
+        queue in 0usize..6,
+        calls in 500usize..2000,
+    ) {
+        race_fast_and_slow_paths(threads, limit, queue, calls);
+    }
+}
