@@ -296,6 +296,20 @@ async fn non_idempotent_requests_are_never_hedged() {
     let (call, calls, _) = hedge_once(get).await;
     assert_eq!((call, calls), (1, 2), "a GET is safe: hedged");
 
+    // The first copy goes out unmarked (no `HedgeCopy` means copy 0): marking it would cost an
+    // allocation on every hedgeable request.
+    let backend = Scripted::new(vec![Step::Ok(1)]);
+    let mut svc = HedgeLayer::builder("hedge")
+        .fixed_delay(Duration::from_millis(10))
+        .budget(Unlimited)
+        .build_with()
+        .unwrap()
+        .layer(backend.clone());
+    let get = http::Request::get("/orders/8").body(()).unwrap();
+    let (call, req) = send(&mut svc, get).await.unwrap();
+    assert_eq!((call, backend.calls()), (0, 1), "answered before its delay");
+    assert_eq!(req.extensions().get::<HedgeCopy>(), None);
+
     // A PUT is retried by its method, but not hedged: both copies would run at once.
     let put = http::Request::put("/orders/7").body(()).unwrap();
     let (call, calls, _) = hedge_once(put).await;
