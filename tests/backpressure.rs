@@ -667,3 +667,77 @@ proptest! {
         race_fast_and_slow_paths(threads, limit, queue, calls);
     }
 }
+
+/// By criticality, a full line sheds its oldest lower-level waiter to admit a higher one (that
+/// waiter gets `Shed`), serves the rest in arrival order, and refuses as before when nobody
+/// lower waits. Without `by_criticality` tags are ignored.
+#[tokio::test(start_paused = true)]
+async fn a_full_line_by_criticality_evicts_a_lower_level_for_a_higher_one() {
+    use backstop::context::{Criticality, HasCriticality};
+    type Req = http::Request<u64>;
+    fn tagged(c: Criticality, id: u64) -> Req {
+        let mut req = Req::new(id);
+        req.set_criticality(c);
+        req
+    }
+    let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = {
+        let served = served.clone();
+        service_fn(move |req: Req| {
+            served.lock().unwrap().push(*req.body());
+            async { Ok::<_, BoxError>(()) }
+        })
+    };
+    let layer = BackpressureLayer::builder("backpressure_by_level")
+        .max_in_flight(1)
+        .max_waiting(2)
+        .by_criticality(Criticality::Sheddable)
+        .build()
+        .unwrap();
+    let limiter = layer.limiter().clone();
+    let mut svc = layer.layer(handler);
+    let running = svc.call(tagged(Criticality::Critical, 0));
+    let sheddable_a = svc.call(Req::new(1)); // untagged: the layer's default, sheddable
+    let sheddable_b = svc.call(tagged(Criticality::Sheddable, 2));
+    assert_eq!(limiter.waiting(), 2);
+    let critical_c = svc.call(tagged(Criticality::Critical, 3));
+    assert_eq!(limiter.waiting(), 2, "C took A's place");
+    assert_eq!(
+        reason(&sheddable_a.await.unwrap_err()),
+        Some(OverloadReason::Shed)
+    );
+    // Full, and nobody waits below a sheddable newcomer: refused at once.
+    assert_eq!(
+        reason(
+            &svc.call(tagged(Criticality::Sheddable, 4))
+                .await
+                .unwrap_err()
+        ),
+        Some(OverloadReason::QueueFull)
+    );
+    running.await.unwrap();
+    let (b, c) = tokio::join!(sheddable_b, critical_c);
+    b.unwrap();
+    c.unwrap();
+    assert_eq!(
+        *served.lock().unwrap(),
+        vec![0, 2, 3],
+        "arrival order within the line"
+    );
+    let stats = limiter.stats();
+    assert_eq!((stats.shed, stats.rejected, stats.admitted), (1, 1, 3));
+    assert_eq!(stats.offered(), 5, "one outcome each");
+
+    // The same line without `by_criticality`: a critical newcomer is refused like any other.
+    let layer = BackpressureLayer::new("backpressure_same_level", 1, 1).unwrap();
+    let mut svc = layer.layer(service_fn(|_: Req| async { Ok::<_, BoxError>(()) }));
+    let running = svc.call(tagged(Criticality::Sheddable, 0));
+    let waiting = svc.call(tagged(Criticality::Sheddable, 1));
+    let refused = svc.call(tagged(Criticality::CriticalPlus, 2)).await;
+    assert_eq!(
+        reason(&refused.unwrap_err()),
+        Some(OverloadReason::QueueFull)
+    );
+    running.await.unwrap();
+    waiting.await.unwrap();
+}

@@ -159,9 +159,6 @@ struct Node {
     level: u8,
 }
 
-/// The level of requests that carry none: `Criticality::Critical`'s index. A queue whose
-/// requests are all at one level never evicts.
-pub(crate) const DEFAULT_LEVEL: u8 = 2;
 const LEVELS: usize = 4;
 
 #[derive(Debug)]
@@ -344,20 +341,13 @@ impl Gate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits, queues or refuses one request. `deadline` is read only when the request must
-    /// wait, so the fast path (capacity free, nobody waiting) is one compare-and-swap, no lock
-    /// and no clock read.
-    pub(crate) fn acquire(
-        self: &Arc<Self>,
-        deadline: impl FnOnce() -> Option<Deadline>,
-    ) -> Admission {
-        self.acquire_at(deadline, DEFAULT_LEVEL)
-    }
-
-    /// [`acquire`](Self::acquire) for a request of criticality `level` (0 lowest, at most 3):
-    /// when the queue is full and a waiter of a lower level waits, the oldest waiter of the
-    /// lowest such level is shed to make room (sideline first, then the main list), so a full
-    /// queue never turns away a critical request while it holds a sheddable one.
+    /// Admits, queues or refuses one request of criticality `level` (0 lowest, at most 3).
+    /// `deadline` is read only when the request must wait, so the fast path (capacity free,
+    /// nobody waiting) is one compare-and-swap, no lock and no clock read. When the queue is
+    /// full and a waiter of a lower level waits, the oldest waiter of the lowest such level is
+    /// shed to make room (sideline first, then the main list), so a full queue never turns away
+    /// a critical request while it holds a sheddable one; a queue whose requests are all at one
+    /// level never evicts.
     pub(crate) fn acquire_at(
         self: &Arc<Self>,
         deadline: impl FnOnce() -> Option<Deadline>,
@@ -661,8 +651,10 @@ impl Gate {
     }
 }
 
-/// A consistent reading of a queue, taken under its lock: the state now, and totals since the
-/// layer was built.
+/// A reading of a queue: the state now, and totals since the layer was built. The wait lists
+/// and their totals are read under the queue's lock; the count in flight and the admissions
+/// made without waiting are atomics read at the same moment, so a request admitted on another
+/// thread meanwhile may or may not be in them (once the queue is quiet, the reading is exact).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueStats {
