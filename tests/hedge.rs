@@ -520,6 +520,29 @@ async fn the_tracker_forgets_old_windows_and_treats_cancelled_copies_as_censored
     assert_eq!(fine.percentile(0.5), Some(Duration::from_micros(1_232)));
 }
 
+#[tokio::test(start_paused = true)]
+async fn record_at_places_a_latency_by_the_instant_given_not_by_the_clock() {
+    let tracker = LatencyTracker::builder()
+        .window(Duration::from_secs(1))
+        .min_samples(1)
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    for _ in 0..100 {
+        tracker.record_at(Duration::from_millis(500), t0);
+    }
+    assert_close(tracker.watched(), Duration::from_millis(500));
+    // The clock stands still; the instant given moves the windows: two windows on, the 500 ms
+    // are forgotten and the cached answer is refreshed at the rotation.
+    tracker.record_at(Duration::from_millis(10), t0 + Duration::from_millis(2_500));
+    assert_eq!(Instant::now(), t0);
+    assert_eq!(tracker.samples(), 1);
+    assert_close(tracker.watched(), Duration::from_millis(10));
+    // An instant before one already seen counts in the current window.
+    tracker.record_at(Duration::from_millis(10), t0);
+    assert_eq!(tracker.samples(), 2);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 

@@ -176,6 +176,8 @@ struct State {
     previous: Window,
     /// When the current window started, in nanoseconds since `epoch`.
     window_start_ns: u64,
+    /// When the current window ends: a record before it needs no rotation arithmetic.
+    window_end: Instant,
     /// Records since the cached answer was computed.
     since_refresh: u64,
 }
@@ -207,9 +209,19 @@ impl LatencyTracker {
         Self::builder().build().expect("defaults are valid")
     }
 
-    /// Records one latency (to the microsecond; longer than 100 s counts as 100 s).
+    /// Records one latency (to the microsecond; longer than 100 s counts as 100 s). Reads the
+    /// clock once, to know the window; a caller that has just read it passes it to
+    /// [`record_at`](Self::record_at) instead.
     pub fn record(&self, latency: Duration) {
-        self.record_into(latency, false);
+        self.record_into(latency, false, Instant::now());
+    }
+
+    /// [`record`](Self::record) for a latency that ended at `now` (the instant the caller read to
+    /// measure it), without a clock read of its own: the hedge layer's path. `now` only places
+    /// the latency in its window; an instant earlier than one already seen counts in the
+    /// current window.
+    pub fn record_at(&self, latency: Duration, now: Instant) {
+        self.record_into(latency, false, now);
     }
 
     /// Records a latency known only to be longer than `at_least`: a copy cancelled after
@@ -221,16 +233,26 @@ impl LatencyTracker {
     /// delay is too short every slow copy is cancelled just after it and the tail is never seen
     /// again, so the delay sinks and the layer hedges far more than its percentile says.
     pub fn record_at_least(&self, at_least: Duration) {
-        self.record_into(at_least, true);
+        self.record_into(at_least, true, Instant::now());
     }
 
-    fn record_into(&self, latency: Duration, censored: bool) {
+    /// [`record_at_least`](Self::record_at_least) at `now`, without a clock read.
+    pub(super) fn record_at_least_at(&self, at_least: Duration, now: Instant) {
+        self.record_into(at_least, true, now);
+    }
+
+    fn record_into(&self, latency: Duration, censored: bool, now: Instant) {
         let inner = &*self.inner;
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        // Whole microseconds from the `Duration`'s parts: `as_micros` goes through a u128.
+        let micros = latency
+            .as_secs()
+            .min(HIGHEST_MICROS / 1_000_000)
+            .saturating_mul(1_000_000)
+            + u64::from(latency.subsec_micros());
         let micros = micros.clamp(LOWEST_MICROS, HIGHEST_MICROS);
-        let now = Instant::now();
         let mut state = inner.lock();
-        let rotated = inner.rotate(&mut state, now);
+        // Before the window's end (all but one record a window) this is one comparison.
+        let rotated = now >= state.window_end && inner.rotate(&mut state, now);
         let w = &mut state.current;
         if censored {
             w.censored.saturating_record(micros)
@@ -238,12 +260,17 @@ impl LatencyTracker {
             w.done.saturating_record(micros)
         }
         state.since_refresh += 1;
-        let (since, len) = (state.since_refresh, state.len());
-        let starved = inner.cached.load(Relaxed) == NO_ANSWER && len >= inner.min_samples;
         // Refresh after 1,024 records, or sooner while the windows are thin (an eighth new
-        // data), so a quiet service's delay does not lag a whole window behind.
-        let fresh_enough = since < REFRESH_EVERY && since * 8 < len;
-        if !fresh_enough || starved || rotated {
+        // data), so a quiet service's delay does not lag a whole window behind; and at once
+        // when the windows first hold enough to answer.
+        let since = state.since_refresh;
+        if since >= REFRESH_EVERY || rotated {
+            inner.refresh(&mut state);
+            return;
+        }
+        let len = state.len();
+        let starved = len >= inner.min_samples && inner.cached.load(Relaxed) == NO_ANSWER;
+        if since * 8 >= len || starved {
             inner.refresh(&mut state);
         }
     }
@@ -338,6 +365,8 @@ impl Inner {
         current.reset();
         // Windows stay aligned to the period, so a quiet spell does not stretch one.
         state.window_start_ns = start + (elapsed / self.window_ns) * self.window_ns;
+        state.window_end =
+            self.epoch + Duration::from_nanos(state.window_start_ns + self.window_ns);
         true
     }
 
@@ -413,15 +442,18 @@ impl LatencyTrackerBuilder {
             |q| (0.0..=1.0).contains(q),
             "a quantile in 0.0..=1.0",
         )?;
+        let epoch = Instant::now();
         Ok(LatencyTracker {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     current: Window::new(),
                     previous: Window::new(),
                     window_start_ns: 0,
+                    // The window is at most a day (checked above): no overflow.
+                    window_end: epoch + window,
                     since_refresh: 0,
                 }),
-                epoch: Instant::now(),
+                epoch,
                 window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
                 min_samples,
                 quantile,
