@@ -520,6 +520,38 @@ async fn the_tracker_forgets_old_windows_and_treats_cancelled_copies_as_censored
     assert_eq!(fine.percentile(0.5), Some(Duration::from_micros(1_232)));
 }
 
+/// Records take no lock: threads recording at once lose none, and the answer counts them all.
+#[test]
+fn records_from_many_threads_are_all_counted() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _clock = rt.enter();
+    let tracker = LatencyTracker::builder().min_samples(1).build().unwrap();
+    let now = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let tracker = tracker.clone();
+            s.spawn(move || {
+                for i in 0..5_000u64 {
+                    // Thread 3 records a quarter of its latencies at 400 ms: 6.25% of all.
+                    let ms = if t == 3 && i % 4 == 0 {
+                        400
+                    } else {
+                        10 + i % 5
+                    };
+                    tracker.record_at(Duration::from_millis(ms), now);
+                }
+            });
+        }
+    });
+    assert_eq!(tracker.samples(), 20_000);
+    // 1,250 of 20,000 at 400 ms: the p93 is still among the fast ones, the p99 is not.
+    assert!(tracker.percentile(0.93).unwrap() < Duration::from_millis(15));
+    assert_close(tracker.percentile(0.99), Duration::from_millis(400));
+}
+
 #[tokio::test(start_paused = true)]
 async fn record_at_places_a_latency_by_the_instant_given_not_by_the_clock() {
     let tracker = LatencyTracker::builder()
