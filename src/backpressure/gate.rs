@@ -21,10 +21,17 @@
 //! tokio whether it may proceed, so tokio's cooperative budget can never turn free capacity into
 //! a refusal (the `Buffer` + `LoadShed` trap).
 
+// The word and the lock are loom's in the loom model (loom_model.rs), so loom explores every
+// interleaving of the lock-free path with the locked one.
+#[cfg(all(test, backstop_loom))]
+use loom::sync::{Mutex, MutexGuard, atomic::AtomicUsize};
 use std::sync::atomic::AtomicU64;
+#[cfg(not(all(test, backstop_loom)))]
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
+#[cfg(not(all(test, backstop_loom)))]
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Waker};
 use std::time::Duration;
 

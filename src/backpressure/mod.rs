@@ -87,6 +87,8 @@ mod future;
 pub(crate) mod gate;
 mod layer;
 mod limiter;
+#[cfg(all(test, backstop_loom))]
+mod loom_model;
 mod permit;
 mod service;
 
