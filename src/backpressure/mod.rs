@@ -45,8 +45,8 @@
 //! `Buffer` + `LoadShed` control that does shed.)
 //!
 //! The fast path (a slot free, nobody waiting) takes no lock: one compare-and-swap to admit and
-//! one `fetch_sub` to release, plus a reference-count bump for the permit and a clone of the
-//! inner service; no clock read, no allocation, no timer. Measured with `cargo bench --bench
+//! one `fetch_sub` to release, plus an atomic count of admissions for [`Limiter::stats`], a
+//! reference-count bump for the permit and a clone of the inner service; no clock read, no allocation, no timer. Measured with `cargo bench --bench
 //! ratios` (Prometheus recorder installed), it costs 0.88x tower's `ConcurrencyLimit` +
 //! `LoadShed` per request (tower's semaphore takes its waiters' mutex on every release).
 //!
