@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use backstop::context::{Criticality, HasCriticality};
 use backstop::throttle::{
     ClientId, ClientQuotas, HeaderKey, MissingClientKey, MissingKey, Principal, PrincipalKey,
     Quota, RemoteAddrKey, ShedFraction, ThrottleLayer, overload_to_response, stable_hash,
@@ -608,6 +609,8 @@ async fn requests_without_a_key_are_shared_refused_or_exempt_and_counted() {
         })
     };
     let keyless = |name: &str| {
+        // The layer counts in its own atomics; publish them as a scrape handler would.
+        backstop::metrics::publish();
         snapshotter
             .snapshot()
             .into_vec()
@@ -1059,6 +1062,21 @@ async fn the_tracked_keys_gauge_is_live() {
     assert_eq!(gauge(), 3.0);
 }
 
+/// A request that may carry a criticality tag.
+struct Job {
+    client: u32,
+    level: Option<Criticality>,
+}
+
+impl HasCriticality for Job {
+    fn criticality(&self) -> Option<Criticality> {
+        self.level
+    }
+    fn set_criticality(&mut self, level: Criticality) {
+        self.level = Some(level);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn decisions_are_counted_from_zero() {
     use backstop::metrics::names;
@@ -1068,11 +1086,12 @@ async fn decisions_are_counted_from_zero() {
     let (layer, shed) = metrics::with_local_recorder(&recorder, || {
         let shed = ShedFraction::builder("m").build().unwrap();
         let quotas = ClientQuotas::builder("m", per_second(1)).build().unwrap();
-        let layer = ThrottleLayer::builder("metrics_test", by_id)
-            .shed(shed.clone())
-            .quotas(quotas)
-            .build()
-            .unwrap();
+        let layer =
+            ThrottleLayer::builder("metrics_test", |job: &Job| Some(ClientId::from(job.client)))
+                .shed(shed.clone())
+                .quotas(quotas)
+                .build()
+                .unwrap();
         (layer, shed)
     });
     let counter = |snap: &[(
@@ -1094,19 +1113,91 @@ async fn decisions_are_counted_from_zero() {
             })
             .unwrap_or_else(|| panic!("{decision} not registered"))
     };
+    let by_level = |snap: &[(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        DebugValue,
+    )],
+                    decision: &str,
+                    level: Criticality| {
+        snap.iter()
+            .find(|(k, ..)| {
+                let has = |name: &str, value: &str| {
+                    k.key()
+                        .labels()
+                        .any(|l| l.key() == name && l.value() == value)
+                };
+                k.key().name() == names::THROTTLE_REFUSED_BY_CRITICALITY
+                    && has(names::NAME_LABEL, "metrics_test")
+                    && has(names::DECISION_LABEL, decision)
+                    && has(names::CRITICALITY_LABEL, level.as_str())
+            })
+            .map(|(.., v)| match v {
+                DebugValue::Counter(c) => *c,
+                _ => u64::MAX,
+            })
+            .unwrap_or_else(|| panic!("{decision} {level:?} not registered"))
+    };
     let snap = snapshotter.snapshot().into_vec();
     for d in names::THROTTLE_DECISIONS {
         assert_eq!(counter(&snap, d), 0, "{d}");
     }
-    let mut svc = layer.layer(echo_service());
-    svc.ready().await.unwrap().call(1).await.unwrap();
-    let _ = svc.ready().await.unwrap().call(1).await; // over quota
-    shed.set(1.0);
-    let _ = svc.ready().await.unwrap().call(2).await; // shed
+    for level in Criticality::ALL {
+        assert_eq!(by_level(&snap, "shed", level), 0);
+        assert_eq!(by_level(&snap, "quota", level), 0);
+    }
+    let mut svc = layer
+        .clone()
+        .by_criticality(Criticality::Critical)
+        .layer(tower::service_fn(|job: Job| async move {
+            Ok::<_, BoxError>(job.client)
+        }));
+    let job = |client: u32, level: Option<Criticality>| Job { client, level };
+    svc.ready().await.unwrap().call(job(1, None)).await.unwrap();
+    let _ = svc.ready().await.unwrap().call(job(1, None)).await; // over quota
+    // Counted in the layer's own atomics, not yet in the series: no `metrics` call per request.
+    let snap = snapshotter.snapshot().into_vec();
+    assert_eq!(counter(&snap, "admitted"), 0);
+    assert_eq!(counter(&snap, "quota"), 0);
+    layer.publish();
     let snap = snapshotter.snapshot().into_vec();
     assert_eq!(counter(&snap, "admitted"), 1);
     assert_eq!(counter(&snap, "quota"), 1);
+    assert_eq!(by_level(&snap, "quota", Criticality::Critical), 1);
+    // A sheddable request of client 2, shed (shedding everyone reads no clock, so it does not
+    // publish), then client 3 admitted 100 ms after the last publication: the layer publishes
+    // by itself at that request.
+    shed.set(1.0);
+    let sheddable = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(job(2, Some(Criticality::Sheddable)))
+        .await;
+    assert!(sheddable.is_err());
+    shed.set(0.0);
+    tokio::time::advance(Duration::from_millis(100)).await;
+    svc.ready().await.unwrap().call(job(3, None)).await.unwrap();
+    // (The debugging recorder's snapshot takes what it reads: each shows what is new.)
+    let snap = snapshotter.snapshot().into_vec();
+    assert_eq!(counter(&snap, "admitted"), 1);
+    assert_eq!(counter(&snap, "quota"), 0);
     assert_eq!(counter(&snap, "shed"), 1);
+    assert_eq!(by_level(&snap, "shed", Criticality::Sheddable), 1);
+    for level in [
+        Criticality::SheddablePlus,
+        Criticality::Critical,
+        Criticality::CriticalPlus,
+    ] {
+        assert_eq!(by_level(&snap, "shed", level), 0, "{level:?}");
+    }
+    // Publishing again adds nothing twice.
+    layer.publish();
+    let snap = snapshotter.snapshot().into_vec();
+    for d in names::THROTTLE_DECISIONS {
+        assert_eq!(counter(&snap, d), 0, "{d}");
+    }
 }
 
 // ---------------------------------------------------------------- properties

@@ -101,20 +101,20 @@ impl From<&[u8]> for ClientId {
 }
 
 impl From<u64> for ClientId {
+    #[inline]
     fn from(n: u64) -> Self {
-        // Decimal text without allocating: at most 20 digits.
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
+        // Decimal text written straight into the inline bytes: at most 20 digits.
+        let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
+        let mut bytes = [0u8; INLINE];
         let mut n = n;
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
+        for b in bytes[..len].iter_mut().rev() {
+            *b = b'0' + (n % 10) as u8;
             n /= 10;
-            if n == 0 {
-                break;
-            }
         }
-        ClientId::from_bytes(&buf[i..])
+        ClientId(Repr::Inline {
+            len: len as u8,
+            bytes,
+        })
     }
 }
 
@@ -383,6 +383,16 @@ mod tests {
             ClientId::from(u64::MAX).as_bytes(),
             u64::MAX.to_string().as_bytes()
         );
+        for p in 0..20 {
+            let ten = 10u64.pow(p);
+            for n in [ten - 1, ten, ten + 1, ten.saturating_mul(9)] {
+                assert_eq!(
+                    ClientId::from(n).as_bytes(),
+                    n.to_string().as_bytes(),
+                    "{n}"
+                );
+            }
+        }
     }
 
     #[test]

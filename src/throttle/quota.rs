@@ -3,19 +3,20 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use foldhash::quality::RandomState;
 use governor::Quota;
 use metrics::{Counter, Gauge, counter, gauge};
-use tokio::time::Instant;
 
 use super::key::ClientId;
 use super::table::{Change, KeyTable, MAX_KEYS};
 use crate::error::{ConfigError, check};
 use crate::metrics::names;
+use crate::token_bucket::Clock;
 
 /// Per-client rate quotas, shared by every layer and clone that holds the handle.
 ///
@@ -27,8 +28,8 @@ use crate::metrics::names;
 /// Clients are kept in a table allocated once, at build, with room for
 /// [`max_keys`](ClientQuotasBuilder::max_keys) clients (default 100,000; 24 bytes each, 2.4 MB).
 /// It never grows, whatever keys arrive: a client is stored as a 64-bit fingerprint of its key
-/// (SipHash-1-3 under a random key drawn at build), never the key, so a 1 KiB key costs what a
-/// 3-byte key costs. Clients spread over sets of 8 unevenly, so the table starts replacing
+/// (foldhash's quality hash under a random seed drawn at build), never the key, so a 1 KiB key
+/// costs what a 3-byte key costs. Clients spread over sets of 8 unevenly, so the table starts replacing
 /// clients in a full set before every slot is used (10⁵ distinct clients arriving at a table of
 /// 10⁵ occupy about 86% of it); it never holds more than its bound.
 ///
@@ -49,8 +50,12 @@ use crate::metrics::names;
 /// Two keys share a state only if their fingerprints are equal: probability 2⁻⁶⁴ for a pair. At
 /// the default bound of 10⁵ clients a new key meets some tracked client's fingerprint with
 /// probability 10⁵ / 2⁶⁴ ≈ 5.4 × 10⁻¹⁵, and a full table holds any colliding pair at all with
-/// probability ≈ n² / 2⁶⁵ ≈ 2.7 × 10⁻¹⁰. The fingerprint key is secret and per handle, so a
+/// probability ≈ n² / 2⁶⁵ ≈ 2.7 × 10⁻¹⁰. The fingerprint's seed is secret and per handle, so a
 /// client cannot search for a key that collides with another client's offline.
+///
+/// A known client's request reads the clock once, hashes its key once and takes no lock (a
+/// compare-and-swap on its own slot); only a new client takes a lock, on its part of the table.
+/// The time comes from the handle's [`Clock`](ClientQuotasBuilder::clock).
 ///
 /// Clients whose bucket is full again are also dropped by a sweep, at most every
 /// [`sweep_every`](ClientQuotasBuilder::sweep_every) (default 10 s), paid by a request of a new
@@ -83,7 +88,8 @@ pub struct ClientQuotas {
 
 struct Inner {
     name: String,
-    origin: Instant,
+    /// The time since the handle was built, on its clock.
+    elapsed: Box<dyn Fn() -> Duration + Send + Sync>,
     fingerprint: RandomState,
     default: Gcra,
     table: KeyTable,
@@ -155,15 +161,21 @@ impl ClientQuotas {
             overrides: Vec::new(),
             max_keys: 100_000,
             sweep_every: Duration::from_secs(10),
+            clock: None,
         }
     }
 
     /// Takes one request from `key`'s quota: `Err(wait)` when the client is over it, with the
     /// time until its next request would conform.
     pub fn check(&self, key: &ClientId) -> Result<(), Duration> {
+        self.check_at(key, self.now())
+    }
+
+    /// [`check`](Self::check) at `now`, a reading of [`now`](Self::now) taken for this request.
+    #[inline]
+    pub(super) fn check_at(&self, key: &ClientId, now: u64) -> Result<(), Duration> {
         let i = &*self.inner;
         let fp = i.fingerprint.hash_one(key.as_bytes());
-        let now = self.now();
         if !i.overrides.is_empty()
             && let Some(o) = i.overrides.get(&fp)
         {
@@ -233,10 +245,10 @@ impl ClientQuotas {
         &self.inner.name
     }
 
-    /// Nanoseconds since the handle was built, on tokio's clock (so `tokio::time::pause` drives
-    /// the quotas in tests).
-    fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.inner.origin))
+    /// Nanoseconds since the handle was built, on its [`Clock`].
+    #[inline]
+    pub(super) fn now(&self) -> u64 {
+        nanos((self.inner.elapsed)())
     }
 
     fn maybe_sweep(&self, now: u64) {
@@ -299,9 +311,18 @@ pub struct ClientQuotasBuilder {
     overrides: Vec<(ClientId, Quota)>,
     max_keys: usize,
     sweep_every: Duration,
+    clock: Option<Clock>,
 }
 
 impl ClientQuotasBuilder {
+    /// Where the quotas read the time (default [`Clock::default()`], resolved at
+    /// [`build`](Self::build)). Each request reads it once: a layer that sheds too hands the
+    /// same reading to its [`ShedFraction`](super::ShedFraction).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
     /// Gives `key` its own quota instead of the default (a paying tenant, a batch job).
     /// Overridden clients do not count towards `max_keys`. Every quota (this one and the
     /// default) must have a window (`period × burst`) of at most 2⁶² ns, about 146 years.
@@ -339,7 +360,7 @@ impl ClientQuotasBuilder {
             "at least 1 ms",
         )?;
         let default = Gcra::of("default_quota", self.default_quota)?;
-        let fingerprint = RandomState::new();
+        let fingerprint = RandomState::default();
         let mut overrides = HashMap::default();
         for (key, quota) in self.overrides {
             let gcra = Gcra::of("override_key", quota)?;
@@ -359,10 +380,11 @@ impl ClientQuotasBuilder {
         tracked.set(0.0);
         evicted.absolute(0);
         let sweep_every_nanos = nanos(sweep_every);
+        let epoch = self.clock.unwrap_or_default().start();
         Ok(ClientQuotas {
             inner: Arc::new(Inner {
                 name: self.name,
-                origin: Instant::now(),
+                elapsed: Box::new(move || epoch.elapsed()),
                 fingerprint,
                 default,
                 table: KeyTable::new(max_keys),
