@@ -539,12 +539,12 @@ fn a_tracked_key_costs_the_same_fixed_bytes_whatever_its_length() {
     };
     let short = bytes_per_key(8);
     let long = bytes_per_key(1024);
-    // 24 bytes a slot, plus the handle's few hundred bytes spread over 20,000 keys.
+    // 16 bytes a slot, plus the handle's few hundred bytes spread over 20,000 keys.
     assert!(
-        (24.0..26.0).contains(&short),
+        (16.0..18.0).contains(&short),
         "{short} bytes per 8-byte key"
     );
-    assert!((24.0..26.0).contains(&long), "{long} bytes per 1 KiB key");
+    assert!((16.0..18.0).contains(&long), "{long} bytes per 1 KiB key");
 }
 
 #[tokio::test(start_paused = true)]

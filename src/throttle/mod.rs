@@ -23,7 +23,7 @@
 //!   client key: stable (raising `p` only adds clients), fleet-consistent (same seed, same
 //!   clients on every server) and rotating on a slow epoch.
 //! - [`ClientQuotas`] holds every client to a rate quota (GCRA) with per-key overrides, in a
-//!   table of fixed size and 24 bytes per client (a 64-bit fingerprint, never the key): a flood
+//!   table of fixed size and 16 bytes per client (a 64-bit fingerprint, never the key): a flood
 //!   of new keys cannot grow memory, and cannot get a client refused but by its own quota.
 //! - [`QuotaStore`] is where quotas live: [`ClientQuotas`] in this process, or (feature
 //!   `redis`) `backstop::fleet::FleetQuotas`, one quota for a whole fleet kept in Redis.

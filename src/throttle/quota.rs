@@ -26,7 +26,7 @@ use crate::token_bucket::Clock;
 ///
 /// # Memory and fairness under any key stream
 /// Clients are kept in a table allocated once, at build, with room for
-/// [`max_keys`](ClientQuotasBuilder::max_keys) clients (default 100,000; 24 bytes each, 2.4 MB).
+/// [`max_keys`](ClientQuotasBuilder::max_keys) clients (default 100,000; 16 bytes each, 1.6 MB).
 /// It never grows, whatever keys arrive: a client is stored as a 64-bit fingerprint of its key
 /// (foldhash's quality hash under a random seed drawn at build), never the key, so a 1 KiB key
 /// costs what a 3-byte key costs. Clients spread over sets of 8 unevenly, so the table starts replacing
@@ -35,11 +35,12 @@ use crate::token_bucket::Clock;
 ///
 /// A new client whose place in the table is full (a set of 8 slots its fingerprint picks)
 /// replaces, in this order, a client whose bucket is full again (dropping it changes no
-/// decision), else the one that made the fewest requests. **A request is refused only by its own
-/// client's bucket**: a flood of new keys cannot lock out a newcomer nor a known client, and
-/// since one-shot keys make one request each, they replace each other and leave alone the
-/// clients that keep coming back (the busy ones, and the ones over their quota, whom forgetting
-/// would let out of it). A forgotten client starts again from a full bucket, as a new one does.
+/// decision), else a client seen only once, else a returning one; the one closest to a full
+/// bucket first (the least state lost). **A request is refused only by its own client's
+/// bucket**: a flood of new keys cannot lock out a newcomer nor a known client, and since
+/// one-shot keys make one request each, they replace each other and leave alone the clients
+/// that keep coming back (the busy ones, and the ones over their quota, whom forgetting would
+/// let out of it). A forgotten client starts again from a full bucket, as a new one does.
 ///
 /// Per-client quotas share capacity fairly among clients; they cannot bound the total work of a
 /// caller free to mint keys (each new key is a new client). Bound that with a key the caller
@@ -332,7 +333,7 @@ impl ClientQuotasBuilder {
     }
 
     /// The most clients tracked at once, in [1, 2²⁴ = 16,777,216] (default 100,000). The
-    /// table takes 24 bytes per client, allocated at build.
+    /// table takes 16 bytes per client, allocated at build.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self

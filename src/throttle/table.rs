@@ -2,21 +2,22 @@
 //! [`ClientQuotas`](super::ClientQuotas).
 //!
 //! A client is stored as a 64-bit keyed fingerprint of its key, never the key itself, so an entry
-//! costs the same 24 bytes whether the key was 3 bytes or 1 KiB. The table is allocated once at
+//! costs the same 16 bytes whether the key was 3 bytes or 1 KiB. The table is allocated once at
 //! its bound and never grows. It is split into sets of [`WAYS`] slots; a fingerprint belongs to
 //! one set, and a new client that finds its set full replaces the set's weakest entry:
 //!
 //! 1. an empty slot;
 //! 2. else a slot whose bucket is full again (dropping it changes no decision: its next request
-//!    would find the same state as a client never seen), the least used first;
-//! 3. else the least used slot, the oldest first: its state is lost, so it gets a fresh bucket.
+//!    would find the same state as a client never seen), a client seen once first;
+//! 3. else a client seen only once, else a returning one; among them the one closest to a full
+//!    bucket (the least state lost): its state is lost, so it gets a fresh bucket.
 //!
 //! No request is ever refused because of another client: a client is refused only by its own
 //! bucket. A flood of new keys therefore cannot lock anyone out; at worst it makes the table
-//! forget a client, which then starts again from a full bucket. "Least used" counts requests, so
-//! a flood of one-shot keys (1 each) replaces itself and leaves alone the clients that keep
-//! coming back, the busy ones and the ones over their quota included (forgetting those would let
-//! them out of it).
+//! forget a client, which then starts again from a full bucket. A flood of one-shot keys replaces
+//! itself and leaves alone the clients that keep coming back, the busy ones and the ones over
+//! their quota included (forgetting those would let them out of it; being furthest from a full
+//! bucket, they are the last to go).
 //!
 //! # No lock for a known client
 //! A known client's request takes no lock: it finds its fingerprint among its set's 8 (one cache
@@ -29,9 +30,13 @@
 //! - the state word holds `tat ^ fingerprint`, so a compare-and-swap prepared for one client
 //!   fails on the word of any other (they would have to agree on all 64 bits: as likely as a
 //!   fingerprint collision, which the table accepts anyway).
+//!
+//! "Seen again" is the state word's top bit (a theoretical arrival time stays below 2⁶³ ns, 292
+//! years), set by the compare-and-swap a returning request makes anyway: a known client's request
+//! touches two cache lines (its set's fingerprints and states) and writes one word.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use Ordering::{Acquire, Relaxed, Release};
 
@@ -43,22 +48,23 @@ pub(super) const WAYS: usize = 8;
 /// Locks guarding insertions and sweeps: enough that new clients rarely meet on one.
 const STRIPES: usize = 64;
 
-/// The most clients a table may hold: 2²⁴ slots of 24 bytes, 384 MiB.
+/// The most clients a table may hold: 2²⁴ slots of 16 bytes, 256 MiB.
 pub(super) const MAX_KEYS: usize = 1 << 24;
 
-/// One set: 8 fingerprints (0 for an empty slot), their states and their request counts, each
-/// array on its own cache line. 192 bytes, 24 per client.
+/// The state word's flag for a client seen more than once.
+const RETURNING: u64 = 1 << 63;
+
+/// One set: 8 fingerprints (0 for an empty slot) and their states, each array on its own cache
+/// line. 128 bytes, 16 per client.
 #[derive(Default)]
 #[repr(C, align(64))]
 struct Set {
     /// 0 marks an empty slot (a real fingerprint of 0 is stored as 1). Written only under the
     /// set's stripe lock.
     fp: [AtomicU64; WAYS],
-    /// The GCRA theoretical arrival time (nanoseconds on the quotas' clock, 0 for none) XOR
-    /// the slot's fingerprint.
+    /// The GCRA theoretical arrival time (nanoseconds on the quotas' clock, 0 for none), with
+    /// [`RETURNING`] once the client came back, XOR the slot's fingerprint.
     state: [AtomicU64; WAYS],
-    /// Requests made while tracked (approximate under contention: a usage ranking, not a bill).
-    hits: [AtomicU32; WAYS],
 }
 
 /// What [`KeyTable::check`] did besides deciding.
@@ -130,16 +136,10 @@ impl KeyTable {
         fp: u64,
         decide: &impl Fn(Option<u64>) -> Result<u64, u64>,
     ) -> Option<Result<(), u64>> {
-        // The three lines of the set are fetched at once rather than one after the other: the
-        // state's and the count's do not wait for the scan's result.
-        let (_, _) = (set.state[0].load(Relaxed), set.hits[0].load(Relaxed));
+        // Both lines of the set are fetched at once rather than one after the other: the
+        // state's does not wait for the scan's result.
+        let _ = set.state[0].load(Relaxed);
         let i = (0..self.ways).find(|&i| set.fp[i].load(Acquire) == fp)?;
-        let hits = set.hits[i].load(Relaxed);
-        if hits < u32::MAX {
-            // A plain store: two requests at once may count as one, which ranks the client
-            // the same.
-            set.hits[i].store(hits + 1, Relaxed);
-        }
         loop {
             let word = set.state[i].load(Relaxed);
             // Pairs with the writer's fence: if `word` is a replacing writer's, the fingerprint
@@ -148,10 +148,18 @@ impl KeyTable {
             if set.fp[i].load(Relaxed) != fp {
                 return None;
             }
-            let tat = word ^ fp;
+            let tat = (word ^ fp) & !RETURNING;
             let next = match decide((tat != 0).then_some(tat)) {
-                Ok(next) => next,
-                Err(wait) => return Some(Err(wait)),
+                Ok(next) => next.min(!RETURNING) | RETURNING,
+                Err(wait) => {
+                    // A refused client came back too (a client over its quota is one to keep):
+                    // mark it once. A failed exchange means the word moved on, marked by then.
+                    if (word ^ fp) & RETURNING == 0 {
+                        let _ =
+                            set.state[i].compare_exchange(word, word ^ RETURNING, Relaxed, Relaxed);
+                    }
+                    return Some(Err(wait));
+                }
             };
             if set.state[i]
                 .compare_exchange_weak(word, next ^ fp, Relaxed, Relaxed)
@@ -179,15 +187,17 @@ impl KeyTable {
         if let Some(decision) = self.known(set, fp, decide) {
             return (decision, Change::None);
         }
-        let tat_of = |i: usize| set.state[i].load(Relaxed) ^ set.fp[i].load(Relaxed);
+        let raw = |i: usize| set.state[i].load(Relaxed) ^ set.fp[i].load(Relaxed);
+        let tat_of = |i: usize| raw(i) & !RETURNING;
         let victim = (0..self.ways)
             .min_by_key(|&i| {
                 let tat = tat_of(i);
-                // Empty first, then full buckets, then the rest; the least used, then the oldest.
+                // Empty first, then full buckets, then the rest; seen once before seen again,
+                // then the closest to a full bucket.
                 (
                     set.fp[i].load(Relaxed) != 0,
                     tat > now,
-                    set.hits[i].load(Relaxed),
+                    raw(i) & RETURNING != 0,
                     tat,
                 )
             })
@@ -204,9 +214,8 @@ impl KeyTable {
         set.fp[victim].store(0, Relaxed);
         fence(Release);
         let decision = decide(None);
-        let tat = decision.unwrap_or(0);
+        let tat = decision.unwrap_or(0).min(!RETURNING);
         set.state[victim].store(tat ^ fp, Relaxed);
-        set.hits[victim].store(1, Relaxed);
         set.fp[victim].store(fp, Release);
         (decision.map(drop), change)
     }
@@ -219,11 +228,10 @@ impl KeyTable {
             for set in self.sets.iter().skip(s).step_by(self.stripes.len()) {
                 for i in 0..self.ways {
                     let fp = set.fp[i].load(Relaxed);
-                    if fp != 0 && set.state[i].load(Relaxed) ^ fp <= now {
+                    if fp != 0 && (set.state[i].load(Relaxed) ^ fp) & !RETURNING <= now {
                         set.fp[i].store(0, Relaxed);
                         fence(Release);
                         set.state[i].store(0, Relaxed);
-                        set.hits[i].store(0, Relaxed);
                         dropped += 1;
                     }
                 }
@@ -248,7 +256,7 @@ mod tests {
             let t = KeyTable::new(n);
             assert!(t.capacity() >= n && t.capacity() < n + WAYS, "{n}");
         }
-        assert_eq!(std::mem::size_of::<Set>(), 24 * WAYS);
+        assert_eq!(std::mem::size_of::<Set>(), 16 * WAYS);
     }
 
     #[test]
