@@ -11,6 +11,7 @@ use backstop::throttle::{
     ClientId, ClientQuotas, HeaderKey, MissingClientKey, MissingKey, Principal, PrincipalKey,
     Quota, RemoteAddrKey, ShedFraction, ThrottleLayer, overload_to_response, stable_hash,
 };
+use backstop::token_bucket::Clock;
 use backstop::{BoxError, OverloadReason, find_overload};
 use proptest::prelude::*;
 use tokio::time::Instant;
@@ -1198,6 +1199,112 @@ async fn decisions_are_counted_from_zero() {
     for d in names::THROTTLE_DECISIONS {
         assert_eq!(counter(&snap, d), 0, "{d}");
     }
+}
+
+// ---------------------------------------------------------------- clocks
+
+#[test]
+fn quotas_run_on_the_clock_they_are_given() {
+    // No runtime at all: a manual clock moves only when told to.
+    let (clock, time) = Clock::manual();
+    let quotas = ClientQuotas::builder("manual", per_second(2))
+        .clock(clock)
+        .build()
+        .unwrap();
+    let alice = ClientId::from("alice");
+    assert!(quotas.check(&alice).is_ok());
+    assert!(quotas.check(&alice).is_ok());
+    assert_eq!(quotas.check(&alice), Err(Duration::from_millis(500)));
+    time.advance(Duration::from_millis(499));
+    assert_eq!(quotas.check(&alice), Err(Duration::from_millis(1)));
+    time.advance(Duration::from_millis(1));
+    assert!(quotas.check(&alice).is_ok());
+}
+
+#[test]
+fn shedding_epochs_follow_the_clock_they_are_given() {
+    let (clock, time) = Clock::manual();
+    let shed = ShedFraction::builder("manual")
+        .seed(3)
+        .rotate_every(Duration::from_secs(1))
+        .epoch_origin(Instant::now())
+        .clock(clock)
+        .initial(0.5)
+        .build()
+        .unwrap();
+    let in_epoch =
+        |e: u64| -> Vec<bool> { (0..64u32).map(|c| shed.is_shed_in(&c.into(), e)).collect() };
+    let now = || -> Vec<bool> { (0..64u32).map(|c| shed.is_shed(&c.into())).collect() };
+    assert_eq!(now(), in_epoch(0));
+    time.advance(Duration::from_millis(999));
+    assert_eq!(now(), in_epoch(0));
+    time.advance(Duration::from_millis(1));
+    assert_eq!(now(), in_epoch(1));
+    assert_ne!(
+        in_epoch(0),
+        in_epoch(1),
+        "the epochs choose different clients"
+    );
+}
+
+/// The layer reads one clock per request, the quotas': the shedding epoch comes from that
+/// reading, and the shed's own clock is read only when the cached epoch ends there. Two manual
+/// clocks moved apart show which one the layer follows.
+#[tokio::test]
+async fn a_layer_takes_the_shedding_epoch_from_the_quotas_reading() {
+    let (shed_clock, shed_time) = Clock::manual();
+    let (quota_clock, quota_time) = Clock::manual();
+    let shed = ShedFraction::builder("one_reading")
+        .seed(11)
+        .rotate_every(Duration::from_secs(1))
+        .epoch_origin(Instant::now())
+        .clock(shed_clock)
+        .initial(0.5)
+        .build()
+        .unwrap();
+    let quotas = ClientQuotas::builder("one_reading", Quota::per_second(NonZeroU32::MAX))
+        .clock(quota_clock)
+        .build()
+        .unwrap();
+    let mut svc = ThrottleLayer::builder("one_reading", by_id)
+        .shed(shed.clone())
+        .quotas(quotas)
+        .build()
+        .unwrap()
+        .layer(echo_service());
+    let clients = 0..64u32;
+    let in_epoch = |e: u64| -> Vec<bool> {
+        clients
+            .clone()
+            .map(|c| shed.is_shed_in(&c.into(), e))
+            .collect()
+    };
+    assert_ne!(
+        in_epoch(0),
+        in_epoch(1),
+        "the epochs choose different clients"
+    );
+    let mut refused_now = async || -> Vec<bool> {
+        let mut out = Vec::new();
+        for c in clients.clone() {
+            out.push(svc.ready().await.unwrap().call(c).await.is_err());
+        }
+        out
+    };
+    assert_eq!(refused_now().await, in_epoch(0));
+    // The shed's clock enters epoch 1, the quotas' does not: the layer stays in epoch 0.
+    shed_time.advance(Duration::from_secs(1));
+    let shed_alone: Vec<bool> = clients.clone().map(|c| shed.is_shed(&c.into())).collect();
+    assert_eq!(
+        shed_alone,
+        in_epoch(1),
+        "the handle alone follows its own clock"
+    );
+    assert_eq!(refused_now().await, in_epoch(0));
+    // The quotas' clock reaches the end of the cached epoch: the layer reads the shed's clock
+    // once and moves to epoch 1.
+    quota_time.advance(Duration::from_secs(1));
+    assert_eq!(refused_now().await, in_epoch(1));
 }
 
 // ---------------------------------------------------------------- properties

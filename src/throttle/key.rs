@@ -103,14 +103,23 @@ impl From<&[u8]> for ClientId {
 impl From<u64> for ClientId {
     #[inline]
     fn from(n: u64) -> Self {
-        // Decimal text written straight into the inline bytes: at most 20 digits.
+        // Decimal text, at most 20 digits, built in two 16-byte words and stored whole: the
+        // caller reads the key back in wide loads, which byte-wise stores would stall.
         let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
-        let mut bytes = [0u8; INLINE];
+        let (mut lo, mut hi) = (0u128, 0u128);
         let mut n = n;
-        for b in bytes[..len].iter_mut().rev() {
-            *b = b'0' + (n % 10) as u8;
+        for k in (0..len).rev() {
+            let digit = u128::from(b'0' + (n % 10) as u8);
             n /= 10;
+            if k < 16 {
+                lo |= digit << (8 * k);
+            } else {
+                hi |= digit << (8 * (k - 16));
+            }
         }
+        let mut bytes = [0u8; INLINE];
+        bytes[..16].copy_from_slice(&lo.to_le_bytes());
+        bytes[16..].copy_from_slice(&hi.to_le_bytes());
         ClientId(Repr::Inline {
             len: len as u8,
             bytes,

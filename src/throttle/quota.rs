@@ -141,6 +141,7 @@ impl Gcra {
     }
 
     /// `Ok(new tat)` if a request at `now` conforms, else `Err(wait)`.
+    #[inline]
     fn decide(self, tat: Option<u64>, now: u64) -> Result<u64, u64> {
         let tat = tat.unwrap_or(now);
         let earliest = tat.saturating_sub(self.tau);

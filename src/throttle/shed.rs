@@ -94,6 +94,9 @@ struct Inner {
     arrivals: Sharded<LEVELS>,
     /// The fraction (f64 bits) of each level's clients to shed: the lowest level first.
     level_fraction: [AtomicU64; LEVELS],
+    /// The same as [`Cut`]s, worked out when set: 0 sheds nobody, `u64::MAX` everybody, any
+    /// other value the clients whose hash is below it.
+    level_cut: [AtomicU64; LEVELS],
     /// Arrivals at the last `set`, and the mix of levels between the last two.
     split: Mutex<([u64; LEVELS], Option<[f64; LEVELS]>)>,
 }
@@ -138,8 +141,14 @@ impl ShedFraction {
             Some(shares) => crate::pid::split_shed(p, &shares, 0.0).map(|admit| 1.0 - admit),
             None => [p; LEVELS],
         };
-        for (slot, f) in inner.level_fraction.iter().zip(fractions) {
+        for ((slot, cut), f) in inner
+            .level_fraction
+            .iter()
+            .zip(&inner.level_cut)
+            .zip(fractions)
+        {
             slot.store(f.to_bits(), Relaxed);
+            cut.store(cut_of(f), Relaxed);
         }
     }
 
@@ -170,11 +179,10 @@ impl ShedFraction {
             return Cut::Nobody;
         }
         self.inner.arrivals.add(level.index(), 1);
-        match self.fraction_at(level) {
-            p if p <= 0.0 => Cut::Nobody,
-            p if p >= 1.0 => Cut::Everybody,
-            // p < 1, so p × 2^64 < 2^64 and the cast does not saturate.
-            p => Cut::Below((p * 18_446_744_073_709_551_616.0) as u64),
+        match self.inner.level_cut[level.index()].load(Relaxed) {
+            0 => Cut::Nobody,
+            u64::MAX => Cut::Everybody,
+            threshold => Cut::Below(threshold),
         }
     }
 
@@ -360,6 +368,7 @@ impl ShedFractionBuilder {
                 gauge,
                 arrivals: Sharded::default(),
                 level_fraction: std::array::from_fn(|_| AtomicU64::new(initial.to_bits())),
+                level_cut: std::array::from_fn(|_| AtomicU64::new(cut_of(initial))),
                 split: Mutex::new(([0; LEVELS], None)),
             }),
         })
@@ -373,6 +382,19 @@ pub(super) enum Cut {
     Everybody,
     /// The clients whose [`stable_hash`] is below this.
     Below(u64),
+}
+
+/// A level's fraction as a [`ShedFraction::cut_at`] word.
+fn cut_of(p: f64) -> u64 {
+    if p.is_nan() || p <= 0.0 {
+        0
+    } else if p >= 1.0 {
+        u64::MAX
+    } else {
+        // p < 1, so p × 2^64 < 2^64 - 2^11 and the cast neither saturates nor reaches u64::MAX
+        // (a p so small that it rounds to 0 sheds nobody, as the hash is never below 0).
+        (p * 18_446_744_073_709_551_616.0) as u64
+    }
 }
 
 fn nanos(d: Duration) -> u64 {
