@@ -20,8 +20,8 @@
 //! bucket, they are the last to go).
 //!
 //! # No lock for a known client
-//! A known client's request takes no lock: it finds its fingerprint among its set's 8 (one cache
-//! line), reads its state and commits the new one with a compare-and-swap. Only a new client
+//! A known client's request takes no lock: it finds its fingerprint among its set's 8, reads its
+//! state and commits the new one with a compare-and-swap. Only a new client
 //! (an insertion, maybe a replacement) and a sweep take the set's stripe lock. Two things keep a
 //! lock-free reader honest while a writer gives its slot to another client:
 //! - the writer clears the slot's fingerprint before it touches the state, and the reader checks
@@ -33,16 +33,17 @@
 //!
 //! "Seen again" is the state word's top bit (a theoretical arrival time stays below 2⁶³ ns, 292
 //! years), set by the compare-and-swap a returning request makes anyway: a known client's request
-//! touches two cache lines (its set's fingerprints and states) and writes one word.
+//! writes one word, on the line of its fingerprint (one line of the set's two, or both when it
+//! sits in the second half).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use Ordering::{Acquire, Relaxed, Release};
 
-/// Slots per set: the candidates a new client can replace. Eight fingerprints fill one cache
-/// line, and give the replacement choice a sample large enough that a flood of one-shot keys
-/// nearly always finds one of its own to replace.
+/// Slots per set: the candidates a new client can replace. Eight give the replacement choice a
+/// sample large enough that a flood of one-shot keys nearly always finds one of its own to
+/// replace.
 pub(super) const WAYS: usize = 8;
 
 /// Locks guarding insertions and sweeps: enough that new clients rarely meet on one.
@@ -54,17 +55,23 @@ pub(super) const MAX_KEYS: usize = 1 << 24;
 /// The state word's flag for a client seen more than once.
 const RETURNING: u64 = 1 << 63;
 
-/// One set: 8 fingerprints (0 for an empty slot) and their states, each array on its own cache
-/// line. 128 bytes, 16 per client.
+/// One set: 8 slots on two cache lines, 128 bytes, 16 per client. A client's fingerprint and
+/// state share a line, and a client takes the first free slot, so in a table that is not full
+/// most lookups touch one line.
 #[derive(Default)]
 #[repr(C, align(64))]
 struct Set {
+    slots: [Slot; WAYS],
+}
+
+#[derive(Default)]
+struct Slot {
     /// 0 marks an empty slot (a real fingerprint of 0 is stored as 1). Written only under the
     /// set's stripe lock.
-    fp: [AtomicU64; WAYS],
+    fp: AtomicU64,
     /// The GCRA theoretical arrival time (nanoseconds on the quotas' clock, 0 for none), with
     /// [`RETURNING`] once the client came back, XOR the slot's fingerprint.
-    state: [AtomicU64; WAYS],
+    state: AtomicU64,
 }
 
 /// What [`KeyTable::check`] did besides deciding.
@@ -129,23 +136,20 @@ impl KeyTable {
     }
 
     /// The lock-free path: `None` when `fp` is not in its set (or its slot was just taken).
-    #[inline]
+    #[inline(always)]
     fn known(
         &self,
         set: &Set,
         fp: u64,
         decide: &impl Fn(Option<u64>) -> Result<u64, u64>,
     ) -> Option<Result<(), u64>> {
-        // Both lines of the set are fetched at once rather than one after the other: the
-        // state's does not wait for the scan's result.
-        let _ = set.state[0].load(Relaxed);
-        let i = (0..self.ways).find(|&i| set.fp[i].load(Acquire) == fp)?;
+        let i = (0..self.ways).find(|&i| set.slots[i].fp.load(Acquire) == fp)?;
         loop {
-            let word = set.state[i].load(Relaxed);
+            let word = set.slots[i].state.load(Relaxed);
             // Pairs with the writer's fence: if `word` is a replacing writer's, the fingerprint
             // read below is no longer `fp`.
             fence(Acquire);
-            if set.fp[i].load(Relaxed) != fp {
+            if set.slots[i].fp.load(Relaxed) != fp {
                 return None;
             }
             let tat = (word ^ fp) & !RETURNING;
@@ -155,13 +159,18 @@ impl KeyTable {
                     // A refused client came back too (a client over its quota is one to keep):
                     // mark it once. A failed exchange means the word moved on, marked by then.
                     if (word ^ fp) & RETURNING == 0 {
-                        let _ =
-                            set.state[i].compare_exchange(word, word ^ RETURNING, Relaxed, Relaxed);
+                        let _ = set.slots[i].state.compare_exchange(
+                            word,
+                            word ^ RETURNING,
+                            Relaxed,
+                            Relaxed,
+                        );
                     }
                     return Some(Err(wait));
                 }
             };
-            if set.state[i]
+            if set.slots[i]
+                .state
                 .compare_exchange_weak(word, next ^ fp, Relaxed, Relaxed)
                 .is_ok()
             {
@@ -187,7 +196,7 @@ impl KeyTable {
         if let Some(decision) = self.known(set, fp, decide) {
             return (decision, Change::None);
         }
-        let raw = |i: usize| set.state[i].load(Relaxed) ^ set.fp[i].load(Relaxed);
+        let raw = |i: usize| set.slots[i].state.load(Relaxed) ^ set.slots[i].fp.load(Relaxed);
         let tat_of = |i: usize| raw(i) & !RETURNING;
         let victim = (0..self.ways)
             .min_by_key(|&i| {
@@ -195,14 +204,14 @@ impl KeyTable {
                 // Empty first, then full buckets, then the rest; seen once before seen again,
                 // then the closest to a full bucket.
                 (
-                    set.fp[i].load(Relaxed) != 0,
+                    set.slots[i].fp.load(Relaxed) != 0,
                     tat > now,
                     raw(i) & RETURNING != 0,
                     tat,
                 )
             })
             .expect("a set has at least one slot");
-        let change = if set.fp[victim].load(Relaxed) == 0 {
+        let change = if set.slots[victim].fp.load(Relaxed) == 0 {
             Change::Added
         } else {
             Change::Replaced {
@@ -211,12 +220,12 @@ impl KeyTable {
         };
         // Take the slot from lock-free readers first (they check the fingerprint after reading
         // the state), then write the new client's state, then publish its fingerprint.
-        set.fp[victim].store(0, Relaxed);
+        set.slots[victim].fp.store(0, Relaxed);
         fence(Release);
         let decision = decide(None);
         let tat = decision.unwrap_or(0).min(!RETURNING);
-        set.state[victim].store(tat ^ fp, Relaxed);
-        set.fp[victim].store(fp, Release);
+        set.slots[victim].state.store(tat ^ fp, Relaxed);
+        set.slots[victim].fp.store(fp, Release);
         (decision.map(drop), change)
     }
 
@@ -227,11 +236,11 @@ impl KeyTable {
             let _guard = stripe.lock().unwrap_or_else(|e| e.into_inner());
             for set in self.sets.iter().skip(s).step_by(self.stripes.len()) {
                 for i in 0..self.ways {
-                    let fp = set.fp[i].load(Relaxed);
-                    if fp != 0 && (set.state[i].load(Relaxed) ^ fp) & !RETURNING <= now {
-                        set.fp[i].store(0, Relaxed);
+                    let fp = set.slots[i].fp.load(Relaxed);
+                    if fp != 0 && (set.slots[i].state.load(Relaxed) ^ fp) & !RETURNING <= now {
+                        set.slots[i].fp.store(0, Relaxed);
                         fence(Release);
-                        set.state[i].store(0, Relaxed);
+                        set.slots[i].state.store(0, Relaxed);
                         dropped += 1;
                     }
                 }
