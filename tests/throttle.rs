@@ -1201,6 +1201,50 @@ async fn decisions_are_counted_from_zero() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_layer_that_reads_no_clock_still_publishes_in_batches() {
+    use backstop::metrics::names;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // Shedding nobody and no quotas: a request reads no clock at all.
+    let layer = metrics::with_local_recorder(&recorder, || {
+        ThrottleLayer::builder("untimed", by_id)
+            .shed(ShedFraction::builder("untimed").build().unwrap())
+            .build()
+            .unwrap()
+    });
+    let admitted = || {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| {
+                k.key().name() == names::THROTTLE_REQUESTS
+                    && k.key().labels().any(|l| l.value() == "untimed")
+                    && k.key().labels().any(|l| l.value() == "admitted")
+            })
+            .map(|(.., v)| match v {
+                DebugValue::Counter(c) => c,
+                _ => u64::MAX,
+            })
+            .sum::<u64>()
+    };
+    let mut svc = layer.layer(echo_service());
+    svc.ready().await.unwrap().call(1).await.unwrap();
+    assert_eq!(admitted(), 0, "one request is not published at once");
+    // A thread publishes after 1,024 requests that read no clock (counted over every throttle
+    // it serves, so within 2,048 here, whatever it served before).
+    let mut seen = 0;
+    for c in 0..2048 {
+        svc.ready().await.unwrap().call(c).await.unwrap();
+        seen += admitted();
+    }
+    assert!(seen >= 1024, "published {seen}");
+    layer.publish();
+    assert_eq!(seen + admitted(), 2049, "every request counted once");
+}
+
 // ---------------------------------------------------------------- clocks
 
 #[test]

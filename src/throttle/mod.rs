@@ -39,6 +39,14 @@
 //! quota counts requests sent, as governor does, so an admitted request that is then cancelled
 //! has spent its token; a shed request spends none.
 //!
+//! # Cost
+//! A known client's request reads the clock once (the quotas' [`Clock`](crate::token_bucket::Clock),
+//! which also dates the shedding epoch), hashes its key once (twice while some clients are shed:
+//! the fleet-wide [`stable_hash`] is a specified function, the quota fingerprint a secret one)
+//! and takes no lock. Decisions are counted in the layer's own per-thread counters and published
+//! in batches ([`ThrottleLayer::publish`], `backstop::metrics::publish()`), never by a `metrics`
+//! call per request.
+//!
 //! # When to use it
 //! On servers, outermost after metrics (`metrics → throttle → pid admission → queue → timeout →
 //! handler`), so a throttled client costs one hash and one atomic. Give every server of a fleet
