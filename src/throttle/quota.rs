@@ -89,8 +89,8 @@ pub struct ClientQuotas {
 
 struct Inner {
     name: String,
-    /// The time since the handle was built, on its clock.
-    elapsed: Box<dyn Fn() -> Duration + Send + Sync>,
+    /// Nanoseconds since the handle was built, on its clock.
+    elapsed: Box<dyn Fn() -> u64 + Send + Sync>,
     fingerprint: RandomState,
     default: Gcra,
     table: KeyTable,
@@ -250,7 +250,7 @@ impl ClientQuotas {
     /// Nanoseconds since the handle was built, on its [`Clock`].
     #[inline]
     pub(super) fn now(&self) -> u64 {
-        nanos((self.inner.elapsed)())
+        (self.inner.elapsed)()
     }
 
     fn maybe_sweep(&self, now: u64) {
@@ -281,6 +281,15 @@ impl fmt::Debug for ClientQuotas {
             .field("overrides", &self.inner.overrides.len())
             .finish_non_exhaustive()
     }
+}
+
+/// A time since build in nanoseconds, in 64-bit arithmetic the compiler can fold with the
+/// clock's own split into seconds and nanoseconds (it wraps after 584 years).
+#[inline(always)]
+pub(super) fn elapsed_nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(u64::from(d.subsec_nanos()))
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -386,7 +395,7 @@ impl ClientQuotasBuilder {
         Ok(ClientQuotas {
             inner: Arc::new(Inner {
                 name: self.name,
-                elapsed: Box::new(move || epoch.elapsed()),
+                elapsed: Box::new(move || elapsed_nanos(epoch.elapsed())),
                 fingerprint,
                 default,
                 table: KeyTable::new(max_keys),

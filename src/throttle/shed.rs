@@ -82,8 +82,8 @@ struct Inner {
     origin: Instant,
     offset: Duration,
     base_epoch: u64,
-    /// The time since the handle was built, on its clock.
-    elapsed: Box<dyn Fn() -> Duration + Send + Sync>,
+    /// Nanoseconds since the handle was built, on its clock.
+    elapsed: Box<dyn Fn() -> u64 + Send + Sync>,
     /// Nanoseconds into the base epoch when the handle was built (`offset` plus the time from
     /// `origin` to the build), and how long after the build `origin` is when it is later.
     into_at_build: u64,
@@ -189,7 +189,7 @@ impl ShedFraction {
     /// The epoch now, on the handle's clock, and the nanoseconds left in it.
     pub(super) fn epoch_now(&self) -> (u64, u64) {
         let i = &self.inner;
-        let since_build = nanos((i.elapsed)());
+        let since_build = (i.elapsed)();
         let into = i
             .into_at_build
             .saturating_add(since_build.saturating_sub(i.origin_after_build));
@@ -362,7 +362,7 @@ impl ShedFractionBuilder {
                 origin,
                 offset,
                 base_epoch,
-                elapsed: Box::new(move || epoch.elapsed()),
+                elapsed: Box::new(move || super::quota::elapsed_nanos(epoch.elapsed())),
                 into_at_build,
                 origin_after_build,
                 gauge,
