@@ -441,11 +441,28 @@ pub(super) fn stable_hash_from(prefix: u64, key: &[u8]) -> u64 {
     }
     let rest = words.remainder();
     if !rest.is_empty() {
-        let mut word = [0u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        h = mix(h.wrapping_add(GOLDEN) ^ u64::from_le_bytes(word));
+        h = mix(h.wrapping_add(GOLDEN) ^ partial_word(rest));
     }
     mix(h ^ key.len() as u64)
+}
+
+/// 1 to 7 bytes as a little-endian word, zero-padded, read in at most two loads (a copy of a
+/// variable length would call `memcpy`).
+#[inline(always)]
+fn partial_word(b: &[u8]) -> u64 {
+    let n = b.len();
+    debug_assert!((1..8).contains(&n));
+    if n >= 4 {
+        // Two 4-byte reads that overlap when n < 8: the shared bytes land on the same places.
+        let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let hi = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+        u64::from(lo) | u64::from(hi) << (8 * (n - 4))
+    } else {
+        // The first, middle and last bytes cover 1 to 3 bytes.
+        u64::from(b[0])
+            | u64::from(b[n / 2]) << (8 * (n / 2))
+            | u64::from(b[n - 1]) << (8 * (n - 1))
+    }
 }
 
 #[cfg(test)]
@@ -471,6 +488,20 @@ mod tests {
         0xc141_60a4_8590_a4bc,
         0x2de0_208a_3f0c_67f4,
     ];
+
+    #[test]
+    fn partial_words_are_the_zero_padded_bytes() {
+        let bytes: Vec<u8> = (1..=7).map(|b| b * 0x11).collect();
+        for n in 1..8 {
+            let mut word = [0u8; 8];
+            word[..n].copy_from_slice(&bytes[..n]);
+            assert_eq!(
+                partial_word(&bytes[..n]),
+                u64::from_le_bytes(word),
+                "{n} bytes"
+            );
+        }
+    }
 
     #[test]
     fn padding_does_not_collide() {
