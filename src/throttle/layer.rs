@@ -366,10 +366,15 @@ thread_local! {
 impl<K> Policy<K> {
     /// Admits the request, or says why not.
     #[inline]
-    pub(super) fn decide<Req>(&self, req: &Req, level: Criticality) -> Result<(), BoxError>
+    pub(super) fn decide<Req>(
+        &self,
+        req: &Req,
+        level_of: impl Fn(&Req) -> Criticality,
+    ) -> Result<(), BoxError>
     where
         K: ClientKey<Req>,
     {
+        let level = || level_of(req);
         let series = &*self.series;
         let key = match self.key.client_key(req) {
             Some(key) => key,
@@ -409,7 +414,7 @@ impl<K> Policy<K> {
                 }
             };
             if shed_it {
-                series.count_refusal(SHED, SHED_AT, level);
+                series.count_refusal(SHED, SHED_AT, level());
                 self.published(now);
                 return Err(Overloaded::new(OverloadReason::Throttled)
                     .with_retry_after(self.shed_retry_after)
@@ -428,7 +433,7 @@ impl<K> Policy<K> {
                 quotas.check(&key)
             };
             if let Err(wait) = decision {
-                series.count_refusal(QUOTA, QUOTA_AT, level);
+                series.count_refusal(QUOTA, QUOTA_AT, level());
                 self.published(now);
                 return Err(Overloaded::new(OverloadReason::Throttled)
                     .with_retry_after(wait)

@@ -161,7 +161,7 @@ impl ShedFraction {
     /// the levels lowest first ([`set`](Self::set)), and within a level the choice of clients
     /// is the same stable, fleet-consistent hash. Counts the request's level while shedding.
     pub fn is_shed_at(&self, key: &ClientId, level: Criticality) -> bool {
-        match self.cut_at(level) {
+        match self.cut_at(|| level) {
             Cut::Nobody => false,
             Cut::Everybody => true,
             Cut::Below(threshold) => {
@@ -171,13 +171,14 @@ impl ShedFraction {
         }
     }
 
-    /// Who is shed at `level` now; counts the request's level while shedding. Most of the time
-    /// nobody is: one atomic load.
+    /// Who is shed at the request's level now; counts the level while shedding. Most of the
+    /// time nobody is: one atomic load, and the level is not asked for.
     #[inline]
-    pub(super) fn cut_at(&self, level: Criticality) -> Cut {
+    pub(super) fn cut_at(&self, level: impl FnOnce() -> Criticality) -> Cut {
         if self.get() <= 0.0 {
             return Cut::Nobody;
         }
+        let level = level();
         self.inner.arrivals.add(level.index(), 1);
         match self.inner.level_cut[level.index()].load(Relaxed) {
             0 => Cut::Nobody,
