@@ -402,6 +402,11 @@ impl<K> Policy<K> {
                 }
             }
         };
+        // The quota table's line is fetched while the clock is read.
+        let prepared = match &self.quotas {
+            Some(Store::Local(quotas)) => Some(quotas.prepare(key)),
+            _ => None,
+        };
         // The one clock reading of this request, on the quotas' clock, taken when first needed.
         let mut now = None;
         // Shedding first: a shed request must not spend its client's quota.
@@ -435,7 +440,10 @@ impl<K> Policy<K> {
                     None => self.quota_now().unwrap_or(0),
                 };
                 now = Some(t);
-                quotas.check_at(key, t)
+                match (quotas, prepared) {
+                    (Store::Local(local), Some(fp)) => local.check_prepared(fp, t),
+                    _ => quotas.check_at(key, t),
+                }
             } else {
                 quotas.check(key)
             };

@@ -176,8 +176,24 @@ impl ClientQuotas {
     /// [`check`](Self::check) at `now`, a reading of [`now`](Self::now) taken for this request.
     #[inline]
     pub(super) fn check_at(&self, key: &ClientId, now: u64) -> Result<(), Duration> {
+        self.check_prepared(self.prepare(key), now)
+    }
+
+    /// The first half of a check, before the clock is read: `key`'s fingerprint, with its
+    /// place in the table already on its way into the cache, so that the table's miss and the
+    /// clock read overlap.
+    #[inline]
+    pub(super) fn prepare(&self, key: &ClientId) -> u64 {
+        let fp = self.inner.fingerprint.hash_one(key.as_bytes());
+        self.inner.table.touch(fp);
+        fp
+    }
+
+    /// The second half of a check: the decision on [`prepare`](Self::prepare)'s fingerprint
+    /// at `now`.
+    #[inline]
+    pub(super) fn check_prepared(&self, fp: u64, now: u64) -> Result<(), Duration> {
         let i = &*self.inner;
-        let fp = i.fingerprint.hash_one(key.as_bytes());
         if !i.overrides.is_empty()
             && let Some(o) = i.overrides.get(&fp)
         {

@@ -117,6 +117,13 @@ impl KeyTable {
         ((u128::from(fp) * self.sets.len() as u128) >> 64) as usize
     }
 
+    /// Starts loading `fp`'s set (its first line, where a client of a table that is not full
+    /// is) without waiting for it.
+    #[inline]
+    pub(super) fn touch(&self, fp: u64) {
+        let _ = self.sets[self.locate(fp.max(1))].slots[0].fp.load(Relaxed);
+    }
+
     /// Runs `decide` on `fp`'s state (`None` for a client not tracked) and stores what it returns
     /// (`Ok(new_tat)`); `Err(wait)` leaves the state as it was. A client not tracked is added.
     #[inline]
