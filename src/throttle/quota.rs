@@ -170,7 +170,9 @@ impl ClientQuotas {
     /// Takes one request from `key`'s quota: `Err(wait)` when the client is over it, with the
     /// time until its next request would conform.
     pub fn check(&self, key: &ClientId) -> Result<(), Duration> {
-        self.check_at(key, self.now())
+        // Hash first, then read the clock: the table's line arrives meanwhile.
+        let fp = self.prepare(key);
+        self.check_prepared(fp, self.now())
     }
 
     /// [`check`](Self::check) at `now`, a reading of [`now`](Self::now) taken for this request.
