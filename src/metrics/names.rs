@@ -209,6 +209,9 @@ pub const THROTTLE_KEYLESS: &str = "backstop_throttle_keyless_requests_total";
 
 /// Throttle decision label values, in the order the layer registers them.
 pub const THROTTLE_DECISIONS: [&str; 4] = ["admitted", "shed", "quota", "missing_key"];
+/// Counter: requests a throttle layer refused, by [`DECISION_LABEL`] (`shed` or `quota`) and
+/// [`CRITICALITY_LABEL`] (all eight registered at build, so zeros show).
+pub const THROTTLE_REFUSED_BY_CRITICALITY: &str = "backstop_throttle_refused_by_criticality_total";
 
 /// Describes the throttle series. Calling it again is harmless.
 pub fn describe_throttle() {
@@ -237,6 +240,11 @@ pub fn describe_throttle() {
         THROTTLE_KEYLESS,
         Unit::Count,
         "Requests in which the throttle found no client key."
+    );
+    describe_counter!(
+        THROTTLE_REFUSED_BY_CRITICALITY,
+        Unit::Count,
+        "Requests a throttle refused, by decision (shed, quota) and criticality level."
     );
 }
 
