@@ -222,33 +222,39 @@ where
     }
 }
 
-/// Runs `op` `iters` times on each of `threads` threads at once; ns per op per thread (the
-/// slowest thread's wall time ÷ `iters`).
-fn hammer<F: Fn() -> bool + Sync>(threads: usize, iters: u64, op: F) -> f64 {
-    let op = &op;
-    // Every thread starts timing at once: without the barrier a short run on one thread can
-    // finish before the next is spawned, and "2 threads" would measure one at a time.
-    let barrier = &std::sync::Barrier::new(threads);
-    let slowest = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    let mut n = 0u64;
-                    for _ in 0..iters {
-                        n += u64::from(black_box(op()));
-                    }
-                    black_box(n);
-                    start.elapsed()
-                })
-            })
+/// Runs `run` on one thread per input, all released at once by the barrier `run` waits on;
+/// the slowest thread's time. Without the barrier a short run on one thread can finish before
+/// the next is spawned, and "2 threads" would measure one at a time.
+fn on_threads<T: Send>(
+    inputs: Vec<T>,
+    run: impl Fn(T, &std::sync::Barrier) -> Duration + Sync,
+) -> Duration {
+    let (run, barrier) = (&run, &std::sync::Barrier::new(inputs.len()));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .into_iter()
+            .map(|input| s.spawn(move || run(input, barrier)))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap())
             .max()
             .unwrap()
+    })
+}
+
+/// Runs `op` `iters` times on each of `threads` threads at once; ns per op per thread (the
+/// slowest thread's wall time ÷ `iters`).
+fn hammer<F: Fn() -> bool + Sync>(threads: usize, iters: u64, op: F) -> f64 {
+    let slowest = on_threads(vec![(); threads], |(), barrier| {
+        barrier.wait();
+        let start = Instant::now();
+        let mut n = 0u64;
+        for _ in 0..iters {
+            n += u64::from(black_box(op()));
+        }
+        black_box(n);
+        start.elapsed()
     });
     slowest.as_nanos() as f64 / iters as f64
 }
@@ -497,31 +503,19 @@ where
     S::Error: std::fmt::Debug,
     R: Send,
 {
-    let barrier = &std::sync::Barrier::new(threads);
-    let slowest = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let mut svc = svc.clone();
-                s.spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
-                        .build()
-                        .unwrap();
-                    let mut reqs: Vec<R> = (0..n).map(make).collect();
-                    barrier.wait();
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        Driven::<S, R>::drain(&mut svc, &mut reqs).await;
-                        start.elapsed()
-                    })
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .max()
-            .unwrap()
+    let clones = (0..threads).map(|_| svc.clone()).collect();
+    let slowest = on_threads(clones, |mut svc, barrier| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut reqs: Vec<R> = (0..n).map(make).collect();
+        barrier.wait();
+        rt.block_on(async {
+            let start = Instant::now();
+            Driven::<S, R>::drain(&mut svc, &mut reqs).await;
+            start.elapsed()
+        })
     });
     slowest.as_nanos() as f64 / n as f64
 }
