@@ -81,8 +81,6 @@
 //! ```
 mod error;
 mod future;
-#[cfg(feature = "http")]
-mod http;
 mod key;
 mod layer;
 mod quota;
@@ -93,8 +91,7 @@ mod table;
 
 pub use self::error::MissingClientKey;
 pub use self::future::ResponseFuture;
-#[cfg(feature = "http")]
-pub use self::http::{DEFAULT_RETRY_AFTER, overload_to_response};
+// Re-exported from the HTTP edge, where they live, for code that found them here first.
 pub use self::key::{ClientId, ClientKey, MissingKey};
 #[cfg(feature = "http")]
 pub use self::key::{HeaderKey, Principal, PrincipalKey, RemoteAddrKey};
@@ -103,4 +100,7 @@ pub use self::quota::{ClientQuotas, ClientQuotasBuilder};
 pub use self::service::Throttle;
 pub use self::shed::{ShedFraction, ShedFractionBuilder, stable_hash};
 pub use self::store::QuotaStore;
+#[cfg(feature = "http")]
+#[doc(no_inline)]
+pub use crate::http::{DEFAULT_RETRY_AFTER, overload_to_response};
 pub use governor::Quota;
