@@ -38,6 +38,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, counter, gauge};
 use tokio::time::Instant;
 
+use crate::context::Criticality;
 use crate::error::{OverloadReason, Overloaded};
 use crate::metrics::names;
 use crate::timeout::Deadline;
@@ -120,6 +121,8 @@ struct Series {
     behind: Gauge,
     queue_full: Counter,
     shed: Counter,
+    /// The same refusals by the refused request's criticality level: `[full, shed][level]`.
+    by_level: [[Counter; LEVELS]; 2],
 }
 
 impl Series {
@@ -133,6 +136,18 @@ impl Series {
             behind: gauge!(names::QUEUE_BEHIND, label => name.to_owned()),
             queue_full: refused(OverloadReason::QueueFull),
             shed: refused(OverloadReason::Shed),
+            by_level: [OverloadReason::QueueFull, OverloadReason::Shed].map(|reason| {
+                Criticality::ALL.map(|level| {
+                    let counter = counter!(
+                        names::QUEUE_REFUSED_BY_CRITICALITY,
+                        label => name.to_owned(),
+                        names::REASON_LABEL => reason.as_str(),
+                        names::CRITICALITY_LABEL => level.as_str(),
+                    );
+                    counter.increment(0);
+                    counter
+                })
+            }),
         };
         // Touch every series so that it reads 0, not missing, before the first request.
         series.queue_length.set(0.0);
@@ -141,6 +156,18 @@ impl Series {
         series.queue_full.increment(0);
         series.shed.increment(0);
         series
+    }
+
+    /// Counts a request of criticality `level` refused because the queue was full.
+    fn full(&self, level: u8) {
+        self.queue_full.increment(1);
+        self.by_level[0][usize::from(level)].increment(1);
+    }
+
+    /// Counts a request of criticality `level` shed (expired, evicted, or late on arrival).
+    fn shed(&self, level: u8) {
+        self.shed.increment(1);
+        self.by_level[1][usize::from(level)].increment(1);
     }
 }
 
@@ -166,7 +193,7 @@ struct Node {
     level: u8,
 }
 
-const LEVELS: usize = 4;
+const LEVELS: usize = Criticality::ALL.len();
 
 #[derive(Debug)]
 enum Slot {
@@ -379,7 +406,7 @@ impl Gate {
             state.totals.rejected += 1;
             self.publish(&state, now);
             drop(state);
-            self.series.queue_full.increment(1);
+            self.series.full(level);
             return Admission::Refused(Overloaded::new(OverloadReason::QueueFull));
         }
         let deadline = match self.config.shedding {
@@ -389,7 +416,7 @@ impl Gate {
         if deadline.is_some_and(|d| d <= now) {
             state.totals.shed += 1;
             drop(state);
-            self.series.shed.increment(1);
+            self.series.shed(level);
             return Admission::Refused(Overloaded::new(OverloadReason::Shed));
         }
         // Evicted only now that this request is sure to take the place.
@@ -482,7 +509,7 @@ impl Gate {
         }
         state.unlink(key, Place::Shed);
         state.totals.shed += 1;
-        self.series.shed.increment(1);
+        self.series.shed(state.node(key).level);
         // A waiter that never polled has no waker yet; it finds `Shed` at its first poll.
         state.node_mut(key).waker.take()
     }
@@ -528,7 +555,7 @@ impl Gate {
                     state.unlink(key, next);
                     if next == Place::Shed {
                         state.totals.shed += 1;
-                        self.series.shed.increment(1);
+                        self.series.shed(state.node(key).level);
                         return true;
                     }
                     state.totals.sidelined += 1;

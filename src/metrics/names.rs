@@ -72,6 +72,9 @@ pub const QUEUE_BEHIND: &str = "backstop_queue_behind";
 /// Counter: requests a queue refused, by [`REASON_LABEL`] (`queue_full` or `shed`).
 pub const REFUSED: &str = "backstop_refused_total";
 
+/// Counter: requests a backpressure or LIFO queue refused, by reason (`queue_full`, `shed`) and
+/// by the refused request's criticality level: which levels a full queue turns away.
+pub const QUEUE_REFUSED_BY_CRITICALITY: &str = "backstop_queue_refused_by_criticality_total";
 /// Describes the queue series (backpressure and LIFO queue). Calling it again is harmless.
 pub fn describe_queues() {
     warn_if_no_recorder();
@@ -94,6 +97,11 @@ pub fn describe_queues() {
         REFUSED,
         Unit::Count,
         "Requests refused by a queue, by reason."
+    );
+    describe_counter!(
+        QUEUE_REFUSED_BY_CRITICALITY,
+        Unit::Count,
+        "Requests refused by a queue, by reason and by the request's criticality level."
     );
 }
 
