@@ -1207,42 +1207,60 @@ async fn a_layer_that_reads_no_clock_still_publishes_in_batches() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    // Shedding nobody and no quotas: a request reads no clock at all.
-    let layer = metrics::with_local_recorder(&recorder, || {
-        ThrottleLayer::builder("untimed", by_id)
-            .shed(ShedFraction::builder("untimed").build().unwrap())
-            .build()
-            .unwrap()
-    });
-    let admitted = || {
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .filter(|(k, ..)| {
-                k.key().name() == names::THROTTLE_REQUESTS
-                    && k.key().labels().any(|l| l.value() == "untimed")
-                    && k.key().labels().any(|l| l.value() == "admitted")
-            })
-            .map(|(.., v)| match v {
-                DebugValue::Counter(c) => c,
-                _ => u64::MAX,
-            })
-            .sum::<u64>()
+    // Shedding nobody and no quotas: a request reads no clock at all. Two such layers on one
+    // thread, served in turn: each counts its own requests towards its batch.
+    let build = |name: &'static str| {
+        metrics::with_local_recorder(&recorder, || {
+            ThrottleLayer::builder(name, by_id)
+                .shed(ShedFraction::builder(name).build().unwrap())
+                .build()
+                .unwrap()
+        })
     };
-    let mut svc = layer.layer(echo_service());
-    svc.ready().await.unwrap().call(1).await.unwrap();
-    assert_eq!(admitted(), 0, "one request is not published at once");
-    // A thread publishes after 1,024 requests that read no clock (counted over every throttle
-    // it serves, so within 2,048 here, whatever it served before).
-    let mut seen = 0;
-    for c in 0..2048 {
-        svc.ready().await.unwrap().call(c).await.unwrap();
-        seen += admitted();
+    let (a, b) = (build("untimed_a"), build("untimed_b"));
+    // A snapshot reads and resets; keep the running totals per layer.
+    let mut totals = std::collections::HashMap::<String, u64>::new();
+    let mut admitted = |name: &str| {
+        for (k, _, _, v) in snapshotter.snapshot().into_vec() {
+            if k.key().name() == names::THROTTLE_REQUESTS
+                && k.key().labels().any(|l| l.value() == "admitted")
+            {
+                let layer = k.key().labels().find(|l| l.key() == "name").unwrap();
+                let DebugValue::Counter(c) = v else {
+                    panic!("a counter")
+                };
+                *totals.entry(layer.value().to_owned()).or_default() += c;
+            }
+        }
+        totals.get(name).copied().unwrap_or(0)
+    };
+    let (mut svc_a, mut svc_b) = (a.layer(echo_service()), b.layer(echo_service()));
+    for c in 0..1023 {
+        svc_a.ready().await.unwrap().call(c).await.unwrap();
+        svc_b.ready().await.unwrap().call(c).await.unwrap();
     }
-    assert!(seen >= 1024, "published {seen}");
-    layer.publish();
-    assert_eq!(seen + admitted(), 2049, "every request counted once");
+    assert_eq!(
+        admitted("untimed_a"),
+        0,
+        "1,023 requests are not published yet"
+    );
+    assert_eq!(admitted("untimed_b"), 0);
+    svc_a.ready().await.unwrap().call(0).await.unwrap();
+    assert_eq!(
+        admitted("untimed_a"),
+        1024,
+        "the layer's 1,024th request publishes them"
+    );
+    assert_eq!(
+        admitted("untimed_b"),
+        0,
+        "the other layer's count is its own"
+    );
+    svc_b.ready().await.unwrap().call(0).await.unwrap();
+    assert_eq!(admitted("untimed_b"), 1024);
+    svc_a.ready().await.unwrap().call(0).await.unwrap();
+    a.publish();
+    assert_eq!(admitted("untimed_a"), 1025, "every request counted once");
 }
 
 // ---------------------------------------------------------------- clocks

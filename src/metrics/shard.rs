@@ -131,6 +131,20 @@ impl<const N: usize> Sharded<N> {
         }
     }
 
+    /// Adds `n` to counter `i` on the calling thread's shard; that shard's new value.
+    #[inline]
+    pub(crate) fn add_get(&self, i: usize, n: u64) -> u64 {
+        let s = shard_index();
+        let c = &self.0[s].0[i];
+        if s < SHARED {
+            let next = c.load(Relaxed).wrapping_add(n);
+            c.store(next, Relaxed);
+            next
+        } else {
+            c.fetch_add(n, Relaxed).wrapping_add(n)
+        }
+    }
+
     /// Adds `n` to counter `i` on shard `s` (as [`add_all_at`](Self::add_all_at)) with
     /// `Release`: a reader that acquires the sum sees everything this thread did before, which
     /// is what lets the meter free its state after the last departure (`retire.rs`).

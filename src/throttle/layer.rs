@@ -1,5 +1,4 @@
 use std::any::Any;
-use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Mutex};
@@ -109,7 +108,7 @@ impl<K, C> ThrottleLayer<K, C> {
     ///
     /// The layer counts decisions in its own per-thread counters and publishes them by itself
     /// at most every 100 ms at a request that reads the clock (every request of a layer with
-    /// quotas), and every 1,024 requests a thread serves without reading it; so the request
+    /// quotas), and every 1,024 requests a thread serves through this layer without reading it; so the request
     /// path makes no `metrics` call. `backstop::metrics::publish()` publishes every live
     /// throttle too: call it before rendering a scrape for figures exact to the last request.
     pub fn publish(&self) {
@@ -210,7 +209,9 @@ impl<K> ThrottleLayerBuilder<K> {
 const PUBLISH_EVERY_NANOS: u64 = 100_000_000;
 
 /// A thread publishes after this many requests that read no clock.
-const PUBLISH_EVERY_UNTIMED: u32 = 1024;
+const PUBLISH_EVERY_UNTIMED: u64 = 1024;
+/// `epoch_until` while one thread stores the next epoch's prefix and end.
+const REFRESHING: u64 = u64::MAX;
 
 // The layer's counts, one sharded counter each.
 const ADMITTED: usize = 0;
@@ -227,6 +228,8 @@ const LEVELS: usize = Criticality::ALL.len();
 /// The layer's series and the counts they are published from.
 struct Series {
     counts: Sharded<COUNTS>,
+    /// Requests served without a clock reading, by thread: when those publish.
+    untimed: Sharded<1>,
     /// The counts last published, so each publication adds what is new.
     published: Mutex<[u64; COUNTS]>,
     counters: [Counter; COUNTS],
@@ -260,6 +263,7 @@ impl Series {
         });
         Arc::new(Series {
             counts: Sharded::default(),
+            untimed: Sharded::default(),
             published: Mutex::new([0; COUNTS]),
             counters,
         })
@@ -279,8 +283,12 @@ impl Series {
     /// Adds to each series what was counted since the last publication.
     fn publish(&self) {
         // Whoever holds the lock publishes; the rest move on (their counts are in the shards).
-        let Ok(mut published) = self.published.try_lock() else {
-            return;
+        // A recorder that panicked mid-publication leaves the lock poisoned, not the counts
+        // wrong: publishing goes on.
+        let mut published = match self.published.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
         };
         let now = self.counts.sums();
         for ((counter, last), now) in self.counters.iter().zip(published.iter_mut()).zip(now) {
@@ -356,11 +364,6 @@ impl Store {
     fn check(&self, key: &ClientId) -> Result<(), Duration> {
         self.as_dyn().check(key)
     }
-}
-
-thread_local! {
-    /// Requests this thread served through a throttle without reading a clock.
-    static UNTIMED: Cell<u32> = const { Cell::new(0) };
 }
 
 impl<K> Policy<K> {
@@ -475,16 +478,26 @@ impl<K> Policy<K> {
     /// to agree on rates, not on origins.
     #[inline]
     fn epoch_prefix_at(&self, shed: &ShedFraction, now: u64) -> u64 {
-        if now < self.epoch_until.load(Acquire) {
+        let until = self.epoch_until.load(Acquire);
+        if now < until {
             return self.epoch_prefix.load(Relaxed);
         }
         let (epoch, left) = shed.epoch_now();
         let prefix = stable_prefix(shed.seed(), epoch);
-        // Threads that meet here store the same figures, give or take the nanoseconds between
-        // their readings; one that reads the prefix just before the boundary may see the next
-        // epoch's, a shift far below the fleet's alignment (about a second).
-        self.epoch_prefix.store(prefix, Relaxed);
-        self.epoch_until.store(now.saturating_add(left), Release);
+        // Only the thread that takes the ended epoch (its end swapped for REFRESHING) stores the
+        // next prefix and end, so a prefix is never paired with another epoch's end, which
+        // would shed by a stale hash for a whole epoch. Meanwhile the others use the prefix they
+        // worked out, or, reading REFRESHING, the one that just ended: nanoseconds at the
+        // boundary, far below the fleet's alignment (about a second).
+        if self
+            .epoch_until
+            .compare_exchange(until, REFRESHING, Acquire, Relaxed)
+            .is_ok()
+        {
+            self.epoch_prefix.store(prefix, Relaxed);
+            let end = now.saturating_add(left).min(REFRESHING - 1);
+            self.epoch_until.store(end, Release);
+        }
         prefix
     }
 
@@ -501,14 +514,13 @@ impl<K> Policy<K> {
                 }
             }
             None => {
-                let due = UNTIMED
-                    .try_with(|n| {
-                        let next = n.get().wrapping_add(1);
-                        n.set(next);
-                        next % PUBLISH_EVERY_UNTIMED == 0
-                    })
-                    .unwrap_or(false);
-                if due {
+                // Counted per layer and thread, so every layer a thread serves publishes.
+                if self
+                    .series
+                    .untimed
+                    .add_get(0, 1)
+                    .is_multiple_of(PUBLISH_EVERY_UNTIMED)
+                {
                     self.series.publish();
                 }
             }
