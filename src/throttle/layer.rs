@@ -108,8 +108,8 @@ impl<K, C> ThrottleLayer<K, C> {
     ///
     /// The layer counts decisions in its own per-thread counters and publishes them by itself
     /// at most every 100 ms at a request that reads the clock (every request of a layer with
-    /// quotas), and every 1,024 requests a thread serves through this layer without reading it; so the request
-    /// path makes no `metrics` call. `backstop::metrics::publish()` publishes every live
+    /// quotas), and every 1,024 requests a thread serves through this layer without reading
+    /// it; so the request path makes no `metrics` call. `backstop::metrics::publish()` publishes every live
     /// throttle too: call it before rendering a scrape for figures exact to the last request.
     pub fn publish(&self) {
         self.policy.series.publish();
