@@ -53,6 +53,8 @@
 
 mod future;
 mod layer;
+#[cfg(all(test, backstop_loom))]
+mod loom_model;
 mod meter;
 pub mod names;
 pub(crate) mod publish;

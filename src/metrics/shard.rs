@@ -2,25 +2,38 @@
 //! own a shard (claimed at a thread's first count, given back when it exits): they add with a
 //! plain load and store, no locked instruction and no cache line shared with another writer.
 //! Further threads share the last shard and add atomically. Readers add the shards up.
+//!
+//! In the loom models (`cfg(backstop_loom)`) the counters are loom's atomics, so loom explores
+//! the interleavings of the counts, and a loom thread takes the next shard at its first count
+//! (threads run as coroutines there, so the OS thread-locals would be one for all of them).
 
+#[cfg(not(all(test, backstop_loom)))]
 use std::cell::Cell;
-use std::sync::atomic::{
-    AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
-};
+#[cfg(not(all(test, backstop_loom)))]
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-/// Shards per sharded value: a power of two.
-pub(crate) const SHARDS: usize = 8;
+#[cfg(all(test, backstop_loom))]
+use loom::sync::atomic::AtomicU64;
+#[cfg(not(all(test, backstop_loom)))]
+use std::sync::atomic::AtomicU64;
+
+/// Shards per sharded value: a power of two (4 in the loom models, to keep them small).
+pub(crate) const SHARDS: usize = if cfg!(all(test, backstop_loom)) { 4 } else { 8 };
 
 /// The shard threads share once every other shard has its owner.
-const SHARED: usize = SHARDS - 1;
+pub(crate) const SHARED: usize = SHARDS - 1;
 
 /// Bit `i` set while a live thread owns shard `i`.
+#[cfg(not(all(test, backstop_loom)))]
 static OWNED: AtomicUsize = AtomicUsize::new(0);
 
 /// Gives the thread's claim on a shard back when the thread exits, so that threads that come
 /// and go (a blocking pool's) do not use the owned shards up.
+#[cfg(not(all(test, backstop_loom)))]
 struct Owner;
 
+#[cfg(not(all(test, backstop_loom)))]
 impl Drop for Owner {
     fn drop(&mut self) {
         // Whatever counts this thread still makes while exiting go to the shared shard.
@@ -32,6 +45,7 @@ impl Drop for Owner {
     }
 }
 
+#[cfg(not(all(test, backstop_loom)))]
 thread_local! {
     /// The thread's shard, `usize::MAX` before its first count. Apart from `OWNER`, whose
     /// destructor the claim needs, because a thread-local without one is read with a plain
@@ -40,6 +54,7 @@ thread_local! {
     static OWNER: Owner = const { Owner };
 }
 
+#[cfg(not(all(test, backstop_loom)))]
 fn claim() -> usize {
     let mut owned = OWNED.load(Relaxed);
     loop {
@@ -57,6 +72,7 @@ fn claim() -> usize {
 }
 
 /// The calling thread's shard, claimed on its first call: its own below [`SHARED`].
+#[cfg(not(all(test, backstop_loom)))]
 #[inline]
 pub(crate) fn shard_index() -> usize {
     match INDEX.try_with(Cell::get) {
@@ -65,6 +81,7 @@ pub(crate) fn shard_index() -> usize {
     }
 }
 
+#[cfg(not(all(test, backstop_loom)))]
 #[cold]
 fn first_count() -> usize {
     // The destructor that gives the claim back is registered first; a thread too far into its
@@ -76,6 +93,40 @@ fn first_count() -> usize {
     };
     let _ = INDEX.try_with(|c| c.set(i));
     i
+}
+
+#[cfg(all(test, backstop_loom))]
+pub(crate) use self::model::{shard_index, use_shared_shard};
+
+/// The loom models' shards: each loom thread takes the next one at its first count (no claim to
+/// give back: a model's threads all end with it), the last one shared.
+#[cfg(all(test, backstop_loom))]
+mod model {
+    use super::SHARED;
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    loom::thread_local! {
+        static INDEX: Cell<usize> = Cell::new(usize::MAX);
+    }
+    loom::lazy_static! {
+        // Reset for every execution; the schedule decides the order of first counts.
+        static ref NEXT: AtomicUsize = AtomicUsize::new(0);
+    }
+
+    pub(crate) fn shard_index() -> usize {
+        INDEX.with(|c| {
+            if c.get() == usize::MAX {
+                c.set(NEXT.fetch_add(1, Relaxed).min(SHARED));
+            }
+            c.get()
+        })
+    }
+
+    /// Puts the calling loom thread on the shared shard (atomic adds) from now on.
+    pub(crate) fn use_shared_shard() {
+        INDEX.with(|c| c.set(SHARED));
+    }
 }
 
 /// `N` counters of one thread's shard, 128-byte aligned: two shards never share a cache line,
@@ -131,17 +182,18 @@ impl<const N: usize> Sharded<N> {
         }
     }
 
-    /// Adds `n` to counter `i` on shard `s` (as [`add_all_at`](Self::add_all_at)) with
-    /// `Release`: a reader that acquires the sum sees everything this thread did before, which
-    /// is what lets the meter free its state after the last departure (`retire.rs`).
+    /// Counter `i` of shard `s`, for [`add_release`]: a store after which the caller must not
+    /// touch the memory that holds the counters again.
     #[inline]
-    pub(crate) fn add_release_at(&self, s: usize, i: usize, n: u64) {
-        let c = &self.0[s].0[i];
-        if s < SHARED {
-            c.store(c.load(Relaxed).wrapping_add(n), Release);
-        } else {
-            c.fetch_add(n, Release);
-        }
+    pub(crate) fn at(&self, s: usize, i: usize) -> &AtomicU64 {
+        &self.0[s].0[i]
+    }
+
+    /// Counter `i`, summed over the shards (wrapping), each shard's read with `Acquire`.
+    pub(crate) fn sum(&self, i: usize) -> u64 {
+        self.0.iter().fold(0u64, |sum, shard| {
+            sum.wrapping_add(shard.0[i].load(Acquire))
+        })
     }
 
     /// Every counter, summed over the shards (wrapping).
@@ -153,6 +205,21 @@ impl<const N: usize> Sharded<N> {
             }
         }
         out
+    }
+}
+
+/// Adds `n` with `Release` to `c`, a counter of shard `s` (from [`Sharded::at`]), as
+/// [`Sharded::add_all_at`] would: a reader that acquires the sum sees everything this thread did
+/// before. It takes the counter, not the `Sharded`, so that when this store is the thread's last
+/// touch of the memory (`retire.rs`), no reference to the rest of it is still held by a call in
+/// progress while another thread frees it: `c` is then in the same place as `Arc`'s count in
+/// `Arc::drop`'s `fetch_sub`.
+#[inline]
+pub(crate) fn add_release(c: &AtomicU64, s: usize, n: u64) {
+    if s < SHARED {
+        c.store(c.load(Relaxed).wrapping_add(n), Release);
+    } else {
+        c.fetch_add(n, Release);
     }
 }
 
