@@ -11,9 +11,9 @@
 //! Each shard keeps two plain 64-bit counts: `arrived`, +1 at each arrival, and `released`, +1
 //! as the very last touch of the state by a departure (after it has counted, rotated and
 //! published; the store is made through a reference to that one counter, with `Release`). The
-//! state is freed only from this list, under its lock, and only once `Σ released == Σ arrived`,
-//! each shard read with `Acquire`. That equality proves that every guard has made its last
-//! touch:
+//! state is freed only by this list, which takes it out under its lock once
+//! `Σ released == Σ arrived`, each shard read with `Acquire`, and frees it after. That equality
+//! proves that every guard has made its last touch:
 //!
 //! 1. *The arrivals are final and all seen.* An arrival needs a handle; the list gets the state
 //!    only when the last handle is dropped, and every arrival happens before that drop (through
@@ -88,30 +88,46 @@ fn list() -> MutexGuard<'static, Vec<Retired>> {
 pub(super) unsafe fn retire(inner: NonNull<Inner>) {
     let mut list = list();
     list.push(Retired(inner));
-    free_settled(&mut list);
+    let settled = take_settled(&mut list);
+    drop(list);
+    free(settled);
 }
 
 /// Frees every retired meter with nothing in flight; cheap when none waits.
 #[inline]
 pub(super) fn sweep() {
     if WAITING.load(Relaxed) != 0 {
-        free_settled(&mut list());
+        let settled = take_settled(&mut list());
+        free(settled);
     }
 }
 
+/// Takes every retired meter with nothing in flight out of the list. They leave it before they
+/// are freed: a drop that panics (a recorder's series handle) cannot leave a freed state in the
+/// list for the next sweep to read; it leaks the rest of the batch instead.
 #[cold]
-fn free_settled(list: &mut Vec<Retired>) {
-    list.retain(|retired| {
-        // SAFETY: the list owns every entry until it frees it here, once.
-        let settled = unsafe { retired.0.as_ref() }.settled();
-        if settled {
-            // SAFETY: from `Box::into_raw` (see `retire`); no handle is left, and every guard
-            // has made its last touch, which happens before this (see the module docs).
-            drop(unsafe { Box::from_raw(retired.0.as_ptr()) });
+fn take_settled(list: &mut Vec<Retired>) -> Vec<Retired> {
+    let mut settled = Vec::new();
+    let mut i = 0;
+    while i < list.len() {
+        // SAFETY: the list owns every entry until it hands it to `free`, once.
+        if unsafe { list[i].0.as_ref() }.settled() {
+            settled.push(list.swap_remove(i));
+        } else {
+            i += 1;
         }
-        !settled
-    });
+    }
     WAITING.store(list.len(), Relaxed);
+    settled
+}
+
+fn free(settled: Vec<Retired>) {
+    for retired in settled {
+        // SAFETY: from `Box::into_raw` (see `retire`), taken out of the list once; no handle is
+        // left, and every guard has made its last touch, which happens before this (see the
+        // module docs).
+        drop(unsafe { Box::from_raw(retired.0.as_ptr()) });
+    }
 }
 
 /// True while `inner` waits in the list (not yet freed).
