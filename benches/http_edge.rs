@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use backstop::http::ErrorToResponseLayer;
-use backstop::throttle::overload_to_response;
+use backstop::http::overload_to_response;
 use backstop::{BoxError, OverloadReason, Overloaded};
 use criterion::{Criterion, criterion_group};
 use http::{Request, Response};

@@ -1,8 +1,8 @@
 //! Uncontended per-request overhead of the queueing layers: BackpressureLayer and
 //! LifoQueueLayer against tower's ConcurrencyLimit and a pass-through, over a ready
 //! `service_fn` on a current-thread runtime. Each iteration is `ready().await` + `call().await`
-//! with the limit never reached, so this is the fast path: one short lock to admit, one to
-//! release.
+//! with the limit never reached, so this is the fast path: one compare-and-swap to admit, one
+//! `fetch_sub` to release, no lock.
 //!
 //! Run: `cargo bench --bench queue`. After criterion's figures, the bench prints ratios against
 //! tower's ConcurrencyLimit measured in the same run (interleaved rounds, median of each).

@@ -222,33 +222,39 @@ where
     }
 }
 
-/// Runs `op` `iters` times on each of `threads` threads at once; ns per op per thread (the
-/// slowest thread's wall time ÷ `iters`).
-fn hammer<F: Fn() -> bool + Sync>(threads: usize, iters: u64, op: F) -> f64 {
-    let op = &op;
-    // Every thread starts timing at once: without the barrier a short run on one thread can
-    // finish before the next is spawned, and "2 threads" would measure one at a time.
-    let barrier = &std::sync::Barrier::new(threads);
-    let slowest = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    let mut n = 0u64;
-                    for _ in 0..iters {
-                        n += u64::from(black_box(op()));
-                    }
-                    black_box(n);
-                    start.elapsed()
-                })
-            })
+/// Runs `run` on one thread per input, all released at once by the barrier `run` waits on;
+/// the slowest thread's time. Without the barrier a short run on one thread can finish before
+/// the next is spawned, and "2 threads" would measure one at a time.
+fn on_threads<T: Send>(
+    inputs: Vec<T>,
+    run: impl Fn(T, &std::sync::Barrier) -> Duration + Sync,
+) -> Duration {
+    let (run, barrier) = (&run, &std::sync::Barrier::new(inputs.len()));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .into_iter()
+            .map(|input| s.spawn(move || run(input, barrier)))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap())
             .max()
             .unwrap()
+    })
+}
+
+/// Runs `op` `iters` times on each of `threads` threads at once; ns per op per thread (the
+/// slowest thread's wall time ÷ `iters`).
+fn hammer<F: Fn() -> bool + Sync>(threads: usize, iters: u64, op: F) -> f64 {
+    let slowest = on_threads(vec![(); threads], |(), barrier| {
+        barrier.wait();
+        let start = Instant::now();
+        let mut n = 0u64;
+        for _ in 0..iters {
+            n += u64::from(black_box(op()));
+        }
+        black_box(n);
+        start.elapsed()
     });
     slowest.as_nanos() as f64 / iters as f64
 }
@@ -497,31 +503,19 @@ where
     S::Error: std::fmt::Debug,
     R: Send,
 {
-    let barrier = &std::sync::Barrier::new(threads);
-    let slowest = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let mut svc = svc.clone();
-                s.spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
-                        .build()
-                        .unwrap();
-                    let mut reqs: Vec<R> = (0..n).map(make).collect();
-                    barrier.wait();
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        Driven::<S, R>::drain(&mut svc, &mut reqs).await;
-                        start.elapsed()
-                    })
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .max()
-            .unwrap()
+    let clones = (0..threads).map(|_| svc.clone()).collect();
+    let slowest = on_threads(clones, |mut svc, barrier| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut reqs: Vec<R> = (0..n).map(make).collect();
+        barrier.wait();
+        rt.block_on(async {
+            let start = Instant::now();
+            Driven::<S, R>::drain(&mut svc, &mut reqs).await;
+            start.elapsed()
+        })
     });
     slowest.as_nanos() as f64 / n as f64
 }
@@ -573,9 +567,11 @@ fn two_thread_rows(rt: &Runtime) {
                         true
                     })
                 }),
+                // The hedge's path: the instant its future read to time the copy.
                 Box::new(move |t| {
+                    let now = tokio::time::Instant::now();
                     hammer(t, N, || {
-                        ours.record(Duration::from_micros(black_box(12_345)));
+                        ours.record_at(Duration::from_micros(black_box(12_345)), black_box(now));
                         true
                     })
                 }),
@@ -830,9 +826,16 @@ fn main() {
         hdrhistogram::Histogram::<u32>::new_with_bounds(1, 100_000_000, 2).unwrap(),
     );
     let (mut rec_ours, mut rec_mutex, mut rec_mutex_clock) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rec_at = Vec::new();
     for _ in 0..ROUNDS {
         rec_ours.push(hammer(1, BUCKET_ITERS / 5, || {
             tracker.record(Duration::from_micros(black_box(12_345)));
+            true
+        }));
+        // What the hedge's future calls: it passes the instant it read to time the copy.
+        let now = tokio::time::Instant::now();
+        rec_at.push(hammer(1, BUCKET_ITERS / 5, || {
+            tracker.record_at(Duration::from_micros(black_box(12_345)), black_box(now));
             true
         }));
         rec_mutex.push(hammer(1, BUCKET_ITERS / 5, || {
@@ -846,7 +849,8 @@ fn main() {
         }));
     }
     println!(
-        "\nLatencyTracker::record {:.1} ns; a mutex-guarded histogram's record {:.1} ns, {:.1} ns with a clock read (tower's rotating histogram reads one)",
+        "\nLatencyTracker::record_at (the hedge's path: the caller's instant) {:.1} ns, record (reads the clock) {:.1} ns; a mutex-guarded histogram's record {:.1} ns, {:.1} ns with a clock read (tower's rotating histogram reads one)",
+        median(rec_at),
         median(rec_ours),
         median(rec_mutex),
         median(rec_mutex_clock)

@@ -585,3 +585,159 @@ proptest! {
         prop_assert_eq!(counted, offered);
     }
 }
+
+/// OS threads driving one limiter at once, so the lock-free path (admit with a compare-and-swap,
+/// release with a decrement) races the locked one (a request starting to wait, a release
+/// handing its slot to a waiter): every request gets exactly one outcome, the limit holds, no
+/// waiter is forgotten (a lost hand-over would hang the run) and every permit comes back.
+fn race_fast_and_slow_paths(threads: usize, limit: usize, queue: usize, calls: usize) {
+    let layer = BackpressureLayer::new("backpressure_race", limit, queue).unwrap();
+    let limiter = layer.limiter().clone();
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let handler = {
+        let (now, peak) = (now.clone(), peak.clone());
+        service_fn(move |x: u64| {
+            let n = now.fetch_add(1, SeqCst) + 1;
+            peak.fetch_max(n, SeqCst);
+            // Hold the slot a little, sometimes across a reschedule, to widen the races.
+            if x.is_multiple_of(4) {
+                std::thread::yield_now();
+            }
+            now.fetch_sub(1, SeqCst);
+            std::future::ready(Ok::<_, BoxError>(x))
+        })
+    };
+    let svc = layer.layer(handler);
+    let start = std::sync::Barrier::new(threads);
+    let (served, rejected) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let mut svc = svc.clone();
+                let start = &start;
+                s.spawn(move || {
+                    let (mut served, mut rejected) = (0, 0);
+                    start.wait();
+                    for i in 0..calls {
+                        let call = svc.call((t * calls + i) as u64);
+                        match futures::executor::block_on(call) {
+                            Ok(_) => served += 1,
+                            Err(e) => {
+                                assert_eq!(reason(&e), Some(OverloadReason::QueueFull));
+                                rejected += 1;
+                            }
+                        }
+                    }
+                    (served, rejected)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    });
+    assert_eq!(served + rejected, threads * calls, "one outcome each");
+    assert!(peak.load(SeqCst) <= limit, "the limit held");
+    let stats = limiter.stats();
+    assert_eq!((stats.in_flight, stats.waiting), (0, 0), "nothing left");
+    assert_eq!(stats.admitted as usize, served);
+    assert_eq!(stats.rejected as usize, rejected);
+    if queue >= threads {
+        assert_eq!(rejected, 0, "room for every thread to wait");
+    }
+    // The "someone waits" state did not outlive the waiters: a request is admitted at once,
+    // without queueing.
+    let queued = stats.queued;
+    let answer = svc.clone().call(7).now_or_never();
+    assert!(matches!(answer, Some(Ok(7))));
+    let stats = limiter.stats();
+    assert_eq!((stats.queued, stats.in_flight), (queued, 0));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_lock_free_path_racing_the_locked_one_keeps_every_rule(
+        threads in 2usize..5,
+        limit in 1usize..4,
+        queue in 0usize..6,
+        calls in 500usize..2000,
+    ) {
+        race_fast_and_slow_paths(threads, limit, queue, calls);
+    }
+}
+
+/// By criticality, a full line sheds its oldest lower-level waiter to admit a higher one (that
+/// waiter gets `Shed`), serves the rest in arrival order, and refuses as before when nobody
+/// lower waits. Without `by_criticality` tags are ignored.
+#[tokio::test(start_paused = true)]
+async fn a_full_line_by_criticality_evicts_a_lower_level_for_a_higher_one() {
+    use backstop::context::{Criticality, HasCriticality};
+    type Req = http::Request<u64>;
+    fn tagged(c: Criticality, id: u64) -> Req {
+        let mut req = Req::new(id);
+        req.set_criticality(c);
+        req
+    }
+    let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = {
+        let served = served.clone();
+        service_fn(move |req: Req| {
+            served.lock().unwrap().push(*req.body());
+            async { Ok::<_, BoxError>(()) }
+        })
+    };
+    let layer = BackpressureLayer::builder("backpressure_by_level")
+        .max_in_flight(1)
+        .max_waiting(2)
+        .by_criticality(Criticality::Sheddable)
+        .build()
+        .unwrap();
+    let limiter = layer.limiter().clone();
+    let mut svc = layer.layer(handler);
+    let running = svc.call(tagged(Criticality::Critical, 0));
+    let sheddable_a = svc.call(Req::new(1)); // untagged: the layer's default, sheddable
+    let sheddable_b = svc.call(tagged(Criticality::Sheddable, 2));
+    assert_eq!(limiter.waiting(), 2);
+    let critical_c = svc.call(tagged(Criticality::Critical, 3));
+    assert_eq!(limiter.waiting(), 2, "C took A's place");
+    assert_eq!(
+        reason(&sheddable_a.await.unwrap_err()),
+        Some(OverloadReason::Shed)
+    );
+    // Full, and nobody waits below a sheddable newcomer: refused at once.
+    assert_eq!(
+        reason(
+            &svc.call(tagged(Criticality::Sheddable, 4))
+                .await
+                .unwrap_err()
+        ),
+        Some(OverloadReason::QueueFull)
+    );
+    running.await.unwrap();
+    let (b, c) = tokio::join!(sheddable_b, critical_c);
+    b.unwrap();
+    c.unwrap();
+    assert_eq!(
+        *served.lock().unwrap(),
+        vec![0, 2, 3],
+        "arrival order within the line"
+    );
+    let stats = limiter.stats();
+    assert_eq!((stats.shed, stats.rejected, stats.admitted), (1, 1, 3));
+    assert_eq!(stats.offered(), 5, "one outcome each");
+
+    // The same line without `by_criticality`: a critical newcomer is refused like any other.
+    let layer = BackpressureLayer::new("backpressure_same_level", 1, 1).unwrap();
+    let mut svc = layer.layer(service_fn(|_: Req| async { Ok::<_, BoxError>(()) }));
+    let running = svc.call(tagged(Criticality::Sheddable, 0));
+    let waiting = svc.call(tagged(Criticality::Sheddable, 1));
+    let refused = svc.call(tagged(Criticality::CriticalPlus, 2)).await;
+    assert_eq!(
+        reason(&refused.unwrap_err()),
+        Some(OverloadReason::QueueFull)
+    );
+    running.await.unwrap();
+    waiting.await.unwrap();
+}

@@ -293,14 +293,18 @@ async fn a_full_queue_evicts_a_lower_level_for_a_higher_one() {
     use std::time::Duration;
     use tower::Service;
 
-    let layer = LifoQueueLayer::builder("q")
-        .max_in_flight(1)
-        .max_waiting(2)
-        .interval(Duration::from_secs(10))
-        .target(Duration::from_secs(5))
-        .by_criticality(Criticality::Sheddable)
-        .build()
-        .unwrap();
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        LifoQueueLayer::builder("q")
+            .max_in_flight(1)
+            .max_waiting(2)
+            .interval(Duration::from_secs(10))
+            .target(Duration::from_secs(5))
+            .by_criticality(Criticality::Sheddable)
+            .build()
+            .unwrap()
+    });
     let queue = layer.queue().clone();
     let mut svc = ServiceBuilder::new()
         .layer(layer)
@@ -331,6 +335,37 @@ async fn a_full_queue_evicts_a_lower_level_for_a_higher_one() {
     let stats = queue.stats();
     assert_eq!((stats.shed, stats.rejected, stats.admitted), (2, 2, 3));
     assert_eq!(stats.offered(), 7, "one outcome each");
+
+    // The refusals by level: the two sheddable waiters evicted, one critical and one
+    // sheddable-plus newcomer refused; the other six series registered at zero.
+    let mut by_level = std::collections::BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if key.key().name() != "backstop_queue_refused_by_criticality_total" {
+            continue;
+        }
+        let label = |name: &str| {
+            let found = key.key().labels().find(|l| l.key() == name);
+            found.unwrap().value().to_owned()
+        };
+        let metrics_util::debugging::DebugValue::Counter(n) = value else {
+            panic!("a counter")
+        };
+        by_level.insert((label("reason"), label("criticality")), n);
+    }
+    assert_eq!(
+        by_level.len(),
+        8,
+        "every reason and level registered: {by_level:?}"
+    );
+    let count = |reason: &str, level: &str| by_level[&(reason.to_owned(), level.to_owned())];
+    assert_eq!(count("shed", "sheddable"), 2);
+    assert_eq!(count("queue_full", "critical"), 1);
+    assert_eq!(count("queue_full", "sheddable_plus"), 1);
+    assert_eq!(
+        by_level.values().sum::<u64>(),
+        4,
+        "nothing else: {by_level:?}"
+    );
 }
 
 /// Without `by_criticality` the queue ignores tags: the old behaviour.

@@ -296,6 +296,20 @@ async fn non_idempotent_requests_are_never_hedged() {
     let (call, calls, _) = hedge_once(get).await;
     assert_eq!((call, calls), (1, 2), "a GET is safe: hedged");
 
+    // The first copy goes out unmarked (no `HedgeCopy` means copy 0): marking it would cost an
+    // allocation on every hedgeable request.
+    let backend = Scripted::new(vec![Step::Ok(1)]);
+    let mut svc = HedgeLayer::builder("hedge")
+        .fixed_delay(Duration::from_millis(10))
+        .budget(Unlimited)
+        .build_with()
+        .unwrap()
+        .layer(backend.clone());
+    let get = http::Request::get("/orders/8").body(()).unwrap();
+    let (call, req) = send(&mut svc, get).await.unwrap();
+    assert_eq!((call, backend.calls()), (0, 1), "answered before its delay");
+    assert_eq!(req.extensions().get::<HedgeCopy>(), None);
+
     // A PUT is retried by its method, but not hedged: both copies would run at once.
     let put = http::Request::put("/orders/7").body(()).unwrap();
     let (call, calls, _) = hedge_once(put).await;
@@ -504,6 +518,61 @@ async fn the_tracker_forgets_old_windows_and_treats_cancelled_copies_as_censored
     let fine = LatencyTracker::builder().min_samples(1).build().unwrap();
     fine.record(Duration::from_micros(1_234));
     assert_eq!(fine.percentile(0.5), Some(Duration::from_micros(1_232)));
+}
+
+/// Records take no lock: threads recording at once lose none, and the answer counts them all.
+#[test]
+fn records_from_many_threads_are_all_counted() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _clock = rt.enter();
+    let tracker = LatencyTracker::builder().min_samples(1).build().unwrap();
+    let now = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let tracker = tracker.clone();
+            s.spawn(move || {
+                for i in 0..5_000u64 {
+                    // Thread 3 records a quarter of its latencies at 400 ms: 6.25% of all.
+                    let ms = if t == 3 && i % 4 == 0 {
+                        400
+                    } else {
+                        10 + i % 5
+                    };
+                    tracker.record_at(Duration::from_millis(ms), now);
+                }
+            });
+        }
+    });
+    assert_eq!(tracker.samples(), 20_000);
+    // 1,250 of 20,000 at 400 ms: the p93 is still among the fast ones, the p99 is not.
+    assert!(tracker.percentile(0.93).unwrap() < Duration::from_millis(15));
+    assert_close(tracker.percentile(0.99), Duration::from_millis(400));
+}
+
+#[tokio::test(start_paused = true)]
+async fn record_at_places_a_latency_by_the_instant_given_not_by_the_clock() {
+    let tracker = LatencyTracker::builder()
+        .window(Duration::from_secs(1))
+        .min_samples(1)
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    for _ in 0..100 {
+        tracker.record_at(Duration::from_millis(500), t0);
+    }
+    assert_close(tracker.watched(), Duration::from_millis(500));
+    // The clock stands still; the instant given moves the windows: two windows on, the 500 ms
+    // are forgotten and the cached answer is refreshed at the rotation.
+    tracker.record_at(Duration::from_millis(10), t0 + Duration::from_millis(2_500));
+    assert_eq!(Instant::now(), t0);
+    assert_eq!(tracker.samples(), 1);
+    assert_close(tracker.watched(), Duration::from_millis(10));
+    // An instant before one already seen counts in the current window.
+    tracker.record_at(Duration::from_millis(10), t0);
+    assert_eq!(tracker.samples(), 2);
 }
 
 proptest! {

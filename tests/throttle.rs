@@ -6,10 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use backstop::context::{Criticality, HasCriticality};
 use backstop::throttle::{
     ClientId, ClientQuotas, HeaderKey, MissingClientKey, MissingKey, Principal, PrincipalKey,
     Quota, RemoteAddrKey, ShedFraction, ThrottleLayer, overload_to_response, stable_hash,
 };
+use backstop::token_bucket::Clock;
 use backstop::{BoxError, OverloadReason, find_overload};
 use proptest::prelude::*;
 use tokio::time::Instant;
@@ -538,12 +540,12 @@ fn a_tracked_key_costs_the_same_fixed_bytes_whatever_its_length() {
     };
     let short = bytes_per_key(8);
     let long = bytes_per_key(1024);
-    // 24 bytes a slot, plus the handle's few hundred bytes spread over 20,000 keys.
+    // 16 bytes a slot, plus the handle's few hundred bytes spread over 20,000 keys.
     assert!(
-        (24.0..26.0).contains(&short),
+        (16.0..18.0).contains(&short),
         "{short} bytes per 8-byte key"
     );
-    assert!((24.0..26.0).contains(&long), "{long} bytes per 1 KiB key");
+    assert!((16.0..18.0).contains(&long), "{long} bytes per 1 KiB key");
 }
 
 #[tokio::test(start_paused = true)]
@@ -608,6 +610,8 @@ async fn requests_without_a_key_are_shared_refused_or_exempt_and_counted() {
         })
     };
     let keyless = |name: &str| {
+        // The layer counts in its own atomics; publish them as a scrape handler would.
+        backstop::metrics::publish();
         snapshotter
             .snapshot()
             .into_vec()
@@ -1059,6 +1063,21 @@ async fn the_tracked_keys_gauge_is_live() {
     assert_eq!(gauge(), 3.0);
 }
 
+/// A request that may carry a criticality tag.
+struct Job {
+    client: u32,
+    level: Option<Criticality>,
+}
+
+impl HasCriticality for Job {
+    fn criticality(&self) -> Option<Criticality> {
+        self.level
+    }
+    fn set_criticality(&mut self, level: Criticality) {
+        self.level = Some(level);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn decisions_are_counted_from_zero() {
     use backstop::metrics::names;
@@ -1068,11 +1087,12 @@ async fn decisions_are_counted_from_zero() {
     let (layer, shed) = metrics::with_local_recorder(&recorder, || {
         let shed = ShedFraction::builder("m").build().unwrap();
         let quotas = ClientQuotas::builder("m", per_second(1)).build().unwrap();
-        let layer = ThrottleLayer::builder("metrics_test", by_id)
-            .shed(shed.clone())
-            .quotas(quotas)
-            .build()
-            .unwrap();
+        let layer =
+            ThrottleLayer::builder("metrics_test", |job: &Job| Some(ClientId::from(job.client)))
+                .shed(shed.clone())
+                .quotas(quotas)
+                .build()
+                .unwrap();
         (layer, shed)
     });
     let counter = |snap: &[(
@@ -1094,19 +1114,259 @@ async fn decisions_are_counted_from_zero() {
             })
             .unwrap_or_else(|| panic!("{decision} not registered"))
     };
+    let by_level = |snap: &[(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        DebugValue,
+    )],
+                    decision: &str,
+                    level: Criticality| {
+        snap.iter()
+            .find(|(k, ..)| {
+                let has = |name: &str, value: &str| {
+                    k.key()
+                        .labels()
+                        .any(|l| l.key() == name && l.value() == value)
+                };
+                k.key().name() == names::THROTTLE_REFUSED_BY_CRITICALITY
+                    && has(names::NAME_LABEL, "metrics_test")
+                    && has(names::DECISION_LABEL, decision)
+                    && has(names::CRITICALITY_LABEL, level.as_str())
+            })
+            .map(|(.., v)| match v {
+                DebugValue::Counter(c) => *c,
+                _ => u64::MAX,
+            })
+            .unwrap_or_else(|| panic!("{decision} {level:?} not registered"))
+    };
     let snap = snapshotter.snapshot().into_vec();
     for d in names::THROTTLE_DECISIONS {
         assert_eq!(counter(&snap, d), 0, "{d}");
     }
-    let mut svc = layer.layer(echo_service());
-    svc.ready().await.unwrap().call(1).await.unwrap();
-    let _ = svc.ready().await.unwrap().call(1).await; // over quota
-    shed.set(1.0);
-    let _ = svc.ready().await.unwrap().call(2).await; // shed
+    for level in Criticality::ALL {
+        assert_eq!(by_level(&snap, "shed", level), 0);
+        assert_eq!(by_level(&snap, "quota", level), 0);
+    }
+    let mut svc = layer
+        .clone()
+        .by_criticality(Criticality::Critical)
+        .layer(tower::service_fn(|job: Job| async move {
+            Ok::<_, BoxError>(job.client)
+        }));
+    let job = |client: u32, level: Option<Criticality>| Job { client, level };
+    svc.ready().await.unwrap().call(job(1, None)).await.unwrap();
+    let _ = svc.ready().await.unwrap().call(job(1, None)).await; // over quota
+    // Counted in the layer's own atomics, not yet in the series: no `metrics` call per request.
+    let snap = snapshotter.snapshot().into_vec();
+    assert_eq!(counter(&snap, "admitted"), 0);
+    assert_eq!(counter(&snap, "quota"), 0);
+    layer.publish();
     let snap = snapshotter.snapshot().into_vec();
     assert_eq!(counter(&snap, "admitted"), 1);
     assert_eq!(counter(&snap, "quota"), 1);
+    assert_eq!(by_level(&snap, "quota", Criticality::Critical), 1);
+    // A sheddable request of client 2, shed (shedding everyone reads no clock, so it does not
+    // publish), then client 3 admitted 100 ms after the last publication: the layer publishes
+    // by itself at that request.
+    shed.set(1.0);
+    let sheddable = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(job(2, Some(Criticality::Sheddable)))
+        .await;
+    assert!(sheddable.is_err());
+    shed.set(0.0);
+    tokio::time::advance(Duration::from_millis(100)).await;
+    svc.ready().await.unwrap().call(job(3, None)).await.unwrap();
+    // (The debugging recorder's snapshot takes what it reads: each shows what is new.)
+    let snap = snapshotter.snapshot().into_vec();
+    assert_eq!(counter(&snap, "admitted"), 1);
+    assert_eq!(counter(&snap, "quota"), 0);
     assert_eq!(counter(&snap, "shed"), 1);
+    assert_eq!(by_level(&snap, "shed", Criticality::Sheddable), 1);
+    for level in [
+        Criticality::SheddablePlus,
+        Criticality::Critical,
+        Criticality::CriticalPlus,
+    ] {
+        assert_eq!(by_level(&snap, "shed", level), 0, "{level:?}");
+    }
+    // Publishing again adds nothing twice.
+    layer.publish();
+    let snap = snapshotter.snapshot().into_vec();
+    for d in names::THROTTLE_DECISIONS {
+        assert_eq!(counter(&snap, d), 0, "{d}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_that_reads_no_clock_still_publishes_in_batches() {
+    use backstop::metrics::names;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // Shedding nobody and no quotas: a request reads no clock at all. Two such layers on one
+    // thread, served in turn: each counts its own requests towards its batch.
+    let build = |name: &'static str| {
+        metrics::with_local_recorder(&recorder, || {
+            ThrottleLayer::builder(name, by_id)
+                .shed(ShedFraction::builder(name).build().unwrap())
+                .build()
+                .unwrap()
+        })
+    };
+    let (a, b) = (build("untimed_a"), build("untimed_b"));
+    // A snapshot reads and resets; keep the running totals per layer.
+    let mut totals = std::collections::HashMap::<String, u64>::new();
+    let mut admitted = |name: &str| {
+        for (k, _, _, v) in snapshotter.snapshot().into_vec() {
+            if k.key().name() == names::THROTTLE_REQUESTS
+                && k.key().labels().any(|l| l.value() == "admitted")
+            {
+                let layer = k.key().labels().find(|l| l.key() == "name").unwrap();
+                let DebugValue::Counter(c) = v else {
+                    panic!("a counter")
+                };
+                *totals.entry(layer.value().to_owned()).or_default() += c;
+            }
+        }
+        totals.get(name).copied().unwrap_or(0)
+    };
+    let (mut svc_a, mut svc_b) = (a.layer(echo_service()), b.layer(echo_service()));
+    for c in 0..1023 {
+        svc_a.ready().await.unwrap().call(c).await.unwrap();
+        svc_b.ready().await.unwrap().call(c).await.unwrap();
+    }
+    assert_eq!(
+        admitted("untimed_a"),
+        0,
+        "1,023 requests are not published yet"
+    );
+    assert_eq!(admitted("untimed_b"), 0);
+    svc_a.ready().await.unwrap().call(0).await.unwrap();
+    assert_eq!(
+        admitted("untimed_a"),
+        1024,
+        "the layer's 1,024th request publishes them"
+    );
+    assert_eq!(
+        admitted("untimed_b"),
+        0,
+        "the other layer's count is its own"
+    );
+    svc_b.ready().await.unwrap().call(0).await.unwrap();
+    assert_eq!(admitted("untimed_b"), 1024);
+    svc_a.ready().await.unwrap().call(0).await.unwrap();
+    a.publish();
+    assert_eq!(admitted("untimed_a"), 1025, "every request counted once");
+}
+
+// ---------------------------------------------------------------- clocks
+
+#[test]
+fn quotas_run_on_the_clock_they_are_given() {
+    // No runtime at all: a manual clock moves only when told to.
+    let (clock, time) = Clock::manual();
+    let quotas = ClientQuotas::builder("manual", per_second(2))
+        .clock(clock)
+        .build()
+        .unwrap();
+    let alice = ClientId::from("alice");
+    assert!(quotas.check(&alice).is_ok());
+    assert!(quotas.check(&alice).is_ok());
+    assert_eq!(quotas.check(&alice), Err(Duration::from_millis(500)));
+    time.advance(Duration::from_millis(499));
+    assert_eq!(quotas.check(&alice), Err(Duration::from_millis(1)));
+    time.advance(Duration::from_millis(1));
+    assert!(quotas.check(&alice).is_ok());
+}
+
+#[test]
+fn shedding_epochs_follow_the_clock_they_are_given() {
+    let (clock, time) = Clock::manual();
+    let shed = ShedFraction::builder("manual")
+        .seed(3)
+        .rotate_every(Duration::from_secs(1))
+        .epoch_origin(Instant::now())
+        .clock(clock)
+        .initial(0.5)
+        .build()
+        .unwrap();
+    let in_epoch =
+        |e: u64| -> Vec<bool> { (0..64u32).map(|c| shed.is_shed_in(&c.into(), e)).collect() };
+    let now = || -> Vec<bool> { (0..64u32).map(|c| shed.is_shed(&c.into())).collect() };
+    assert_eq!(now(), in_epoch(0));
+    time.advance(Duration::from_millis(999));
+    assert_eq!(now(), in_epoch(0));
+    time.advance(Duration::from_millis(1));
+    assert_eq!(now(), in_epoch(1));
+    assert_ne!(
+        in_epoch(0),
+        in_epoch(1),
+        "the epochs choose different clients"
+    );
+}
+
+/// The layer reads one clock per request, the quotas': the shedding epoch comes from that
+/// reading, and the shed's own clock is read only when the cached epoch ends there. Two manual
+/// clocks moved apart show which one the layer follows.
+#[tokio::test]
+async fn a_layer_takes_the_shedding_epoch_from_the_quotas_reading() {
+    let (shed_clock, shed_time) = Clock::manual();
+    let (quota_clock, quota_time) = Clock::manual();
+    let shed = ShedFraction::builder("one_reading")
+        .seed(11)
+        .rotate_every(Duration::from_secs(1))
+        .epoch_origin(Instant::now())
+        .clock(shed_clock)
+        .initial(0.5)
+        .build()
+        .unwrap();
+    let quotas = ClientQuotas::builder("one_reading", Quota::per_second(NonZeroU32::MAX))
+        .clock(quota_clock)
+        .build()
+        .unwrap();
+    let mut svc = ThrottleLayer::builder("one_reading", by_id)
+        .shed(shed.clone())
+        .quotas(quotas)
+        .build()
+        .unwrap()
+        .layer(echo_service());
+    let clients = 0..64u32;
+    let in_epoch = |e: u64| -> Vec<bool> {
+        clients
+            .clone()
+            .map(|c| shed.is_shed_in(&c.into(), e))
+            .collect()
+    };
+    assert_ne!(
+        in_epoch(0),
+        in_epoch(1),
+        "the epochs choose different clients"
+    );
+    let mut refused_now = async || -> Vec<bool> {
+        let mut out = Vec::new();
+        for c in clients.clone() {
+            out.push(svc.ready().await.unwrap().call(c).await.is_err());
+        }
+        out
+    };
+    assert_eq!(refused_now().await, in_epoch(0));
+    // The shed's clock enters epoch 1, the quotas' does not: the layer stays in epoch 0.
+    shed_time.advance(Duration::from_secs(1));
+    let shed_alone: Vec<bool> = clients.clone().map(|c| shed.is_shed(&c.into())).collect();
+    assert_eq!(
+        shed_alone,
+        in_epoch(1),
+        "the handle alone follows its own clock"
+    );
+    assert_eq!(refused_now().await, in_epoch(0));
+    // The quotas' clock reaches the end of the cached epoch: the layer reads the shed's clock
+    // once and moves to epoch 1.
+    quota_time.advance(Duration::from_secs(1));
+    assert_eq!(refused_now().await, in_epoch(1));
 }
 
 // ---------------------------------------------------------------- properties

@@ -1,24 +1,44 @@
 //! The machinery both [`Backpressure`](super::Backpressure) and
 //! [`LifoQueue`](crate::lifo_queue::LifoQueue) stand on: a concurrency limit with a bounded wait
-//! list in front of it, behind one short `std::sync::Mutex`.
+//! list in front of it.
 //!
-//! Why a plain mutex and not a semaphore: admission is decided synchronously in `call`, under
-//! the lock, from the true counts (`in_flight`, waiters). Nothing here asks tokio whether it may
-//! proceed, so tokio's cooperative budget can never turn free capacity into a refusal (the
-//! `Buffer` + `LoadShed` trap). The lock is held for a few field updates, never across `.await`.
+//! Two paths. While nobody waits, a request is admitted by one compare-and-swap on an atomic
+//! word (the count in flight) and released by one `fetch_sub`, with no lock: the cost of tower's
+//! semaphore, which takes its waiters' mutex on every release besides. Once the limit is reached,
+//! the waiters live behind one short `std::sync::Mutex` (held for a few field updates, never
+//! across `.await`), where the policy (FIFO or LIFO, CoDel shedding, deadline drops, eviction by
+//! criticality) is applied from the true counts.
 //!
-//! Permits are handed over directly: a release that finds a waiter gives its slot to that waiter
-//! (marked `Granted`) instead of lowering `in_flight`, so a newcomer can never overtake the queue
-//! and the order served is exactly the order the policy chose. Invariant: while anyone waits,
-//! `in_flight == limit`.
+//! The word's top bit, `WAITING`, says "someone waits": it is set and cleared only under the
+//! lock, and is set exactly while a wait list is non-empty. A fast admission needs it clear (so a
+//! newcomer never overtakes a waiter); a release that finds it set goes to the lock and hands the
+//! slot straight to the waiter the policy picks (marked `Granted`). The bit and the count share
+//! one word, so a release and a request starting to wait cannot miss each other: whichever
+//! read-modify-write comes second sees the other's (a waiter that set the bit after a release's
+//! decrement finds the free slot and grants it itself).
+//!
+//! Why not tokio's semaphore: admission is decided synchronously in `call`. Nothing here asks
+//! tokio whether it may proceed, so tokio's cooperative budget can never turn free capacity into
+//! a refusal (the `Buffer` + `LoadShed` trap).
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+// The word and the lock are loom's in the loom model (loom_model.rs), so loom explores every
+// interleaving of the lock-free path with the locked one.
+#[cfg(all(test, backstop_loom))]
+use loom::sync::{Mutex, MutexGuard, atomic::AtomicUsize};
+use std::sync::atomic::AtomicU64;
+#[cfg(not(all(test, backstop_loom)))]
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::{Arc, PoisonError};
+#[cfg(not(all(test, backstop_loom)))]
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, counter, gauge};
 use tokio::time::Instant;
 
+use crate::context::Criticality;
 use crate::error::{OverloadReason, Overloaded};
 use crate::metrics::names;
 use crate::timeout::Deadline;
@@ -77,9 +97,19 @@ pub(crate) struct Totals {
     pub(crate) cancelled: u64,
 }
 
+/// The "someone waits" bit of the gate's word; the rest of the word is the count in flight.
+const WAITING: usize = 1 << (usize::BITS - 1);
+const COUNT: usize = !WAITING;
+
 #[derive(Debug)]
 pub(crate) struct Gate {
     config: Config,
+    /// `config.limit`, kept below the `WAITING` bit (no process holds 2^63 requests).
+    limit: usize,
+    /// Requests holding a slot (granted but not yet collected ones included), plus `WAITING`.
+    word: AtomicUsize,
+    /// Admissions on the lock-free path (the locked ones count in `Totals::admitted`).
+    fast_admitted: AtomicU64,
     state: Mutex<State>,
     series: Series,
 }
@@ -91,6 +121,8 @@ struct Series {
     behind: Gauge,
     queue_full: Counter,
     shed: Counter,
+    /// The same refusals by the refused request's criticality level: `[full, shed][level]`.
+    by_level: [[Counter; LEVELS]; 2],
 }
 
 impl Series {
@@ -104,6 +136,18 @@ impl Series {
             behind: gauge!(names::QUEUE_BEHIND, label => name.to_owned()),
             queue_full: refused(OverloadReason::QueueFull),
             shed: refused(OverloadReason::Shed),
+            by_level: [OverloadReason::QueueFull, OverloadReason::Shed].map(|reason| {
+                Criticality::ALL.map(|level| {
+                    let counter = counter!(
+                        names::QUEUE_REFUSED_BY_CRITICALITY,
+                        label => name.to_owned(),
+                        names::REASON_LABEL => reason.as_str(),
+                        names::CRITICALITY_LABEL => level.as_str(),
+                    );
+                    counter.increment(0);
+                    counter
+                })
+            }),
         };
         // Touch every series so that it reads 0, not missing, before the first request.
         series.queue_length.set(0.0);
@@ -112,6 +156,18 @@ impl Series {
         series.queue_full.increment(0);
         series.shed.increment(0);
         series
+    }
+
+    /// Counts a request of criticality `level` refused because the queue was full.
+    fn full(&self, level: u8) {
+        self.queue_full.increment(1);
+        self.by_level[0][usize::from(level)].increment(1);
+    }
+
+    /// Counts a request of criticality `level` shed (expired, evicted, or late on arrival).
+    fn shed(&self, level: u8) {
+        self.shed.increment(1);
+        self.by_level[1][usize::from(level)].increment(1);
     }
 }
 
@@ -137,10 +193,7 @@ struct Node {
     level: u8,
 }
 
-/// The level of requests that carry none: `Criticality::Critical`'s index. A queue whose
-/// requests are all at one level never evicts.
-pub(crate) const DEFAULT_LEVEL: u8 = 2;
-const LEVELS: usize = 4;
+const LEVELS: usize = Criticality::ALL.len();
 
 #[derive(Debug)]
 enum Slot {
@@ -167,7 +220,6 @@ impl List {
 
 #[derive(Debug)]
 struct State {
-    in_flight: usize,
     slots: Vec<Slot>,
     free: usize,
     main: List,
@@ -278,6 +330,13 @@ impl State {
     fn waiting(&self) -> usize {
         self.main.len + self.sideline.len
     }
+
+    /// True when a waiter of a level below `level` waits: a full queue can make room for `level`.
+    fn holds_level_below(&self, level: u8) -> bool {
+        self.waiting_by_level[..usize::from(level)]
+            .iter()
+            .any(|&n| n > 0)
+    }
 }
 
 /// When a waiter must leave its place, and whether it then moves to the sideline or is shed.
@@ -290,8 +349,10 @@ impl Gate {
     pub(crate) fn new(config: Config, name: &str) -> Self {
         Gate {
             config,
+            limit: config.limit.min(COUNT),
+            word: AtomicUsize::new(0),
+            fast_admitted: AtomicU64::new(0),
             state: Mutex::new(State {
-                in_flight: 0,
                 slots: Vec::new(),
                 free: NIL,
                 main: List::EMPTY,
@@ -314,42 +375,38 @@ impl Gate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits, queues or refuses one request. `deadline` is read only when the request must
-    /// wait, so the fast path (capacity free, nobody waiting) is one short lock and no clock read.
-    pub(crate) fn acquire(
-        self: &Arc<Self>,
-        deadline: impl FnOnce() -> Option<Deadline>,
-    ) -> Admission {
-        self.acquire_at(deadline, DEFAULT_LEVEL)
-    }
-
-    /// [`acquire`](Self::acquire) for a request of criticality `level` (0 lowest, at most 3):
-    /// when the queue is full and a waiter of a lower level waits, the oldest waiter of the
-    /// lowest such level is shed to make room (sideline first, then the main list), so a full
-    /// queue never turns away a critical request while it holds a sheddable one.
+    /// Admits, queues or refuses one request of criticality `level` (0 lowest, at most 3).
+    /// `deadline` is read only when the request must wait, so the fast path (capacity free,
+    /// nobody waiting) is one compare-and-swap, no lock and no clock read. When the queue is
+    /// full and a waiter of a lower level waits, the oldest waiter of the lowest such level is
+    /// shed to make room (sideline first, then the main list), so a full queue never turns away
+    /// a critical request while it holds a sheddable one; a queue whose requests are all at one
+    /// level never evicts.
     pub(crate) fn acquire_at(
         self: &Arc<Self>,
         deadline: impl FnOnce() -> Option<Deadline>,
         level: u8,
     ) -> Admission {
+        if self.try_admit() {
+            self.fast_admitted.fetch_add(1, Relaxed);
+            return Admission::Run(Permit { gate: self.clone() });
+        }
         let level = level.min(LEVELS as u8 - 1);
         let mut state = self.lock();
-        if state.in_flight < self.config.limit && state.waiting() == 0 {
-            state.in_flight += 1;
+        // Again under the lock: a release may have freed a slot since, and nobody can start
+        // waiting while we hold it.
+        if self.try_admit() {
             state.totals.admitted += 1;
             drop(state);
             return Admission::Run(Permit { gate: self.clone() });
         }
         let now = Instant::now();
-        let mut evicted = None;
-        if state.waiting() >= self.config.max_waiting {
-            evicted = self.evict_below(&mut state, level);
-        }
-        if state.waiting() >= self.config.max_waiting {
+        let full = state.waiting() >= self.config.max_waiting;
+        if full && !state.holds_level_below(level) {
             state.totals.rejected += 1;
             self.publish(&state, now);
             drop(state);
-            self.series.queue_full.increment(1);
+            self.series.full(level);
             return Admission::Refused(Overloaded::new(OverloadReason::QueueFull));
         }
         let deadline = match self.config.shedding {
@@ -359,9 +416,15 @@ impl Gate {
         if deadline.is_some_and(|d| d <= now) {
             state.totals.shed += 1;
             drop(state);
-            self.series.shed.increment(1);
+            self.series.shed(level);
             return Admission::Refused(Overloaded::new(OverloadReason::Shed));
         }
+        // Evicted only now that this request is sure to take the place.
+        let evicted = if full {
+            self.evict_below(&mut state, level)
+        } else {
+            None
+        };
         let key = state.insert(Node {
             prev: NIL,
             next: NIL,
@@ -374,15 +437,51 @@ impl Gate {
         state.push_back(key, Place::Main, now);
         state.waiting_by_level[usize::from(level)] += 1;
         state.totals.queued += 1;
+        let before = self.word.fetch_or(WAITING, AcqRel);
+        let mut wake: Vec<Waker> = evicted.into_iter().collect();
+        if before & COUNT < self.limit {
+            // A release lowered the count after our look and before the bit was up: it did not
+            // see us, so the free slot is granted here (to us, or to whom the policy picks).
+            self.grant_next(&mut state, now, &mut wake);
+            self.settle(&state);
+        }
         self.publish(&state, now);
         drop(state);
-        if let Some(waker) = evicted {
+        for waker in wake {
             waker.wake();
         }
         Admission::Wait(Ticket {
             gate: self.clone(),
             key,
         })
+    }
+
+    /// Takes a slot if one is free and nobody waits.
+    fn try_admit(&self) -> bool {
+        let mut word = self.word.load(Relaxed);
+        // `WAITING` set makes `word` exceed any limit: one comparison checks both.
+        while word < self.limit {
+            match self
+                .word
+                .compare_exchange_weak(word, word + 1, AcqRel, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => word = now,
+            }
+        }
+        false
+    }
+
+    fn in_flight(&self) -> usize {
+        self.word.load(Acquire) & COUNT
+    }
+
+    /// Lowers `WAITING` once the wait lists are empty: the fast path is open again. Called under
+    /// the lock after anything that may empty them.
+    fn settle(&self, state: &State) {
+        if state.waiting() == 0 {
+            self.word.fetch_and(COUNT, AcqRel);
+        }
     }
 
     /// Sheds the oldest waiter of the lowest level below `level`, if any waits; returns its
@@ -410,7 +509,7 @@ impl Gate {
         }
         state.unlink(key, Place::Shed);
         state.totals.shed += 1;
-        self.series.shed.increment(1);
+        self.series.shed(state.node(key).level);
         // A waiter that never polled has no waker yet; it finds `Shed` at its first poll.
         state.node_mut(key).waker.take()
     }
@@ -456,7 +555,7 @@ impl Gate {
                     state.unlink(key, next);
                     if next == Place::Shed {
                         state.totals.shed += 1;
-                        self.series.shed.increment(1);
+                        self.series.shed(state.node(key).level);
                         return true;
                     }
                     state.totals.sidelined += 1;
@@ -482,25 +581,31 @@ impl Gate {
         self.behind(&state, Instant::now())
     }
 
-    /// Returns a permit: hands it straight to the next waiter the policy picks, or lowers the
-    /// count when nobody waits.
+    /// Returns a permit: lowers the count, and when someone waits, hands the slot straight to
+    /// the next waiter the policy picks.
     fn release(&self) {
+        if self.word.fetch_sub(1, AcqRel) & WAITING == 0 {
+            return;
+        }
+        // Nobody can take the freed slot but a waiter: admissions stay off while `WAITING` is up.
         let mut wake = Vec::new();
         let mut state = self.lock();
-        state.in_flight -= 1;
         if state.waiting() > 0 {
             let now = Instant::now();
             self.grant_next(&mut state, now, &mut wake);
             self.publish(&state, now);
         }
+        self.settle(&state);
         drop(state);
         for waker in wake {
             waker.wake();
         }
     }
 
+    /// Grants free slots to waiters, in the policy's order. Under the lock with `WAITING` up, so
+    /// the count can only fall meanwhile (a release on its way here), never rise.
     fn grant_next(&self, state: &mut State, now: Instant, wake: &mut Vec<Waker>) {
-        while state.in_flight < self.config.limit {
+        while self.in_flight() < self.limit {
             let (key, from) = if state.main.len > 0 {
                 if self.behind(state, now) {
                     (state.main.tail, Pick::Lifo)
@@ -528,7 +633,7 @@ impl Gate {
                 Pick::Sideline => state.totals.served_sideline += 1,
             }
             state.unlink(key, Place::Granted);
-            state.in_flight += 1;
+            self.word.fetch_add(1, AcqRel);
             state.totals.admitted += 1;
             wake.extend(state.node_mut(key).waker.take());
         }
@@ -560,14 +665,14 @@ impl Gate {
         let now = Instant::now();
         let t = state.totals;
         QueueStats {
-            in_flight: state.in_flight,
+            in_flight: self.in_flight(),
             waiting: state.waiting(),
             sidelined: state.sideline.len,
             oldest_wait: self
                 .oldest_enqueued(&state)
                 .map(|at| now.saturating_duration_since(at)),
             behind: self.behind(&state, now),
-            admitted: t.admitted,
+            admitted: t.admitted + self.fast_admitted.load(Relaxed),
             queued: t.queued,
             served_fifo: t.served_fifo,
             served_lifo: t.served_lifo,
@@ -580,8 +685,10 @@ impl Gate {
     }
 }
 
-/// A consistent reading of a queue, taken under its lock: the state now, and totals since the
-/// layer was built.
+/// A reading of a queue: the state now, and totals since the layer was built. The wait lists
+/// and their totals are read under the queue's lock; the count in flight and the admissions
+/// made without waiting are atomics read at the same moment, so a request admitted on another
+/// thread meanwhile may or may not be in them (once the queue is quiet, the reading is exact).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueStats {
@@ -677,6 +784,7 @@ impl Ticket {
         if gate.expire_if_due(&mut state, self.key, now) {
             state.remove(self.key);
             self.key = NIL;
+            gate.settle(&state);
             gate.publish(&state, now);
             return Turn::Shed;
         }
@@ -704,6 +812,7 @@ impl Drop for Ticket {
                 state.unlink(self.key, Place::Shed);
                 state.remove(self.key);
                 state.totals.cancelled += 1;
+                gate.settle(&state);
                 gate.publish(&state, Instant::now());
             }
             Place::Shed => state.remove(self.key),

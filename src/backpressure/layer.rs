@@ -3,6 +3,7 @@ use std::marker::PhantomData;
 use tower_layer::Layer;
 
 use super::{Backpressure, Limiter, UntilResponse};
+use crate::context::{ByCriticality, Criticality, SameCriticality};
 use crate::error::{ConfigError, check};
 
 /// Bounds the requests in flight and the requests waiting, and refuses the rest at once with
@@ -31,8 +32,9 @@ use crate::error::{ConfigError, check};
 /// # }
 /// ```
 #[derive(Debug, Clone)]
-pub struct BackpressureLayer<H = UntilResponse> {
+pub struct BackpressureLayer<H = UntilResponse, K = SameCriticality> {
     limiter: Limiter,
+    criticality: K,
     _hold: PhantomData<fn() -> H>,
 }
 
@@ -56,36 +58,58 @@ impl BackpressureLayer {
             name: name.into(),
             max_in_flight: 64,
             max_waiting: 64,
+            criticality: SameCriticality,
             _hold: PhantomData,
         }
     }
 }
 
-impl<H> BackpressureLayer<H> {
+impl<H, K> BackpressureLayer<H, K> {
     /// The shared limiter, to read its figures.
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
     }
 }
 
-impl<S, H> Layer<S> for BackpressureLayer<H> {
-    type Service = Backpressure<S, H>;
+impl<S, H, K: Clone> Layer<S> for BackpressureLayer<H, K> {
+    type Service = Backpressure<S, H, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Backpressure::new(inner, self.limiter.clone())
+        Backpressure::new(inner, self.limiter.clone(), self.criticality.clone())
     }
 }
 
 /// Builds a [`BackpressureLayer`]; [`build`](Self::build) checks every value.
 #[derive(Debug, Clone)]
-pub struct BackpressureLayerBuilder<H = UntilResponse> {
+pub struct BackpressureLayerBuilder<H = UntilResponse, K = SameCriticality> {
     name: String,
     max_in_flight: usize,
     max_waiting: usize,
+    criticality: K,
     _hold: PhantomData<fn() -> H>,
 }
 
-impl<H> BackpressureLayerBuilder<H> {
+impl<H, K> BackpressureLayerBuilder<H, K> {
+    /// Orders a full line by [`Criticality`]: a request that finds it full, while a request of
+    /// a lower level waits, takes that one's place (the oldest waiter of the lowest such level
+    /// is refused with [`Overloaded`](crate::Overloaded)`{ reason: Shed }`), so a full line
+    /// never refuses a critical request while it holds a sheddable one. A request's level is its
+    /// own tag, else its [scope's](crate::context), else `default`. Without it, every request
+    /// is alike and a full line refuses the newcomer. The order within the line stays
+    /// arrival order.
+    pub fn by_criticality(
+        self,
+        default: Criticality,
+    ) -> BackpressureLayerBuilder<H, ByCriticality> {
+        BackpressureLayerBuilder {
+            name: self.name,
+            max_in_flight: self.max_in_flight,
+            max_waiting: self.max_waiting,
+            criticality: ByCriticality::new(default),
+            _hold: PhantomData,
+        }
+    }
+
     /// The most requests that may hold a slot at once. At least 1 (up to `usize::MAX`). Default
     /// 64.
     pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
@@ -103,17 +127,18 @@ impl<H> BackpressureLayerBuilder<H> {
     /// Keeps each slot until the HTTP response body has ended, not only until the response
     /// head is returned. Use it on HTTP servers.
     #[cfg(feature = "http")]
-    pub fn hold_until_body_end(self) -> BackpressureLayerBuilder<super::UntilBodyEnd> {
+    pub fn hold_until_body_end(self) -> BackpressureLayerBuilder<super::UntilBodyEnd, K> {
         BackpressureLayerBuilder {
             name: self.name,
             max_in_flight: self.max_in_flight,
             max_waiting: self.max_waiting,
+            criticality: self.criticality,
             _hold: PhantomData,
         }
     }
 
     /// Checks the values, registers the metric series, and builds the layer.
-    pub fn build(self) -> Result<BackpressureLayer<H>, ConfigError> {
+    pub fn build(self) -> Result<BackpressureLayer<H, K>, ConfigError> {
         let max_in_flight = check(
             "max_in_flight",
             self.max_in_flight,
@@ -122,6 +147,7 @@ impl<H> BackpressureLayerBuilder<H> {
         )?;
         Ok(BackpressureLayer {
             limiter: Limiter::new(max_in_flight, self.max_waiting, &self.name),
+            criticality: self.criticality,
             _hold: PhantomData,
         })
     }

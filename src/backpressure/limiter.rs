@@ -4,7 +4,8 @@ use std::time::Duration;
 use super::gate::{Config, Gate, QueueStats};
 
 /// The shared state of a [`BackpressureLayer`](super::BackpressureLayer): a limit of requests in
-/// flight and a bounded FIFO wait list, behind one short lock.
+/// flight (an atomic count while nobody waits) and a bounded FIFO wait list behind one short
+/// lock.
 ///
 /// A cheap [`Clone`] handle: every service the layer makes, and every clone of them, shares one
 /// limiter, so the limit holds for the whole server, not per connection.

@@ -4,6 +4,7 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 use super::{Hold, Limiter, ResponseFuture};
+use crate::context::{CriticalityOf, SameCriticality};
 use crate::error::BoxError;
 
 /// A service behind a [`BackpressureLayer`](super::BackpressureLayer). Clones share the limiter.
@@ -13,27 +14,30 @@ use crate::error::BoxError;
 /// [module docs](super)). The inner service is cloned per request and made ready only once the
 /// request holds a slot.
 #[derive(Debug)]
-pub struct Backpressure<S, H> {
+pub struct Backpressure<S, H, K = SameCriticality> {
     inner: S,
     limiter: Limiter,
+    criticality: K,
     _hold: PhantomData<fn() -> H>,
 }
 
-impl<S: Clone, H> Clone for Backpressure<S, H> {
+impl<S: Clone, H, K: Clone> Clone for Backpressure<S, H, K> {
     fn clone(&self) -> Self {
         Backpressure {
             inner: self.inner.clone(),
             limiter: self.limiter.clone(),
+            criticality: self.criticality.clone(),
             _hold: PhantomData,
         }
     }
 }
 
-impl<S, H> Backpressure<S, H> {
-    pub(super) fn new(inner: S, limiter: Limiter) -> Self {
+impl<S, H, K> Backpressure<S, H, K> {
+    pub(super) fn new(inner: S, limiter: Limiter, criticality: K) -> Self {
         Backpressure {
             inner,
             limiter,
+            criticality,
             _hold: PhantomData,
         }
     }
@@ -54,11 +58,12 @@ impl<S, H> Backpressure<S, H> {
     }
 }
 
-impl<S, H, Req> Service<Req> for Backpressure<S, H>
+impl<S, H, K, Req> Service<Req> for Backpressure<S, H, K>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     H: Hold<S::Response>,
+    K: CriticalityOf<Req>,
 {
     type Response = H::Output;
     type Error = BoxError;
@@ -69,7 +74,8 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let admission = self.limiter.gate.acquire(|| None);
+        let level = self.criticality.criticality_of(&request).index() as u8;
+        let admission = self.limiter.gate.acquire_at(|| None, level);
         ResponseFuture::new(admission, self.inner.clone(), request)
     }
 }

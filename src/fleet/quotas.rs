@@ -170,6 +170,11 @@ impl FleetQuotas {
     /// Takes one request from `key`'s fleet-wide quota, deciding locally (never waiting on
     /// Redis): `Err(wait)` when the client is over it.
     pub fn check(&self, key: &ClientId) -> Result<(), Duration> {
+        self.check_at(key, self.now())
+    }
+
+    /// [`check`](Self::check) at `now` (nanoseconds from [`QuotaStore::now`]).
+    fn check_at(&self, key: &ClientId, now: u64) -> Result<(), Duration> {
         let i = &*self.inner;
         let bytes = key.as_bytes();
         let fp = stable_hash(i.seed, FP_EPOCHS[0], bytes);
@@ -178,7 +183,6 @@ impl FleetQuotas {
         } else {
             i.overrides.get(&fp).copied().unwrap_or(i.default)
         };
-        let now = self.now();
         let degraded = i.degraded.load(Relaxed);
         let mut shard = i.table.shard(fp);
         let (e, forgot) = i.table.entry(&mut shard, fp, now);
@@ -444,6 +448,14 @@ const FP_EPOCHS: [u64; 2] = [0xf1ee_7000, 0xf1ee_7001];
 impl QuotaStore for FleetQuotas {
     fn check(&self, key: &ClientId) -> Result<(), Duration> {
         FleetQuotas::check(self, key)
+    }
+
+    fn now(&self) -> Option<u64> {
+        Some(FleetQuotas::now(self))
+    }
+
+    fn check_at(&self, key: &ClientId, now: u64) -> Result<(), Duration> {
+        FleetQuotas::check_at(self, key, now)
     }
 }
 

@@ -151,7 +151,10 @@ where
                 }
                 if copy == 0 && !outcome.is_overload() {
                     if !*this.recorded {
-                        shared.tracker.record(this.started.elapsed());
+                        // One clock read: the latency's end also places it in its window.
+                        let now = Instant::now();
+                        let latency = now.saturating_duration_since(*this.started);
+                        shared.tracker.record_at(latency, now);
                     }
                     if this.timer.is_some() && this.spare.as_ref().is_some_and(|s| s.copy == 1) {
                         // Answered before its delay: on time. (A refusal says nothing of how
@@ -164,7 +167,9 @@ where
                         if this.first.is_some() && !*this.recorded {
                             // The first copy is cancelled: all we know is that it is slower
                             // than this (see `record_at_least`).
-                            shared.tracker.record_at_least(this.started.elapsed());
+                            let now = Instant::now();
+                            let ran = now.saturating_duration_since(*this.started);
+                            shared.tracker.record_at_least_at(ran, now);
                         }
                         shared.series.won.increment(1);
                     }
@@ -241,7 +246,9 @@ where
                         // (A further copy refused leaves a duplicate running, which will most
                         // likely win and record the first copy then.)
                         if first_duplicate && !constant_work {
-                            shared.tracker.record_at_least(this.started.elapsed());
+                            let now = Instant::now();
+                            let ran = now.saturating_duration_since(*this.started);
+                            shared.tracker.record_at_least_at(ran, now);
                             *this.recorded = true;
                         }
                     }

@@ -321,8 +321,8 @@ impl<C, B, P> HedgeLayerBuilder<C, B, P> {
         self
     }
 
-    /// Constant-work mode: every allowed request goes out twice at once (copies marked 0 and 1,
-    /// see [`HedgeCopy`](super::HedgeCopy)), so the load does not change when one endpoint
+    /// Constant-work mode: every allowed request goes out twice at once (the duplicate marked
+    /// [`HedgeCopy(1)`](super::HedgeCopy), the first copy unmarked), so the load does not change when one endpoint
     /// fails. No budget is asked: the extra load is a constant 100%.
     pub fn constant_work(mut self) -> Self {
         self.constant_work = true;

@@ -61,8 +61,8 @@
 //!   returned at once: an overload answer must not turn into more load, and any other failure is
 //!   for the retry layer above to judge, with its own budget.
 //! - **Constant work** ([`constant_work`](HedgeLayerBuilder::constant_work)): every request goes
-//!   out twice at once, copies marked with [`HedgeCopy`] so a balancer sends them to different
-//!   endpoints, as DynamoDB's request routers do: the load stays the same when an endpoint fails.
+//!   out twice at once, the duplicate marked with [`HedgeCopy`] (the first copy unmarked) so a
+//!   balancer sends them to different endpoints, as DynamoDB's request routers do: the load stays the same when an endpoint fails.
 //!
 //! Latencies recorded: the first copy's, when it completes (an overload refusal is not
 //! recorded). When the duplicate wins, the first copy is cancelled: all that is known is that it

@@ -13,19 +13,22 @@ pub use crate::retry::Idempotent;
 /// [`HedgeRequest::is_idempotent`] (for HTTP: a safe method, or the [`Idempotent`] extension).
 pub use crate::retry::MarkedIdempotent;
 
-/// Which copy of a hedged request this is: 0 for the first, 1 for the first duplicate, 2 to 4 for
-/// further ones ([`max_copies`](super::HedgeLayerBuilder::max_copies)). The layer puts it in the
-/// extensions of every copy of a request that may be hedged, so a load balancer below can send
-/// copy 1 to an endpoint other than copy 0's (a duplicate to the same slow server helps little).
+/// Which duplicate of a hedged request this is: 1 for the first duplicate, 2 to 4 for further
+/// ones ([`max_copies`](super::HedgeLayerBuilder::max_copies)). The layer marks only the
+/// duplicates; the first copy, the request itself, goes out **unmarked**, so a request without a
+/// `HedgeCopy` is copy 0 (marking every request would cost an allocation per call, for the few
+/// that are ever duplicated). A load balancer below reads it to send copy 1 to an endpoint other
+/// than the first copy's (a duplicate to the same slow server helps little): treat "absent" as
+/// `HedgeCopy(0)`, e.g. `req.extensions().get::<HedgeCopy>().map_or(0, |c| c.0)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HedgeCopy(pub u8);
 
 /// A request the [`HedgeLayer`](super::HedgeLayer) can duplicate: it says whether it is
-/// idempotent and can be marked with its [`HedgeCopy`].
+/// idempotent and its duplicates can be marked with their [`HedgeCopy`].
 ///
 /// Implemented for `http::Request<B>` (feature `http`: hedged when its method is safe, GET,
 /// HEAD, OPTIONS or TRACE, or its extensions hold [`Idempotent`], the retry layer's marker;
-/// copies get a [`HedgeCopy`] extension) and for the simulator's requests. A PUT or DELETE,
+/// duplicates get a [`HedgeCopy`] extension, the first copy none) and for the simulator's requests. A PUT or DELETE,
 /// retried by method, is not hedged unless marked: the two copies run at once, and the one that
 /// answers first may see the other's effect. For your own type both methods have defaults:
 ///
@@ -48,7 +51,8 @@ pub trait HedgeRequest {
     fn is_idempotent(&self) -> bool {
         false
     }
-    /// Marks the request as copy `copy`. Default: does nothing.
+    /// Marks the request as duplicate `copy` (1 and up: the first copy is never marked).
+    /// Default: does nothing.
     fn mark_copy(&mut self, copy: HedgeCopy) {
         let _ = copy;
     }
@@ -91,8 +95,9 @@ impl<B> HedgeRequest for http::Request<B> {
 pub trait Hedgeable<Req> {
     /// True when `req` may be sent twice.
     fn allows(&self, req: &Req) -> bool;
-    /// Marks a copy (by default through [`HedgeRequest::mark_copy`] where the request type has
-    /// it; predicates over other types do nothing).
+    /// Marks a duplicate, copy 1 and up (by default through [`HedgeRequest::mark_copy`] where
+    /// the request type has it; predicates over other types do nothing). The first copy is never
+    /// marked.
     fn mark(&self, req: &mut Req, copy: HedgeCopy);
     /// The request's own deadline, after which no copy goes out (through
     /// [`HedgeRequest::deadline`] where the request type has it). Default: none; the

@@ -5,7 +5,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::layer::{DelayRule, Shared};
-use super::{HedgeBudget, HedgeCopy, Hedgeable, ResponseFuture};
+use super::{HedgeBudget, Hedgeable, ResponseFuture};
 use crate::classify::Classify;
 use crate::error::BoxError;
 
@@ -66,7 +66,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Req) -> Self::Future {
+    fn call(&mut self, req: Req) -> Self::Future {
         let shared = self.shared.clone();
         let started = Instant::now();
         shared.budget.deposit();
@@ -90,8 +90,9 @@ where
             let first = self.inner.call(req);
             return ResponseFuture::single(first, started, shared);
         }
+        // The first copy goes out unmarked (no `HedgeCopy` means copy 0): marking it would cost
+        // an allocation on every request, where only the rare duplicates need one.
         let duplicate = req.clone();
-        shared.hedgeable.mark(&mut req, HedgeCopy(0));
         // Further copies go through clones of the service, made ready only when they are due;
         // the first copy uses `self.inner`, which the caller made ready.
         let spare = self.inner.clone();

@@ -46,7 +46,8 @@
 //!
 //! # No false overloads
 //! As with [`BackpressureLayer`](crate::backpressure::BackpressureLayer), the service is always
-//! ready and admission is decided in `call` under one short lock, from the true counts. tokio's
+//! ready and admission is decided in `call` from the true counts (one compare-and-swap while
+//! nobody waits, one short lock once someone does). tokio's
 //! cooperative budget cannot make this layer refuse a request while a slot is free (the
 //! `Buffer` + `LoadShed` trap, apollographql/router #9034): no semaphore or channel is polled to
 //! decide admission, waiters are woken by a direct hand-over of the slot, and a shed is decided

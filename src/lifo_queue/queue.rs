@@ -5,7 +5,8 @@ use crate::backpressure::QueueStats;
 use crate::backpressure::gate::{Config, Gate, Shedding};
 
 /// The shared state of a [`LifoQueueLayer`](super::LifoQueueLayer): a concurrency limit with an
-/// adaptive FIFO/LIFO wait list in front of it, behind one short lock.
+/// adaptive FIFO/LIFO wait list in front of it (an atomic count while nobody waits, one short
+/// lock once someone does).
 ///
 /// A cheap [`Clone`] handle: every service the layer makes, and every clone of them, shares one
 /// queue.

@@ -72,6 +72,9 @@ pub const QUEUE_BEHIND: &str = "backstop_queue_behind";
 /// Counter: requests a queue refused, by [`REASON_LABEL`] (`queue_full` or `shed`).
 pub const REFUSED: &str = "backstop_refused_total";
 
+/// Counter: requests a backpressure or LIFO queue refused, by reason (`queue_full`, `shed`) and
+/// by the refused request's criticality level: which levels a full queue turns away.
+pub const QUEUE_REFUSED_BY_CRITICALITY: &str = "backstop_queue_refused_by_criticality_total";
 /// Describes the queue series (backpressure and LIFO queue). Calling it again is harmless.
 pub fn describe_queues() {
     warn_if_no_recorder();
@@ -94,6 +97,11 @@ pub fn describe_queues() {
         REFUSED,
         Unit::Count,
         "Requests refused by a queue, by reason."
+    );
+    describe_counter!(
+        QUEUE_REFUSED_BY_CRITICALITY,
+        Unit::Count,
+        "Requests refused by a queue, by reason and by the request's criticality level."
     );
 }
 
@@ -209,6 +217,9 @@ pub const THROTTLE_KEYLESS: &str = "backstop_throttle_keyless_requests_total";
 
 /// Throttle decision label values, in the order the layer registers them.
 pub const THROTTLE_DECISIONS: [&str; 4] = ["admitted", "shed", "quota", "missing_key"];
+/// Counter: requests a throttle layer refused, by [`DECISION_LABEL`] (`shed` or `quota`) and
+/// [`CRITICALITY_LABEL`] (all eight registered at build, so zeros show).
+pub const THROTTLE_REFUSED_BY_CRITICALITY: &str = "backstop_throttle_refused_by_criticality_total";
 
 /// Describes the throttle series. Calling it again is harmless.
 pub fn describe_throttle() {
@@ -237,6 +248,11 @@ pub fn describe_throttle() {
         THROTTLE_KEYLESS,
         Unit::Count,
         "Requests in which the throttle found no client key."
+    );
+    describe_counter!(
+        THROTTLE_REFUSED_BY_CRITICALITY,
+        Unit::Count,
+        "Requests a throttle refused, by decision (shed, quota) and criticality level."
     );
 }
 

@@ -182,6 +182,20 @@ impl<const N: usize> Sharded<N> {
         }
     }
 
+    /// Adds `n` to counter `i` on the calling thread's shard; that shard's new value.
+    #[inline]
+    pub(crate) fn add_get(&self, i: usize, n: u64) -> u64 {
+        let s = shard_index();
+        let c = &self.0[s].0[i];
+        if s < SHARED {
+            let next = c.load(Relaxed).wrapping_add(n);
+            c.store(next, Relaxed);
+            next
+        } else {
+            c.fetch_add(n, Relaxed).wrapping_add(n)
+        }
+    }
+
     /// Counter `i` of shard `s`, for [`add_release`]: a store after which the caller must not
     /// touch the memory that holds the counters again.
     #[inline]

@@ -101,20 +101,29 @@ impl From<&[u8]> for ClientId {
 }
 
 impl From<u64> for ClientId {
+    #[inline]
     fn from(n: u64) -> Self {
-        // Decimal text without allocating: at most 20 digits.
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
+        // Decimal text, at most 20 digits, built in two 16-byte words and stored whole: the
+        // caller reads the key back in wide loads, which byte-wise stores would stall.
+        let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
+        let (mut lo, mut hi) = (0u128, 0u128);
         let mut n = n;
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
+        for k in (0..len).rev() {
+            let digit = u128::from(b'0' + (n % 10) as u8);
             n /= 10;
-            if n == 0 {
-                break;
+            if k < 16 {
+                lo |= digit << (8 * k);
+            } else {
+                hi |= digit << (8 * (k - 16));
             }
         }
-        ClientId::from_bytes(&buf[i..])
+        let mut bytes = [0u8; INLINE];
+        bytes[..16].copy_from_slice(&lo.to_le_bytes());
+        bytes[16..].copy_from_slice(&hi.to_le_bytes());
+        ClientId(Repr::Inline {
+            len: len as u8,
+            bytes,
+        })
     }
 }
 
@@ -383,6 +392,16 @@ mod tests {
             ClientId::from(u64::MAX).as_bytes(),
             u64::MAX.to_string().as_bytes()
         );
+        for p in 0..20 {
+            let ten = 10u64.pow(p);
+            for n in [ten - 1, ten, ten + 1, ten.saturating_mul(9)] {
+                assert_eq!(
+                    ClientId::from(n).as_bytes(),
+                    n.to_string().as_bytes(),
+                    "{n}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //!   client key: stable (raising `p` only adds clients), fleet-consistent (same seed, same
 //!   clients on every server) and rotating on a slow epoch.
 //! - [`ClientQuotas`] holds every client to a rate quota (GCRA) with per-key overrides, in a
-//!   table of fixed size and 24 bytes per client (a 64-bit fingerprint, never the key): a flood
+//!   table of fixed size and 16 bytes per client (a 64-bit fingerprint, never the key): a flood
 //!   of new keys cannot grow memory, and cannot get a client refused but by its own quota.
 //! - [`QuotaStore`] is where quotas live: [`ClientQuotas`] in this process, or (feature
 //!   `redis`) `backstop::fleet::FleetQuotas`, one quota for a whole fleet kept in Redis.
@@ -38,6 +38,14 @@
 //! holds nothing while the request runs: a dropped response future has nothing to give back. A
 //! quota counts requests sent, as governor does, so an admitted request that is then cancelled
 //! has spent its token; a shed request spends none.
+//!
+//! # Cost
+//! A known client's request reads the clock once (the quotas' [`Clock`](crate::token_bucket::Clock),
+//! which also dates the shedding epoch), hashes its key once (twice while some clients are shed:
+//! the fleet-wide [`stable_hash`] is a specified function, the quota fingerprint a secret one)
+//! and takes no lock. Decisions are counted in the layer's own per-thread counters and published
+//! in batches ([`ThrottleLayer::publish`], `backstop::metrics::publish()`), never by a `metrics`
+//! call per request.
 //!
 //! # When to use it
 //! On servers, outermost after metrics (`metrics → throttle → pid admission → queue → timeout →
@@ -73,8 +81,6 @@
 //! ```
 mod error;
 mod future;
-#[cfg(feature = "http")]
-mod http;
 mod key;
 mod layer;
 mod quota;
@@ -85,8 +91,7 @@ mod table;
 
 pub use self::error::MissingClientKey;
 pub use self::future::ResponseFuture;
-#[cfg(feature = "http")]
-pub use self::http::{DEFAULT_RETRY_AFTER, overload_to_response};
+// Re-exported from the HTTP edge, where they live, for code that found them here first.
 pub use self::key::{ClientId, ClientKey, MissingKey};
 #[cfg(feature = "http")]
 pub use self::key::{HeaderKey, Principal, PrincipalKey, RemoteAddrKey};
@@ -95,4 +100,7 @@ pub use self::quota::{ClientQuotas, ClientQuotasBuilder};
 pub use self::service::Throttle;
 pub use self::shed::{ShedFraction, ShedFractionBuilder, stable_hash};
 pub use self::store::QuotaStore;
+#[cfg(feature = "http")]
+#[doc(no_inline)]
+pub use crate::http::{DEFAULT_RETRY_AFTER, overload_to_response};
 pub use governor::Quota;

@@ -3,19 +3,20 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use foldhash::quality::RandomState;
 use governor::Quota;
 use metrics::{Counter, Gauge, counter, gauge};
-use tokio::time::Instant;
 
 use super::key::ClientId;
 use super::table::{Change, KeyTable, MAX_KEYS};
 use crate::error::{ConfigError, check};
 use crate::metrics::names;
+use crate::token_bucket::Clock;
 
 /// Per-client rate quotas, shared by every layer and clone that holds the handle.
 ///
@@ -25,20 +26,21 @@ use crate::metrics::names;
 ///
 /// # Memory and fairness under any key stream
 /// Clients are kept in a table allocated once, at build, with room for
-/// [`max_keys`](ClientQuotasBuilder::max_keys) clients (default 100,000; 24 bytes each, 2.4 MB).
+/// [`max_keys`](ClientQuotasBuilder::max_keys) clients (default 100,000; 16 bytes each, 1.6 MB).
 /// It never grows, whatever keys arrive: a client is stored as a 64-bit fingerprint of its key
-/// (SipHash-1-3 under a random key drawn at build), never the key, so a 1 KiB key costs what a
-/// 3-byte key costs. Clients spread over sets of 8 unevenly, so the table starts replacing
+/// (foldhash's quality hash under a random seed drawn at build), never the key, so a 1 KiB key
+/// costs what a 3-byte key costs. Clients spread over sets of 8 unevenly, so the table starts replacing
 /// clients in a full set before every slot is used (10⁵ distinct clients arriving at a table of
 /// 10⁵ occupy about 86% of it); it never holds more than its bound.
 ///
 /// A new client whose place in the table is full (a set of 8 slots its fingerprint picks)
 /// replaces, in this order, a client whose bucket is full again (dropping it changes no
-/// decision), else the one that made the fewest requests. **A request is refused only by its own
-/// client's bucket**: a flood of new keys cannot lock out a newcomer nor a known client, and
-/// since one-shot keys make one request each, they replace each other and leave alone the
-/// clients that keep coming back (the busy ones, and the ones over their quota, whom forgetting
-/// would let out of it). A forgotten client starts again from a full bucket, as a new one does.
+/// decision), else a client seen only once, else a returning one; the one closest to a full
+/// bucket first (the least state lost). **A request is refused only by its own client's
+/// bucket**: a flood of new keys cannot lock out a newcomer nor a known client, and since
+/// one-shot keys make one request each, they replace each other and leave alone the clients
+/// that keep coming back (the busy ones, and the ones over their quota, whom forgetting would
+/// let out of it). A forgotten client starts again from a full bucket, as a new one does.
 ///
 /// Per-client quotas share capacity fairly among clients; they cannot bound the total work of a
 /// caller free to mint keys (each new key is a new client). Bound that with a key the caller
@@ -49,8 +51,12 @@ use crate::metrics::names;
 /// Two keys share a state only if their fingerprints are equal: probability 2⁻⁶⁴ for a pair. At
 /// the default bound of 10⁵ clients a new key meets some tracked client's fingerprint with
 /// probability 10⁵ / 2⁶⁴ ≈ 5.4 × 10⁻¹⁵, and a full table holds any colliding pair at all with
-/// probability ≈ n² / 2⁶⁵ ≈ 2.7 × 10⁻¹⁰. The fingerprint key is secret and per handle, so a
+/// probability ≈ n² / 2⁶⁵ ≈ 2.7 × 10⁻¹⁰. The fingerprint's seed is secret and per handle, so a
 /// client cannot search for a key that collides with another client's offline.
+///
+/// A known client's request reads the clock once, hashes its key once and takes no lock (a
+/// compare-and-swap on its own slot); only a new client takes a lock, on its part of the table.
+/// The time comes from the handle's [`Clock`](ClientQuotasBuilder::clock).
 ///
 /// Clients whose bucket is full again are also dropped by a sweep, at most every
 /// [`sweep_every`](ClientQuotasBuilder::sweep_every) (default 10 s), paid by a request of a new
@@ -83,7 +89,8 @@ pub struct ClientQuotas {
 
 struct Inner {
     name: String,
-    origin: Instant,
+    /// Nanoseconds since the handle was built, on its clock.
+    elapsed: Box<dyn Fn() -> u64 + Send + Sync>,
     fingerprint: RandomState,
     default: Gcra,
     table: KeyTable,
@@ -134,6 +141,7 @@ impl Gcra {
     }
 
     /// `Ok(new tat)` if a request at `now` conforms, else `Err(wait)`.
+    #[inline]
     fn decide(self, tat: Option<u64>, now: u64) -> Result<u64, u64> {
         let tat = tat.unwrap_or(now);
         let earliest = tat.saturating_sub(self.tau);
@@ -155,15 +163,39 @@ impl ClientQuotas {
             overrides: Vec::new(),
             max_keys: 100_000,
             sweep_every: Duration::from_secs(10),
+            clock: None,
         }
     }
 
     /// Takes one request from `key`'s quota: `Err(wait)` when the client is over it, with the
     /// time until its next request would conform.
     pub fn check(&self, key: &ClientId) -> Result<(), Duration> {
+        // Hash first, then read the clock: the table's line arrives meanwhile.
+        let fp = self.prepare(key);
+        self.check_prepared(fp, self.now())
+    }
+
+    /// [`check`](Self::check) at `now`, a reading of [`now`](Self::now) taken for this request.
+    #[inline]
+    pub(super) fn check_at(&self, key: &ClientId, now: u64) -> Result<(), Duration> {
+        self.check_prepared(self.prepare(key), now)
+    }
+
+    /// The first half of a check, before the clock is read: `key`'s fingerprint, with its
+    /// place in the table already on its way into the cache, so that the table's miss and the
+    /// clock read overlap.
+    #[inline]
+    pub(super) fn prepare(&self, key: &ClientId) -> u64 {
+        let fp = self.inner.fingerprint.hash_one(key.as_bytes());
+        self.inner.table.touch(fp);
+        fp
+    }
+
+    /// The second half of a check: the decision on [`prepare`](Self::prepare)'s fingerprint
+    /// at `now`.
+    #[inline]
+    pub(super) fn check_prepared(&self, fp: u64, now: u64) -> Result<(), Duration> {
         let i = &*self.inner;
-        let fp = i.fingerprint.hash_one(key.as_bytes());
-        let now = self.now();
         if !i.overrides.is_empty()
             && let Some(o) = i.overrides.get(&fp)
         {
@@ -233,10 +265,10 @@ impl ClientQuotas {
         &self.inner.name
     }
 
-    /// Nanoseconds since the handle was built, on tokio's clock (so `tokio::time::pause` drives
-    /// the quotas in tests).
-    fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.inner.origin))
+    /// Nanoseconds since the handle was built, on its [`Clock`].
+    #[inline]
+    pub(super) fn now(&self) -> u64 {
+        (self.inner.elapsed)()
     }
 
     fn maybe_sweep(&self, now: u64) {
@@ -269,6 +301,15 @@ impl fmt::Debug for ClientQuotas {
     }
 }
 
+/// A time since build in nanoseconds, in 64-bit arithmetic the compiler can fold with the
+/// clock's own split into seconds and nanoseconds (it wraps after 584 years).
+#[inline(always)]
+pub(super) fn elapsed_nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(u64::from(d.subsec_nanos()))
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -299,9 +340,18 @@ pub struct ClientQuotasBuilder {
     overrides: Vec<(ClientId, Quota)>,
     max_keys: usize,
     sweep_every: Duration,
+    clock: Option<Clock>,
 }
 
 impl ClientQuotasBuilder {
+    /// Where the quotas read the time (default [`Clock::default()`], resolved at
+    /// [`build`](Self::build)). Each request reads it once: a layer that sheds too hands the
+    /// same reading to its [`ShedFraction`](super::ShedFraction).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
     /// Gives `key` its own quota instead of the default (a paying tenant, a batch job).
     /// Overridden clients do not count towards `max_keys`. Every quota (this one and the
     /// default) must have a window (`period × burst`) of at most 2⁶² ns, about 146 years.
@@ -311,7 +361,7 @@ impl ClientQuotasBuilder {
     }
 
     /// The most clients tracked at once, in [1, 2²⁴ = 16,777,216] (default 100,000). The
-    /// table takes 24 bytes per client, allocated at build.
+    /// table takes 16 bytes per client, allocated at build.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -339,7 +389,7 @@ impl ClientQuotasBuilder {
             "at least 1 ms",
         )?;
         let default = Gcra::of("default_quota", self.default_quota)?;
-        let fingerprint = RandomState::new();
+        let fingerprint = RandomState::default();
         let mut overrides = HashMap::default();
         for (key, quota) in self.overrides {
             let gcra = Gcra::of("override_key", quota)?;
@@ -359,10 +409,11 @@ impl ClientQuotasBuilder {
         tracked.set(0.0);
         evicted.absolute(0);
         let sweep_every_nanos = nanos(sweep_every);
+        let epoch = self.clock.unwrap_or_default().start();
         Ok(ClientQuotas {
             inner: Arc::new(Inner {
                 name: self.name,
-                origin: Instant::now(),
+                elapsed: Box::new(move || elapsed_nanos(epoch.elapsed())),
                 fingerprint,
                 default,
                 table: KeyTable::new(max_keys),

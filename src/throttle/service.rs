@@ -68,7 +68,9 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let level = self.criticality.criticality_of(&req);
+        // The level is read only when it matters (someone is shed, or a refusal is counted):
+        // an admitted request while nobody is shed pays no tag or scope lookup.
+        let level = |req: &Req| self.criticality.criticality_of(req);
         match self.policy.decide(&req, level) {
             Ok(()) => ResponseFuture::admitted(self.inner.call(req)),
             Err(refusal) => ResponseFuture::refused(refusal),

@@ -13,6 +13,8 @@ use super::key::ClientId;
 use crate::context::Criticality;
 use crate::error::{ConfigError, check};
 use crate::metrics::names;
+use crate::metrics::shard::Sharded;
+use crate::token_bucket::Clock;
 
 /// The fraction of clients to shed, shared by every layer (and every clone) that holds it.
 ///
@@ -28,14 +30,17 @@ use crate::metrics::names;
 ///   victims.
 ///
 /// # Epochs across a fleet
-/// The epoch is `base + (offset + elapsed) / rotate_every`, with `elapsed` read from tokio's
-/// clock. By default ([`align_to_unix_time`](ShedFractionBuilder::align_to_unix_time)) the
+/// The epoch is `base + (offset + elapsed) / rotate_every`, with `elapsed` read from the
+/// handle's [`Clock`](ShedFractionBuilder::clock) (`Clock::default()` unless set). By default ([`align_to_unix_time`](ShedFractionBuilder::align_to_unix_time)) the
 /// builder reads the wall clock once, at build time, to find where in the current epoch the
 /// process is (`base = unix_time / rotate_every`, `offset = unix_time % rotate_every`); from
-/// then on only tokio's monotonic clock is read. Servers whose wall clocks agree to within a
+/// then on only the monotonic clock is read. A [`ThrottleLayer`](super::ThrottleLayer) with
+/// quotas does not read this clock per request: it takes the quotas' reading and reads the
+/// shed's clock once an epoch, to find where the next one starts. Servers whose wall clocks agree to within a
 /// second therefore change epochs within a second of each other. Tests (and fleets with their
 /// own agreed origin) set [`epoch_origin`](ShedFractionBuilder::epoch_origin) instead: two
-/// handles with one seed and one origin agree exactly, and paused time drives the rotation.
+/// handles with one seed and one origin agree exactly, and paused time drives the rotation (on
+/// tokio's clock: [`Clock::tokio`]).
 ///
 /// # The hash
 /// A SplitMix64 mixer over the seed, the epoch and the key's bytes in 8-byte little-endian
@@ -73,14 +78,25 @@ struct Inner {
     fraction: AtomicU64,
     seed: u64,
     rotate_every_nanos: u64,
+    /// Epoch 0's origin and the offset into the base epoch, on tokio's clock ([`epoch_at`]).
     origin: Instant,
     offset: Duration,
     base_epoch: u64,
+    /// Nanoseconds since the handle was built, on its clock.
+    elapsed: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Nanoseconds into the base epoch when the handle was built (`offset` plus the time from
+    /// `origin` to the build), and how long after the build `origin` is when it is later.
+    into_at_build: u64,
+    origin_after_build: u64,
     gauge: Gauge,
-    /// Requests seen at each criticality level while shedding ([`ShedFraction::is_shed_at`]).
-    arrivals: [AtomicU64; LEVELS],
+    /// Requests seen at each criticality level while shedding ([`ShedFraction::is_shed_at`]),
+    /// counted per thread.
+    arrivals: Sharded<LEVELS>,
     /// The fraction (f64 bits) of each level's clients to shed: the lowest level first.
     level_fraction: [AtomicU64; LEVELS],
+    /// The same as [`Cut`]s, worked out when set: 0 sheds nobody, `u64::MAX` everybody, any
+    /// other value the clients whose hash is below it.
+    level_cut: [AtomicU64; LEVELS],
     /// Arrivals at the last `set`, and the mix of levels between the last two.
     split: Mutex<([u64; LEVELS], Option<[f64; LEVELS]>)>,
 }
@@ -96,6 +112,7 @@ impl ShedFraction {
             rotate_every: Duration::from_secs(600),
             origin: None,
             initial: 0.0,
+            clock: None,
         }
     }
 
@@ -113,7 +130,7 @@ impl ShedFraction {
     fn resplit(&self, p: f64) {
         let inner = &self.inner;
         let mut split = inner.split.lock().unwrap_or_else(|e| e.into_inner());
-        let now: [u64; LEVELS] = std::array::from_fn(|i| inner.arrivals[i].load(Relaxed));
+        let now = inner.arrivals.sums();
         let seen: [u64; LEVELS] = std::array::from_fn(|i| now[i].saturating_sub(split.0[i]));
         let total: u64 = seen.iter().sum();
         split.0 = now;
@@ -124,8 +141,14 @@ impl ShedFraction {
             Some(shares) => crate::pid::split_shed(p, &shares, 0.0).map(|admit| 1.0 - admit),
             None => [p; LEVELS],
         };
-        for (slot, f) in inner.level_fraction.iter().zip(fractions) {
+        for ((slot, cut), f) in inner
+            .level_fraction
+            .iter()
+            .zip(&inner.level_cut)
+            .zip(fractions)
+        {
             slot.store(f.to_bits(), Relaxed);
+            cut.store(cut_of(f), Relaxed);
         }
     }
 
@@ -138,19 +161,41 @@ impl ShedFraction {
     /// the levels lowest first ([`set`](Self::set)), and within a level the choice of clients
     /// is the same stable, fleet-consistent hash. Counts the request's level while shedding.
     pub fn is_shed_at(&self, key: &ClientId, level: Criticality) -> bool {
-        if self.get() <= 0.0 {
-            return false;
-        }
-        self.inner.arrivals[level.index()].fetch_add(1, Relaxed);
-        match self.fraction_at(level) {
-            p if p <= 0.0 => false,
-            p if p >= 1.0 => true,
-            p => {
-                let epoch = self.epoch_at(Instant::now());
-                let threshold = (p * 18_446_744_073_709_551_616.0) as u64;
-                stable_hash(self.inner.seed, epoch, key.as_bytes()) < threshold
+        match self.cut_at(|| level) {
+            Cut::Nobody => false,
+            Cut::Everybody => true,
+            Cut::Below(threshold) => {
+                let prefix = stable_prefix(self.inner.seed, self.epoch_now().0);
+                stable_hash_from(prefix, key.as_bytes()) < threshold
             }
         }
+    }
+
+    /// Who is shed at the request's level now; counts the level while shedding. Most of the
+    /// time nobody is: one atomic load, and the level is not asked for.
+    #[inline]
+    pub(super) fn cut_at(&self, level: impl FnOnce() -> Criticality) -> Cut {
+        if self.get() <= 0.0 {
+            return Cut::Nobody;
+        }
+        let level = level();
+        self.inner.arrivals.add(level.index(), 1);
+        match self.inner.level_cut[level.index()].load(Relaxed) {
+            0 => Cut::Nobody,
+            u64::MAX => Cut::Everybody,
+            threshold => Cut::Below(threshold),
+        }
+    }
+
+    /// The epoch now, on the handle's clock, and the nanoseconds left in it.
+    pub(super) fn epoch_now(&self) -> (u64, u64) {
+        let i = &self.inner;
+        let since_build = (i.elapsed)();
+        let into = i
+            .into_at_build
+            .saturating_add(since_build.saturating_sub(i.origin_after_build));
+        let left = i.rotate_every_nanos - into % i.rotate_every_nanos;
+        (i.base_epoch.wrapping_add(into / i.rotate_every_nanos), left)
     }
 
     /// The fraction asked for now.
@@ -193,7 +238,7 @@ impl ShedFraction {
         match self.get() {
             p if p <= 0.0 => false,
             p if p >= 1.0 => true,
-            _ => self.is_shed_in(key, self.epoch_at(Instant::now())),
+            _ => self.is_shed_in(key, self.epoch_now().0),
         }
     }
 
@@ -230,9 +275,18 @@ pub struct ShedFractionBuilder {
     rotate_every: Duration,
     origin: Option<Instant>,
     initial: f64,
+    clock: Option<Clock>,
 }
 
 impl ShedFractionBuilder {
+    /// Where the handle reads the time to know the epoch (default [`Clock::default()`],
+    /// resolved at [`build`](Self::build)). Choose [`Clock::tokio`] in tests that move paused
+    /// time to rotate epochs.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
     /// The seed of the hash (default 0). Servers that must agree share it.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -291,6 +345,12 @@ impl ShedFractionBuilder {
                 (Instant::now(), into, base)
             }
         };
+        // The build instant on tokio's clock, where `origin` and `offset` are given, and at once
+        // the start of the handle's own clock: from then on only that one is read.
+        let built = Instant::now();
+        let epoch = self.clock.unwrap_or_default().start();
+        let into_at_build = nanos(offset + built.saturating_duration_since(origin));
+        let origin_after_build = nanos(origin.saturating_duration_since(built));
         names::describe_throttle();
         let gauge = gauge!(names::THROTTLE_SHED_FRACTION, names::NAME_LABEL => self.name.clone());
         gauge.set(initial);
@@ -303,13 +363,43 @@ impl ShedFractionBuilder {
                 origin,
                 offset,
                 base_epoch,
+                elapsed: Box::new(move || super::quota::elapsed_nanos(epoch.elapsed())),
+                into_at_build,
+                origin_after_build,
                 gauge,
-                arrivals: Default::default(),
+                arrivals: Sharded::default(),
                 level_fraction: std::array::from_fn(|_| AtomicU64::new(initial.to_bits())),
+                level_cut: std::array::from_fn(|_| AtomicU64::new(cut_of(initial))),
                 split: Mutex::new(([0; LEVELS], None)),
             }),
         })
     }
+}
+
+/// Who a [`ShedFraction`] sheds at one criticality level now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cut {
+    Nobody,
+    Everybody,
+    /// The clients whose [`stable_hash`] is below this.
+    Below(u64),
+}
+
+/// A level's fraction as a [`ShedFraction::cut_at`] word.
+fn cut_of(p: f64) -> u64 {
+    if p.is_nan() || p <= 0.0 {
+        0
+    } else if p >= 1.0 {
+        u64::MAX
+    } else {
+        // p < 1, so p × 2^64 < 2^64 - 2^11 and the cast neither saturates nor reaches u64::MAX
+        // (a p so small that it rounds to 0 sheds nobody, as the hash is never below 0).
+        (p * 18_446_744_073_709_551_616.0) as u64
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -331,13 +421,49 @@ fn mix(mut z: u64) -> u64 {
 ///
 /// where `mix` is SplitMix64's finalizer and `φ = 0x9E3779B97F4A7C15` (all arithmetic wraps).
 pub fn stable_hash(seed: u64, epoch: u64, key: &[u8]) -> u64 {
-    let mut h = mix(seed ^ mix(epoch.wrapping_add(GOLDEN)));
-    for chunk in key.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        h = mix(h.wrapping_add(GOLDEN) ^ u64::from_le_bytes(word));
+    stable_hash_from(stable_prefix(seed, epoch), key)
+}
+
+/// The part of [`stable_hash`] that depends only on the seed and the epoch (`h` before the first
+/// word): a throttle computes it once an epoch.
+#[inline]
+pub(super) fn stable_prefix(seed: u64, epoch: u64) -> u64 {
+    mix(seed ^ mix(epoch.wrapping_add(GOLDEN)))
+}
+
+/// [`stable_hash`] from its [`stable_prefix`].
+#[inline]
+pub(super) fn stable_hash_from(prefix: u64, key: &[u8]) -> u64 {
+    let mut h = prefix;
+    let mut words = key.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        h = mix(h.wrapping_add(GOLDEN) ^ word);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        h = mix(h.wrapping_add(GOLDEN) ^ partial_word(rest));
     }
     mix(h ^ key.len() as u64)
+}
+
+/// 1 to 7 bytes as a little-endian word, zero-padded, read in at most two loads (a copy of a
+/// variable length would call `memcpy`).
+#[inline(always)]
+fn partial_word(b: &[u8]) -> u64 {
+    let n = b.len();
+    debug_assert!((1..8).contains(&n));
+    if n >= 4 {
+        // Two 4-byte reads that overlap when n < 8: the shared bytes land on the same places.
+        let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let hi = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+        u64::from(lo) | u64::from(hi) << (8 * (n - 4))
+    } else {
+        // The first, middle and last bytes cover 1 to 3 bytes.
+        u64::from(b[0])
+            | u64::from(b[n / 2]) << (8 * (n / 2))
+            | u64::from(b[n - 1]) << (8 * (n - 1))
+    }
 }
 
 #[cfg(test)]
@@ -363,6 +489,20 @@ mod tests {
         0xc141_60a4_8590_a4bc,
         0x2de0_208a_3f0c_67f4,
     ];
+
+    #[test]
+    fn partial_words_are_the_zero_padded_bytes() {
+        let bytes: Vec<u8> = (1..=7).map(|b| b * 0x11).collect();
+        for n in 1..8 {
+            let mut word = [0u8; 8];
+            word[..n].copy_from_slice(&bytes[..n]);
+            assert_eq!(
+                partial_word(&bytes[..n]),
+                u64::from_le_bytes(word),
+                "{n} bytes"
+            );
+        }
+    }
 
     #[test]
     fn padding_does_not_collide() {

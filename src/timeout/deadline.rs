@@ -74,6 +74,14 @@ impl Deadline {
 )]
 pub trait HasDeadline {
     /// The deadline the request carries, if any.
+    ///
+    /// Below a [`TimeoutLayer`](super::TimeoutLayer), an `http::Request` that came without a
+    /// deadline still has none here: the layer hands its deadline down in the request context's
+    /// scope instead (no allocation per request). Code below a timeout that needs the deadline
+    /// in force reads [`context::effective_deadline`](crate::context::effective_deadline) (the
+    /// request's, else the scope's), as every backstop layer does; an axum handler that takes
+    /// `Extension<Deadline>` needs the layer's
+    /// [`always_write_deadline`](super::TimeoutLayerBuilder::always_write_deadline).
     fn deadline(&self) -> Option<Deadline>;
     /// Replaces the deadline the request carries.
     fn set_deadline(&mut self, deadline: Deadline);

@@ -605,7 +605,7 @@ fn throttle(s: &Settings<'_>) -> Result<Built, ConfigError> {
     let layer = b.build()?;
     // As a server runs it: refusals become 429/503 answers with a Retry-After header.
     let stack = tower::ServiceBuilder::new()
-        .map_result(backstop::throttle::overload_to_response::<()>)
+        .map_result(backstop::http::overload_to_response::<()>)
         .layer(layer);
     served(serve_layer(&rt, stack))
 }

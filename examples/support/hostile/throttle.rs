@@ -221,7 +221,7 @@ async fn flood_run(key_len: usize, flood: bool) -> Run {
 }
 
 /// Bytes per tracked client after 40,000 new keys of `key_len` bytes in 0.4 s (before the first
-/// sweep is due) through quotas of 20,000 clients: the table full, or nearly (the 24-byte slots
+/// sweep is due) through quotas of 20,000 clients: the table full, or nearly (the 16-byte slots
 /// do not depend on the table's size; a smaller one keeps the run short).
 async fn memory_only(key_len: usize) -> u64 {
     let before = alloc::allocated_bytes();

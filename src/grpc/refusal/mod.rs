@@ -16,7 +16,7 @@
 //! | anything else | `UNKNOWN` (2) | none |
 //!
 //! The pushback is in whole milliseconds, rounded up; a refusal that names no time gets
-//! [`DEFAULT_RETRY_AFTER`](crate::throttle::DEFAULT_RETRY_AFTER). A gRPC client following A6
+//! [`DEFAULT_RETRY_AFTER`](crate::http::DEFAULT_RETRY_AFTER). A gRPC client following A6
 //! never retries `RESOURCE_EXHAUSTED` unless configured to, and retries `UNAVAILABLE` (on
 //! another server, behind a balancer) no sooner than the pushback; a backstop client reads the
 //! first as an overload (never retried) and the second as retryable after the pushback, within

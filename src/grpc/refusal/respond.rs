@@ -9,9 +9,9 @@ use crate::error::{find_overload, is_timeout};
 use crate::grpc::status::{
     Code, GRPC_MESSAGE_HEADER, GRPC_PUSHBACK_HEADER, GRPC_STATUS_HEADER, Pushback,
 };
+use crate::http::DEFAULT_RETRY_AFTER;
 use crate::http::ResponseBody;
 use crate::http::error_to_response::Answer;
-use crate::throttle::DEFAULT_RETRY_AFTER;
 
 /// The gRPC code a server answers an error with: a backstop refusal anywhere in the error's
 /// source chain is `RESOURCE_EXHAUSTED` when the client asks too much (`Throttled`,
@@ -43,7 +43,7 @@ pub fn error_code(err: &(dyn StdError + 'static)) -> Code {
 /// The trailers-only gRPC answer to `err`: HTTP 200, `content-type: application/grpc`,
 /// `grpc-status` ([`error_code`]), a short `grpc-message`, and on a refusal
 /// `grpc-retry-pushback-ms` from its retry-after (whole milliseconds, rounded up;
-/// [`DEFAULT_RETRY_AFTER`](crate::throttle::DEFAULT_RETRY_AFTER) when it names none), and an
+/// [`DEFAULT_RETRY_AFTER`](crate::http::DEFAULT_RETRY_AFTER) when it names none), and an
 /// empty body. For a handler whose own call failed, too.
 ///
 /// ```

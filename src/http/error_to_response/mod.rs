@@ -15,7 +15,7 @@
 //! | anything else | 500 Internal Server Error |
 //!
 //! `Retry-After` is in whole seconds, rounded up, at least 1 (the refusal's own hint, or
-//! [`DEFAULT_RETRY_AFTER`](crate::throttle::DEFAULT_RETRY_AFTER)): the same answer as
+//! [`DEFAULT_RETRY_AFTER`](crate::http::DEFAULT_RETRY_AFTER)): the same answer as
 //! [`Overloaded::to_http_response`](crate::Overloaded::to_http_response). A backstop client
 //! reads a 429, or a 503 with `Retry-After`, as an overload and does not retry it
 //! ([`HttpClassifier`](crate::classify::HttpClassifier)); a 504 tells it the time ran out on the

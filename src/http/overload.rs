@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use super::error::MissingClientKey;
 use crate::error::{BoxError, OverloadReason, Overloaded, find_in_chain, find_overload};
+use crate::throttle::MissingClientKey;
 
 impl Overloaded {
     /// The status a server answers this refusal with: 429 Too Many Requests when the client is
@@ -58,7 +58,7 @@ fn retry_after_seconds(after: Duration) -> u64 {
 }
 
 /// Turns an [`Overloaded`] error (anywhere in the error's source chain) into its response, a
-/// [`MissingClientKey`] (a throttle set to [`MissingKey::Refuse`](super::MissingKey::Refuse))
+/// [`MissingClientKey`] (a throttle set to [`MissingKey::Refuse`](crate::throttle::MissingKey::Refuse))
 /// into 400 Bad Request, and passes everything else through. Put it outermost in a server stack
 /// with `ServiceBuilder::map_result(overload_to_response)`, so the refusals of every backstop
 /// layer below become 429/503 answers:
