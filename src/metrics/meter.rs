@@ -5,7 +5,7 @@ use std::ptr::NonNull;
 #[cfg(not(all(test, backstop_loom)))]
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, counter, gauge};
@@ -18,8 +18,8 @@ use crate::classify::Outcome;
 use crate::clock::{Clock, Epoch};
 use crate::error::{ConfigError, check};
 
-// Each event is one `fetch_add` on a word of the calling thread's shard, no compare-and-swap:
-// an arrival at `t` adds `(t << COUNT_BITS) + 1` to `arrivals`, a departure of a request that
+// Each event adds to words of the calling thread's shard, no compare-and-swap: an arrival at
+// `t` adds `(t << COUNT_BITS) + 1` to `arrivals`, a departure of a request that
 // started at `s` adds `(s << COUNT_BITS) + 1` to `departures` (times in µs since the meter's
 // epoch). The difference of the two sums, wrapping, holds the requests in flight in its low
 // bits and Σ start of those in flight (mod 2^44) above them, so the area under the in-flight
@@ -33,9 +33,11 @@ const TIME_HALF: u64 = 1 << (64 - COUNT_BITS - 1);
 // The longest window: far inside the 44-bit µs range (about 203 days), so the end of a window
 // is never confused with a wrapped time.
 const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+// Each event's adds are one bracketed write (`Sharded::add_all_consistent_at`), so a reading
+// sees a departure's word, closed area, latency and outcome together or not at all.
 // How often the series are pushed to the `metrics` recorder from the meter's own sums: a
 // facade call per request would cost more than the meter itself (and contend across threads).
-const PUBLISH_EVERY_US: u64 = 100_000;
+const PUBLISH_EVERY_NS: u64 = 100_000_000;
 
 // The sums each thread's shard keeps (see `shard::Sharded`).
 const ARRIVALS: usize = 0;
@@ -61,9 +63,19 @@ const RELEASED: usize = 9;
 /// they run. Against a stated capacity (workers, connections, a lock's 1), the meter reports
 /// utilization: how close the service is to running out of headroom.
 ///
-/// A cheap [`Clone`] handle: clones share one meter. The request path is lock-free, reads the
-/// meter's [`Clock`] once per arrival and once per departure, and writes nothing another thread
-/// writes (see [`LittleMeterBuilder::clock`] for the clock, and its one trap in tests).
+/// A cheap [`Clone`] handle: clones share one meter. The request path is lock-free and reads the
+/// meter's [`Clock`] once per arrival and once per departure (see [`LittleMeterBuilder::clock`]
+/// for the clock, and its one trap in tests). Each of the first 7 threads that count writes
+/// only its own shard, with plain stores; threads past those share one shard and add to it
+/// with `fetch_add`.
+///
+/// A snapshot is consistent: it reads each shard between two events of that shard, every
+/// shard's departures before any arrivals (so a request that moved threads is never seen
+/// departed but not arrived), and counts arrivals on their own. What it cannot see is an event
+/// that has read the clock but not yet stored: such a request counts as in flight (or not yet
+/// arrived) up to the snapshot's time, so two snapshots can disagree by that event's few
+/// nanoseconds (more if its thread is preempted there); [`LittleSnapshot::since`] reads a
+/// figure that went back as 0, never as a wrapped one.
 ///
 /// ```
 /// use backstop::metrics::LittleMeter;
@@ -135,8 +147,10 @@ pub(super) struct Inner {
     /// loom reports a free that does not happen after every guard's last read (`loom_model.rs`).
     #[cfg(all(test, backstop_loom))]
     alive: Alive,
-    next_rotation_us: AtomicU64,
-    next_publish_us: AtomicU64,
+    /// Nanoseconds since the epoch (u64: no wrap in 584 years, where the µs of the area wrap
+    /// every 203 days).
+    next_rotation_ns: AtomicU64,
+    next_publish_ns: AtomicU64,
     rotation: Mutex<Rotation>,
     published: Mutex<Published>,
     series: Series,
@@ -237,15 +251,17 @@ pub struct LittleReport {
 }
 
 impl LittleSnapshot {
-    /// The figures for the interval from `earlier` to this snapshot.
+    /// The figures for the interval from `earlier` to this snapshot. A figure that went back
+    /// (a snapshot taken after `self`, or an event caught between its clock read and its
+    /// store: see [`LittleMeter`]) counts 0, never a wrapped difference.
     pub fn since(&self, earlier: &LittleSnapshot) -> LittleReport {
         let interval = Duration::from_nanos(self.at_ns.saturating_sub(earlier.at_ns));
         let secs = interval.as_secs_f64();
         let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
-        let area = self.area_us.wrapping_sub(earlier.area_us) as f64 / 1e6;
-        let latency = self.latency_ns.wrapping_sub(earlier.latency_ns);
-        let arrivals = self.arrivals.wrapping_sub(earlier.arrivals);
-        let completions = self.completions.wrapping_sub(earlier.completions);
+        let area = forward(self.area_us, earlier.area_us) as f64 / 1e6;
+        let latency = forward(self.latency_ns, earlier.latency_ns);
+        let arrivals = forward(self.arrivals, earlier.arrivals);
+        let completions = forward(self.completions, earlier.completions);
         let average_concurrency = per_sec(area);
         LittleReport {
             interval,
@@ -296,7 +312,11 @@ impl LittleMeter {
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> u64 {
-        let (arrivals, departures) = self.inner().words();
+        let inner = self.inner();
+        // Departures first: a request seen departed is then seen arrived, whichever threads
+        // its two events ran on (see `Inner::totals`).
+        let departures = inner.sums.sum(DEPARTURES);
+        let arrivals = inner.sums.sum(ARRIVALS);
         arrivals.wrapping_sub(departures) & COUNT_MAX
     }
 
@@ -308,11 +328,11 @@ impl LittleMeter {
         let now_ns = inner.epoch.elapsed_ns();
         let now_us = (now_ns / 1_000) & TIME_MASK;
         let shard = shard_index();
-        inner.sums.add_all_at(
+        inner.sums.add_all_consistent_at(
             shard,
             [(ARRIVALS, (now_us << COUNT_BITS) + 1), (ARRIVED, 1)],
         );
-        inner.maybe_publish(now_ns, now_us);
+        inner.maybe_publish(now_ns);
         InFlight {
             inner: self.handle.0,
             started_ns: now_ns,
@@ -331,7 +351,7 @@ impl LittleMeter {
     pub fn report(&self) -> LittleReport {
         let inner = self.inner();
         let now_ns = inner.epoch.elapsed_ns();
-        inner.maybe_rotate(now_ns, micros(now_ns));
+        inner.maybe_rotate(now_ns);
         let rotation = inner.rotation.lock().unwrap_or_else(|e| e.into_inner());
         match rotation.last {
             Some(report) => report,
@@ -346,6 +366,26 @@ impl LittleMeter {
         let inner = self.inner();
         inner.publish(inner.epoch.elapsed_ns());
     }
+}
+
+/// How far a 64-bit sum moved from `then` to `now`: the wrapping difference, which stays right
+/// across a wrap of the sum itself, read as 0 when it is "negative" (past 2^63: the sum went
+/// back, which no count does in 2^63 events).
+fn forward(now: u64, then: u64) -> u64 {
+    let d = now.wrapping_sub(then);
+    if d > i64::MAX as u64 { 0 } else { d }
+}
+
+/// A departure's closed area (µs) and latency (ns), and its end as counted, from the times of
+/// its arrival and its departure. On the CPU's counter a departure on a core whose counter lags
+/// the arrival's can read an end before the start: that counts as an end at the start (no
+/// time), where the wrapping µs difference would have added 2^44 µs (203 days) to the area.
+fn closed(started_ns: u64, end_ns: u64) -> (u64, u64, u64) {
+    let end_ns = end_ns.max(started_ns);
+    // Each time masked to the 44-bit field, as the departure word holds the start: across a
+    // wrap of the field, the masked difference is still the right one.
+    let closed_us = micros(end_ns).wrapping_sub(micros(started_ns)) & TIME_MASK;
+    (closed_us, end_ns - started_ns, end_ns)
 }
 
 /// The µs of the area's time field from nanoseconds since the epoch (u64 ns: 584 years, from
@@ -369,23 +409,33 @@ impl Inner {
         self.alive.0.with(|_| ());
     }
 
-    /// The two packed sums, over every shard.
-    fn words(&self) -> (u64, u64) {
-        let sums = self.sums.sums();
-        (sums[ARRIVALS], sums[DEPARTURES])
-    }
-
-    /// Sums the shards. Not one atomic read: an event that lands between two loads is counted
-    /// in one sum and not yet in another, which can misplace at most that request's own
-    /// latency for this one reading.
+    /// Sums the shards into one consistent reading at `now_ns` (read by the caller before).
+    ///
+    /// Each shard is read between two of its events (`Sharded::consistent_sums`), so a
+    /// departure's word, closed area and outcome are seen together: the first version read them
+    /// one by one and could count a departing request both in flight and completed, then once,
+    /// so the next reading's area and arrivals went back. Every shard's departure side is read
+    /// before any arrival side: a request that arrived on one thread and departed on another is
+    /// then never seen departed but not arrived (its arrival happens before its departure, which
+    /// this read acquired). Arrivals are their own count, not completions + in flight.
     fn totals(&self, now_ns: u64) -> Totals {
         let now_us = micros(now_ns);
-        let sums = self.sums.sums();
-        let mut outcomes = [0u64; 4];
-        outcomes.copy_from_slice(&sums[OUTCOME_0..OUTCOME_0 + 4]);
-        let open_word = sums[ARRIVALS].wrapping_sub(sums[DEPARTURES]);
+        let [departures, closed_us, latency_ns, o0, o1, o2, o3] = self.sums.consistent_sums([
+            DEPARTURES,
+            CLOSED_AREA_US,
+            LATENCY_NS,
+            OUTCOME_0,
+            OUTCOME_0 + 1,
+            OUTCOME_0 + 2,
+            OUTCOME_0 + 3,
+        ]);
+        let [arrivals_word, arrivals] = self.sums.consistent_sums([ARRIVALS, ARRIVED]);
+        let outcomes = [o0, o1, o2, o3];
+        let open_word = arrivals_word.wrapping_sub(departures);
         let in_flight = open_word & COUNT_MAX;
         let started_sum = open_word >> COUNT_BITS;
+        // An arrival stored after `now` was read can start after it: the open area can come out
+        // below zero, which counts as none.
         let open = in_flight.wrapping_mul(now_us).wrapping_sub(started_sum) & TIME_MASK;
         let open = if open >= TIME_HALF { 0 } else { open };
         let completions = outcomes.iter().fold(0u64, |a, &o| a.wrapping_add(o));
@@ -393,10 +443,9 @@ impl Inner {
             snapshot: LittleSnapshot {
                 at: self.epoch.tokio_at(now_ns),
                 at_ns: now_ns,
-                area_us: sums[CLOSED_AREA_US].wrapping_add(open),
-                latency_ns: sums[LATENCY_NS],
-                // Every request that arrived has either completed or is still in flight.
-                arrivals: completions.wrapping_add(in_flight),
+                area_us: closed_us.wrapping_add(open),
+                latency_ns,
+                arrivals,
                 completions,
                 in_flight,
                 capacity: self.capacity,
@@ -406,9 +455,9 @@ impl Inner {
     }
 
     #[inline]
-    fn maybe_publish(&self, now_ns: u64, now_us: u64) {
+    fn maybe_publish(&self, now_ns: u64) {
         self.touch();
-        if now_us >= self.next_publish_us.load(Relaxed) {
+        if now_ns >= self.next_publish_ns.load(Relaxed) {
             self.publish(now_ns);
         }
     }
@@ -416,11 +465,15 @@ impl Inner {
     #[cold]
     fn publish(&self, now_ns: u64) {
         // Whoever holds the lock publishes; the rest move on (their events are in the sums).
-        let Ok(mut published) = self.published.try_lock() else {
-            return;
+        // A lock poisoned by a panic here (a recorder's) holds nothing half-done that matters:
+        // at worst one outcome delta is pushed twice; publishing goes on.
+        let mut published = match self.published.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
         };
-        self.next_publish_us
-            .store(micros(now_ns) + PUBLISH_EVERY_US, Relaxed);
+        self.next_publish_ns
+            .store(now_ns.saturating_add(PUBLISH_EVERY_NS), Relaxed);
         let totals = self.totals(now_ns);
         let snap = &totals.snapshot;
         self.series.in_flight.set(snap.in_flight as f64);
@@ -446,18 +499,22 @@ impl Inner {
     }
 
     #[inline]
-    fn maybe_rotate(&self, now_ns: u64, now_us: u64) {
+    fn maybe_rotate(&self, now_ns: u64) {
         self.touch();
-        if now_us >= self.next_rotation_us.load(Relaxed) {
+        if now_ns >= self.next_rotation_ns.load(Relaxed) {
             self.rotate(now_ns);
         }
     }
 
     #[cold]
     fn rotate(&self, now_ns: u64) {
-        // A rotation is a slow path; whoever holds the lock does it and the rest move on.
-        let Ok(mut rotation) = self.rotation.try_lock() else {
-            return;
+        // A rotation is a slow path; whoever holds the lock does it and the rest move on. The
+        // series are set after the lock is let go, so a recorder that panics cannot poison it;
+        // a poisoned lock is taken anyway (nothing under it is left half-done).
+        let mut rotation = match self.rotation.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
         };
         let window_ns = self.window.as_nanos() as u64;
         if now_ns < rotation.start.at_ns + window_ns {
@@ -465,17 +522,17 @@ impl Inner {
         }
         let snapshot = self.totals(now_ns).snapshot;
         let report = snapshot.since(&rotation.start);
+        rotation.last = Some(report);
+        rotation.start = snapshot;
+        self.next_rotation_ns
+            .store(now_ns.saturating_add(window_ns), Relaxed);
+        drop(rotation);
         self.series
             .average_concurrency
             .set(report.average_concurrency);
         if let Some(u) = report.utilization {
             self.series.utilization.set(u);
         }
-        rotation.last = Some(report);
-        rotation.start = snapshot;
-        self.next_rotation_us
-            .store(micros(now_ns + window_ns), Relaxed);
-        drop(rotation);
         self.publish(now_ns);
     }
 }
@@ -541,26 +598,23 @@ impl InFlight {
         let inner = unsafe { self.inner.as_ref() };
         inner.touch();
         let end_ns = inner.epoch.elapsed_ns();
-        let (start_us, end_us) = (
-            (self.started_ns / 1_000) & TIME_MASK,
-            (end_ns / 1_000) & TIME_MASK,
-        );
-        // The closed area before the departure word: a reading between the two then counts
-        // this request twice for a moment rather than not at all.
+        let (closed_us, latency_ns, end_ns) = closed(self.started_ns, end_ns);
+        // One bracketed write: a reading sees the request in flight or completed, never both
+        // (see `Inner::totals`).
         let shard = shard_index();
-        let word = (start_us << COUNT_BITS) + 1;
-        inner.sums.add_all_at(
+        let word = (micros(self.started_ns) << COUNT_BITS) + 1;
+        inner.sums.add_all_consistent_at(
             shard,
             [
-                (CLOSED_AREA_US, end_us.wrapping_sub(start_us) & TIME_MASK),
-                (LATENCY_NS, end_ns.saturating_sub(self.started_ns)),
-                (OUTCOME_0 + outcome_index, 1),
                 (DEPARTURES, word),
+                (CLOSED_AREA_US, closed_us),
+                (LATENCY_NS, latency_ns),
+                (OUTCOME_0 + outcome_index, 1),
             ],
         );
         let released = inner.sums.at(shard, RELEASED);
-        inner.maybe_rotate(end_ns, end_us);
-        inner.maybe_publish(end_ns, end_us);
+        inner.maybe_rotate(end_ns);
+        inner.maybe_publish(end_ns);
         // The last touch of the state, with `Release`: from here the state may be freed under
         // us, so neither `inner` nor `self.inner` is used again (see `retire.rs`).
         shard::add_release(released, shard, 1);
@@ -654,17 +708,14 @@ impl LittleMeterBuilder {
             capacity: self.capacity,
             window,
             sums: Sharded::default(),
-            next_rotation_us: AtomicU64::new(0),
-            next_publish_us: AtomicU64::new(PUBLISH_EVERY_US),
+            next_rotation_ns: AtomicU64::new(window.as_nanos() as u64),
+            next_publish_ns: AtomicU64::new(PUBLISH_EVERY_NS),
             rotation: Mutex::new(Rotation { start, last: None }),
             published: Mutex::new(Published::default()),
             series,
             #[cfg(all(test, backstop_loom))]
             alive: Alive(loom::cell::UnsafeCell::new(())),
         };
-        inner
-            .next_rotation_us
-            .store(micros(window.as_nanos() as u64), Relaxed);
         let meter = LittleMeter {
             handle: Arc::new(Handle(NonNull::from(Box::leak(Box::new(inner))))),
         };
@@ -764,6 +815,102 @@ mod tests {
             drop(manual("sweeper"));
             assert!(!retire::is_waiting(at));
         }
+    }
+
+    /// A departure whose clock read lands before its arrival's (a core whose counter lags)
+    /// closes no area and no latency; the first version added the wrapped difference, 2^44 µs.
+    /// The manual clock cannot go back, so this tests the function the departure calls.
+    #[test]
+    fn a_departure_read_before_its_arrival_closes_nothing() {
+        assert_eq!(closed(10_000, 7_000), (0, 0, 10_000), "end before start");
+        assert_eq!(closed(10_000, 12_500), (2, 2_500, 12_500));
+        // Across a wrap of the 44-bit µs field: 3 µs, not minus 2^44.
+        let start = TIME_MASK * 1_000;
+        assert_eq!(closed(start, start + 3_000), (3, 3_000, start + 3_000));
+    }
+
+    /// A sum that went back reads as 0, a sum that wrapped as its true difference.
+    #[test]
+    fn a_figure_that_went_back_counts_zero() {
+        assert_eq!(forward(5, 7), 0);
+        assert_eq!(forward(2, u64::MAX - 1), 4, "the sum itself wrapped");
+        let (clock, time) = Clock::manual();
+        let meter = LittleMeter::builder("back").clock(clock).build().unwrap();
+        let _held = meter.start();
+        time.advance(Duration::from_millis(10));
+        let early = meter.snapshot();
+        meter.start().finish(Outcome::Success);
+        time.advance(Duration::from_millis(10));
+        let late = meter.snapshot();
+        let backwards = early.since(&late);
+        assert_eq!(
+            (
+                backwards.arrivals,
+                backwards.completions,
+                backwards.average_concurrency
+            ),
+            (0, 0, 0.0)
+        );
+        assert_eq!(late.since(&early).arrivals, 1);
+    }
+
+    /// A panic under either lock (a recorder's, say) poisons it; rotation and publishing take
+    /// the lock anyway. Before, `try_lock` failed with `Poisoned` forever and both stopped.
+    #[test]
+    fn a_poisoned_lock_stops_neither_rotation_nor_publishing() {
+        let (clock, time) = Clock::manual();
+        let meter = LittleMeter::builder("poison")
+            .window(Duration::from_secs(1))
+            .clock(clock)
+            .build()
+            .unwrap();
+        let inner = meter.inner();
+        std::thread::scope(|s| {
+            let panicked = s
+                .spawn(|| {
+                    let _rotation = inner.rotation.lock();
+                    let _published = inner.published.lock();
+                    panic!("a recorder panics under both locks");
+                })
+                .join();
+            assert!(panicked.is_err());
+        });
+        assert!(inner.rotation.is_poisoned() && inner.published.is_poisoned());
+        time.advance(Duration::from_millis(1_100));
+        meter.start().finish(Outcome::Success);
+        assert!(
+            inner.next_publish_ns.load(Relaxed) > PUBLISH_EVERY_NS,
+            "published"
+        );
+        assert!(
+            inner.next_rotation_ns.load(Relaxed) > 1_000_000_000,
+            "rotated"
+        );
+        assert_eq!(meter.report().completions, 1, "the last window's report");
+    }
+
+    /// Publishing is due by nanoseconds, which do not wrap: the first version kept the due time
+    /// in the 44-bit µs of the area, which wraps every 203 days, and then stopped publishing
+    /// from the request path until the next rotation.
+    #[test]
+    fn publishing_goes_on_across_the_wrap_of_the_area_time() {
+        let (clock, time) = Clock::manual();
+        let meter = LittleMeter::builder("wrap_time")
+            .window(MAX_WINDOW)
+            .clock(clock)
+            .build()
+            .unwrap();
+        let inner = meter.inner();
+        // 1 ms before the µs field wraps.
+        time.advance(Duration::from_micros(TIME_MASK - 1_000));
+        meter.start().finish(Outcome::Success);
+        let before_wrap = inner.next_publish_ns.load(Relaxed);
+        time.advance(Duration::from_millis(200));
+        meter.start().finish(Outcome::Success);
+        assert!(
+            inner.next_publish_ns.load(Relaxed) > before_wrap,
+            "published after the wrap"
+        );
     }
 
     /// The first version compared wrapping sums of the packed `(start << 20) + 1` words, which
