@@ -159,21 +159,22 @@ impl<const N: usize> Default for Counters<N> {
 }
 
 impl<const N: usize> Counters<N> {
-    /// Counters `idx` of this shard as they stood between two bracketed writes: retried while
-    /// a write is in progress or one ended during the read.
+    /// Counters `idx` of this shard as they stood between two bracketed writes, and how many
+    /// such writes it had seen: retried while a write is in progress or one ended during the
+    /// read.
     ///
     /// Why it is consistent: `ended` is read first with `Acquire`, so every write it counts is
     /// seen whole; a counter value written by a later write is seen only with that write's
     /// `begun` increment (its writer's release fence, this read's acquire fence), so `begun`
     /// then counts it too and differs from `ended`. Equal, they prove no later write was seen.
-    fn read_consistent<const K: usize>(&self, idx: [usize; K]) -> [u64; K] {
+    fn read_consistent<const K: usize>(&self, idx: [usize; K]) -> ([u64; K], u64) {
         let mut tries = 0u32;
         loop {
             let ended = self.ended.load(Acquire);
             let values = idx.map(|i| self.counts[i].load(Relaxed));
             fence(Acquire);
             if self.begun.load(Relaxed) == ended {
-                return values;
+                return (values, ended);
             }
             tries += 1;
             // A writer is a few ns inside its bracket, unless it was preempted there (or, on the
@@ -294,17 +295,25 @@ impl<const N: usize> Sharded<N> {
     }
 
     /// Counters `idx` summed over the shards (wrapping), each shard read between two of its
-    /// bracketed writes ([`add_all_consistent_at`](Self::add_all_consistent_at)). Not one instant
-    /// across shards: a shard read later may hold later writes. A writer preempted inside its
-    /// bracket holds the reader until it runs again.
-    pub(crate) fn consistent_sums<const K: usize>(&self, idx: [usize; K]) -> [u64; K] {
+    /// bracketed writes ([`add_all_consistent_at`](Self::add_all_consistent_at)), and how many
+    /// bracketed writes each shard had seen then. Not one instant across shards: a shard read
+    /// later may hold later writes (two reads whose write counts are equal prove that no write
+    /// landed between them). A writer preempted inside its bracket holds the reader until it
+    /// runs again.
+    pub(crate) fn consistent_sums<const K: usize>(
+        &self,
+        idx: [usize; K],
+    ) -> ([u64; K], [u64; SHARDS]) {
         let mut out = [0u64; K];
-        for shard in &self.0 {
-            for (sum, v) in out.iter_mut().zip(shard.read_consistent(idx)) {
+        let mut writes = [0u64; SHARDS];
+        for (shard, w) in self.0.iter().zip(&mut writes) {
+            let (values, ended) = shard.read_consistent(idx);
+            for (sum, v) in out.iter_mut().zip(values) {
                 *sum = sum.wrapping_add(v);
             }
+            *w = ended;
         }
-        out
+        (out, writes)
     }
 
     /// Every counter, summed over the shards (wrapping).
@@ -359,7 +368,7 @@ mod tests {
             s.spawn(|| {
                 let mut last = 0;
                 while !stop.load(Relaxed) {
-                    let [a, b] = counts.consistent_sums([0, 1]);
+                    let [a, b] = counts.consistent_sums([0, 1]).0;
                     assert_eq!(a, b, "half a write seen");
                     assert!(a >= last, "a sum went back");
                     last = a;
@@ -371,7 +380,7 @@ mod tests {
             stop.store(true, Relaxed);
         });
         let all = (SHARDS as u64 + 2) * per;
-        assert_eq!(counts.consistent_sums([0, 1]), [all, all]);
+        assert_eq!(counts.consistent_sums([0, 1]).0, [all, all]);
     }
 
     #[test]
