@@ -1,4 +1,8 @@
-//! A loom model of the meter's retirement (`retire.rs`): loom runs every interleaving (up to
+//! Loom models of the meter. The last two race a snapshot against a departure (see
+//! `snapshot_race`): removing the reader's check of the shard's bracket (`Counters::
+//! read_consistent`) fails both at once (tried, put back).
+//!
+//! The first ones model the meter's retirement (`retire.rs`): loom runs every interleaving (up to
 //! its preemption bound) of real [`LittleMeter`] guards departing on their own threads while
 //! the meter's last handle is dropped, and checks that the state is freed only after every
 //! guard's last read of it, once, and at the latest by the next sweep.
@@ -98,5 +102,49 @@ fn departures_on_the_shared_shard_race_the_retirement() {
         tb.join().unwrap();
         last.join().unwrap();
         after_everything(at);
+    });
+}
+
+/// A snapshot racing a departure on another thread (the request arrived on the model's main
+/// thread): on a clock that stands at 50 ms the request's area is 50 ms whether the snapshot
+/// sees it in flight or completed (an average concurrency of 1), so any reading that sees half
+/// of the departure, or the departure without the arrival, reads another area or another count.
+/// (The first snapshot read the departure's words one by one and could count it both ways: 2.)
+#[test]
+fn a_snapshot_racing_a_departure_sees_it_whole() {
+    snapshot_race(false);
+}
+
+/// The same on the shared shard, whose writers bracket with `fetch_add`s.
+#[test]
+fn a_snapshot_racing_a_departure_on_the_shared_shard_sees_it_whole() {
+    snapshot_race(true);
+}
+
+fn snapshot_race(shared: bool) {
+    model(move || {
+        let (clock, time) = Clock::manual();
+        let meter = LittleMeter::builder("loom_snapshot")
+            .clock(clock)
+            .build()
+            .unwrap();
+        let base = meter.snapshot();
+        let guard = meter.start();
+        // 50 ms: before the first publication is due (100 ms), so the departure does not
+        // publish, which would multiply the model by a second snapshot.
+        time.advance(std::time::Duration::from_millis(50));
+        let t = thread::spawn(move || {
+            if shared {
+                shard::use_shared_shard();
+            }
+            guard.finish(Outcome::Success);
+        });
+        let report = meter.snapshot().since(&base);
+        assert_eq!(report.average_concurrency, 1.0, "{report:?}");
+        assert_eq!(report.arrivals, 1);
+        assert_eq!(report.completions + report.in_flight, 1, "{report:?}");
+        t.join().unwrap();
+        let report = meter.snapshot().since(&base);
+        assert_eq!((report.completions, report.in_flight), (1, 0));
     });
 }

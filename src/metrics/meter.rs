@@ -75,11 +75,12 @@ const RELEASED: usize = 9;
 ///
 /// A snapshot is consistent: it reads each shard between two events of that shard, every
 /// shard's departures before any arrivals (so a request that moved threads is never seen
-/// departed but not arrived), and counts arrivals on their own. What it cannot see is an event
-/// that has read the clock but not yet stored: such a request counts as in flight (or not yet
-/// arrived) up to the snapshot's time, so two snapshots can disagree by that event's few
-/// nanoseconds (more if its thread is preempted there); [`LittleSnapshot::since`] reads a
-/// figure that went back as 0, never as a wrapped one.
+/// departed but not arrived), and is one instant of the whole meter unless events keep landing
+/// during the read (then the closest of 4 tries). What no reading can see is an event that has
+/// read the clock but not yet stored: such a departure counts as in flight up to the snapshot's
+/// time, so the next snapshot can be lower by that event's few nanoseconds (more if its thread
+/// is preempted there); [`LittleSnapshot::since`] reads a figure that went back as 0, never as a
+/// wrapped one.
 ///
 /// ```
 /// use backstop::metrics::LittleMeter;
