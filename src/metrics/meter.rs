@@ -594,7 +594,7 @@ impl Drop for Inner {
 /// One request in flight through a [`LittleMeter`]; records its departure when finished or
 /// dropped.
 pub struct InFlight {
-    /// The meter's state: valid until this guard's departure is stored (see `retire.rs`).
+    /// The meter's state: valid until this guard's release is stored (see `retire.rs`).
     inner: NonNull<Inner>,
     /// Nanoseconds since the meter's epoch at the arrival.
     started_ns: u64,
@@ -629,8 +629,8 @@ impl InFlight {
     #[inline]
     fn depart(&mut self, outcome_index: usize) {
         self.finished = true;
-        // SAFETY: the state lives until this guard's departure word is in (see `retire.rs`);
-        // `inner` is not used after that store.
+        // SAFETY: the state lives until this guard's release is stored (see `retire.rs`), and
+        // this is the guard's one departure (`finished`); `inner` is not used after that store.
         let inner = unsafe { self.inner.as_ref() };
         inner.touch();
         let end_ns = inner.epoch.elapsed_ns();
