@@ -429,8 +429,10 @@ impl Inner {
     /// holds read the clock before, every event it lacks stores after (only a departure caught
     /// between its own clock read and its store is then counted in flight a little too long).
     /// Else it tries again, up to `CUT_TRIES` times, and keeps the reading with the fewest events
-    /// between its passes: one that arrived and departed there counts as in flight (from a
-    /// start that can be after the clock read, so the open area can come out a little low).
+    /// between its passes, timed by a clock read before its first pass: a request that arrived
+    /// there counts as in flight from a start after that time (the open area a little low), and
+    /// no departure counts as in flight past its end, so the next reading never goes back for
+    /// it (a test on 3 loaded processes caught readings timed between the passes going back).
     fn totals(&self) -> Totals {
         let mut best = self.try_totals();
         for _ in 1..CUT_TRIES {
@@ -447,6 +449,7 @@ impl Inner {
 
     /// One reading (see `totals`), and how many events landed between its two passes.
     fn try_totals(&self) -> (u64, Totals) {
+        let early_ns = self.epoch.elapsed_ns();
         let ([departures, closed_us, latency_ns, o0, o1, o2, o3], before) =
             self.sums.consistent_sums([
                 DEPARTURES,
@@ -457,12 +460,17 @@ impl Inner {
                 OUTCOME_0 + 2,
                 OUTCOME_0 + 3,
             ]);
-        let now_ns = self.epoch.elapsed_ns();
+        let cut_ns = self.epoch.elapsed_ns();
         let ([arrivals_word, arrivals], after) = self.sums.consistent_sums([ARRIVALS, ARRIVED]);
         let between = before
             .iter()
             .zip(after)
             .fold(0u64, |n, (b, a)| n.wrapping_add(a.wrapping_sub(*b)));
+        // Not one instant: a departure stored between the first pass and `cut_ns` would count
+        // as in flight until `cut_ns`, past its end, and the next reading would be lower. The
+        // time before the first pass errs the other way only: what the passes saw arrive after
+        // it adds less open area than it will (a reading low, never one that goes back for it).
+        let now_ns = if between == 0 { cut_ns } else { early_ns };
         let outcomes = [o0, o1, o2, o3];
         let open_word = arrivals_word.wrapping_sub(departures);
         let in_flight = open_word & COUNT_MAX;
