@@ -24,7 +24,9 @@ use crate::error::{ConfigError, check};
 // epoch). The difference of the two sums, wrapping, holds the requests in flight in its low
 // bits and Σ start of those in flight (mod 2^44) above them, so the area under the in-flight
 // curve at `now` is Σ(completed latencies) + in_flight·now − Σ(start of those in flight), exact
-// as long as fewer than 2^20 are in flight and their open area is under 2^43 µs.
+// as long as fewer than 2^20 are in flight and their open area is under 2^43 µs. Each event's
+// adds are one bracketed write (`Sharded::add_all_consistent_at`), so a reading sees a
+// departure's word, closed area, latency and outcome together or not at all.
 const COUNT_BITS: u32 = 20;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
 const TIME_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
@@ -33,8 +35,6 @@ const TIME_HALF: u64 = 1 << (64 - COUNT_BITS - 1);
 // The longest window: far inside the 44-bit µs range (about 203 days), so the end of a window
 // is never confused with a wrapped time.
 const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
-// Each event's adds are one bracketed write (`Sharded::add_all_consistent_at`), so a reading
-// sees a departure's word, closed area, latency and outcome together or not at all.
 // How often the series are pushed to the `metrics` recorder from the meter's own sums: a
 // facade call per request would cost more than the meter itself (and contend across threads).
 const PUBLISH_EVERY_NS: u64 = 100_000_000;
