@@ -234,12 +234,19 @@ fn invalid_configs_name_the_field() {
 #[test]
 fn threads_on_their_own_shards_lose_no_event() {
     // Each thread lands on its own shard of sums; a snapshot adds the shards up.
-    let meter = LittleMeter::builder("threads").build().unwrap();
+    let builder = LittleMeter::builder("threads");
+    // Under Miri: no CPU counter there, and fewer requests (each event is interpreted).
+    let (builder, per_thread) = if cfg!(miri) {
+        (builder.clock(backstop::clock::Clock::manual().0), 50)
+    } else {
+        (builder, 5_000)
+    };
+    let meter = builder.build().unwrap();
     let before = meter.snapshot();
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
-                for i in 0..5_000 {
+                for i in 0..per_thread {
                     let guard = meter.start();
                     if i % 2 == 0 {
                         guard.finish(Outcome::Success);
@@ -251,8 +258,8 @@ fn threads_on_their_own_shards_lose_no_event() {
         }
     });
     let report = meter.snapshot().since(&before);
-    assert_eq!(report.arrivals, 20_000);
-    assert_eq!(report.completions, 20_000);
+    assert_eq!(report.arrivals, 4 * per_thread);
+    assert_eq!(report.completions, 4 * per_thread);
     assert_eq!(report.in_flight, 0);
     assert_eq!(meter.in_flight(), 0);
 }
@@ -328,6 +335,10 @@ fn a_meter_on_a_manual_clock_measures_exactly() {
 /// time (the trap the docs name), one built after it, or given `Clock::tokio()`, sees the
 /// test's `advance`.
 #[tokio::test]
+#[cfg_attr(
+    miri,
+    ignore = "the CPU's counter (cpuid, rdtsc) is not there under Miri"
+)]
 async fn the_default_clock_follows_a_pause_only_when_built_after_it() {
     use backstop::clock::Clock;
     let before_pause = LittleMeter::builder("before").build().unwrap();
@@ -345,4 +356,183 @@ async fn the_default_clock_follows_a_pause_only_when_built_after_it() {
     assert_eq!(latency(&after_pause), Duration::from_secs(3600));
     let real = latency(&before_pause);
     assert!(real < Duration::from_secs(60), "{real:?}");
+}
+
+/// The area a reading reports since `base` (taken at the epoch), in whole µs: recovered from
+/// the average concurrency, exact while the area is below 2^53 µs.
+fn area_us(report: &backstop::metrics::LittleReport) -> u64 {
+    (report.average_concurrency * report.interval.as_secs_f64() * 1e6).round() as u64
+}
+
+/// Snapshots taken while requests depart on another thread than the one they arrived on are
+/// exact and never go back. (The first meter read a departure's words one by one: a snapshot
+/// between them counted the request in flight *and* completed, the next one counted it once,
+/// and `since` wrapped the difference: 2^64 − 1 arrivals, ~1.8e13 average concurrency.)
+///
+/// The departing thread is the only one that moves the manual clock, by 1 µs after each
+/// departure, so departure `k` ends at 1 s + k µs, and a reading that has seen `c` departures
+/// at `now` must report exactly c·1 s + c(c − 1)/2 µs closed plus (N − c)·now open. The
+/// requests arrived on the test's thread: a departure seen without its arrival would show as
+/// a wrapped in-flight count.
+#[test]
+fn snapshots_racing_departures_are_exact_and_never_go_back() {
+    use backstop::clock::Clock;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let n: u64 = if cfg!(miri) { 100 } else { 20_000 };
+    let (clock, time) = Clock::manual();
+    let meter = LittleMeter::builder("racing_departures")
+        .window(Duration::from_secs(24 * 3600))
+        .clock(clock)
+        .build()
+        .unwrap();
+    let base = meter.snapshot();
+    let guards: Vec<_> = (0..n).map(|_| meter.start()).collect();
+    time.advance(Duration::from_secs(1));
+    let done = AtomicBool::new(false);
+    let (mut readings, mut seen_mid_race) = (0u64, 0u64);
+    let mut prev = meter.snapshot();
+    let (mut prev_area, mut prev_completions) = (area_us(&prev.since(&base)), 0u64);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for (k, g) in guards.into_iter().enumerate() {
+                g.finish(Outcome::Success);
+                time.advance(Duration::from_micros(1));
+                // On a loaded box, let the reader in now and then so that the two overlap.
+                if k % 1024 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            done.store(true, Relaxed);
+        });
+        loop {
+            let finished = done.load(Relaxed);
+            let cur = meter.snapshot();
+            let total = cur.since(&base);
+            let step = cur.since(&prev);
+            let (c, now_us) = (total.completions, total.interval.as_micros() as u64);
+            readings += 1;
+            if c > 0 && c < n {
+                seen_mid_race += 1;
+            }
+            assert_eq!(total.arrivals, n, "reading {readings}: arrivals");
+            assert_eq!(
+                step.arrivals, 0,
+                "reading {readings}: no arrival after the set-up"
+            );
+            assert_eq!(
+                total.in_flight + c,
+                n,
+                "reading {readings}: in flight + completed"
+            );
+            let exact = c * 1_000_000 + c * c.saturating_sub(1) / 2 + (n - c) * now_us;
+            let area = area_us(&total);
+            assert_eq!(
+                area, exact,
+                "reading {readings}: {c} completed at {now_us} µs"
+            );
+            assert!(
+                area >= prev_area && c >= prev_completions,
+                "reading {readings} went back: area {prev_area} -> {area} µs, completions \
+                 {prev_completions} -> {c}"
+            );
+            if step.interval > Duration::ZERO {
+                assert_eq!(
+                    area_us(&step),
+                    area - prev_area,
+                    "reading {readings}: a step"
+                );
+            }
+            (prev, prev_area, prev_completions) = (cur, area, c);
+            if finished {
+                break;
+            }
+        }
+    });
+    assert_eq!(prev_completions, n);
+    eprintln!("{readings} readings, {seen_mid_race} during the departures");
+}
+
+/// The same race on the shard that threads past the seventh share (`fetch_add`s, two writers
+/// at once), with arrivals racing too, on a clock that stands still: every request that
+/// arrived at 0 has run 1 s whether it is still in flight or done, and those that arrive and
+/// depart during the race take no time, so every reading's area is exactly N s, its arrivals
+/// are exactly its completions plus its requests in flight, and neither count goes back.
+#[test]
+fn snapshots_racing_the_shared_shard_are_exact() {
+    use backstop::clock::Clock;
+    use std::sync::Barrier;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let n: u64 = if cfg!(miri) { 100 } else { 20_000 };
+    let (clock, time) = Clock::manual();
+    let meter = LittleMeter::builder("racing_shared")
+        .clock(clock)
+        .build()
+        .unwrap();
+    let base = meter.snapshot();
+    let mut guards: Vec<_> = (0..n).map(|_| meter.start()).collect();
+    let halves = [guards.split_off(n as usize / 2), guards];
+    time.advance(Duration::from_secs(1));
+    // Seven threads that count once and stay: they hold every owned shard that is free, so
+    // the departing threads that come after them share the last one.
+    let (hold, release) = (Barrier::new(8), Barrier::new(8));
+    let running = AtomicUsize::new(2);
+    let (mut readings, mut prev) = (0u64, (0u64, 0u64));
+    std::thread::scope(|s| {
+        for _ in 0..7 {
+            s.spawn(|| {
+                meter.start().finish(Outcome::Success);
+                hold.wait();
+                release.wait();
+            });
+        }
+        hold.wait();
+        for half in halves {
+            let (meter, running) = (&meter, &running);
+            s.spawn(move || {
+                for (i, g) in half.into_iter().enumerate() {
+                    if i % 2 == 0 {
+                        g.finish(Outcome::Success);
+                    } else {
+                        drop(g);
+                    }
+                    meter.start().finish(Outcome::Final);
+                }
+                running.fetch_sub(1, Relaxed);
+            });
+        }
+        // An assertion that fails must still let the seven threads go, or the scope waits on
+        // them for ever.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            loop {
+                let finished = running.load(Relaxed) == 0;
+                let total = meter.snapshot().since(&base);
+                readings += 1;
+                assert_eq!(total.interval, Duration::from_secs(1));
+                assert_eq!(
+                    total.average_concurrency, n as f64,
+                    "reading {readings}: the area of N requests of 1 s"
+                );
+                assert_eq!(
+                    total.arrivals,
+                    total.completions + total.in_flight,
+                    "reading {readings}"
+                );
+                assert!(
+                    total.arrivals >= prev.0 && total.completions >= prev.1,
+                    "reading {readings} went back: {total:?}"
+                );
+                prev = (total.arrivals, total.completions);
+                if finished {
+                    break;
+                }
+            }
+        }));
+        release.wait();
+        if let Err(panic) = checked {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    let total = meter.snapshot().since(&base);
+    assert_eq!((total.arrivals, total.in_flight), (2 * n + 7, 0));
+    eprintln!("{readings} readings");
 }

@@ -5,6 +5,10 @@ use crate::classify::DefaultClassifier;
 
 /// Measures every request that passes with a [`LittleMeter`]; see the [module docs](super).
 ///
+/// The meter reads its own [`Clock`](crate::clock::Clock); in a test, build it after
+/// `tokio::time::pause()` (or give it [`Clock::tokio`](crate::clock::Clock::tokio)), or it keeps
+/// real time and the test's `advance` does not move it.
+///
 /// Outcomes are read through a [`Classify`](crate::classify::Classify): by default
 /// [`DefaultClassifier`], so an `http::Response` counts as HTTP says (a 429, or a 503 with
 /// `Retry-After`, is an overload; a 5xx an error).

@@ -21,6 +21,10 @@
 //! meter and token bucket) or [`LittleMeter::publish`] before a scrape for figures exact to the
 //! last request.
 //!
+//! In a test, build the meter after `tokio::time::pause()` (or give it
+//! [`Clock::tokio`](crate::clock::Clock::tokio)): its default clock, chosen at build, is the
+//! CPU's counter outside a paused runtime, which the test's `advance` does not move.
+//!
 //! # When to use it
 //! Outermost in a client or server stack, to see what the callers see; and around any resource
 //! whose capacity you know (a connection pool, a lock, a worker pool), to see its headroom.
@@ -53,6 +57,8 @@
 
 mod future;
 mod layer;
+#[cfg(all(test, backstop_loom))]
+mod loom_model;
 mod meter;
 pub mod names;
 pub(crate) mod publish;
