@@ -294,7 +294,7 @@ fn tower_timeout<R: Send + 'static>() -> impl Service<R, Error = BoxError> {
     tower::timeout::TimeoutLayer::new(TIMEOUT).layer(leaf::<R>())
 }
 
-fn tower_limit() -> impl Service<Req, Error = BoxError> {
+fn tower_limit() -> impl Service<Req, Error = BoxError> + Clone + Send {
     ServiceBuilder::new()
         .load_shed()
         .concurrency_limit(LIMIT)
@@ -603,11 +603,8 @@ fn two_thread_rows(rt: &Runtime) {
             let ours = BackpressureLayer::new("ratios_backpressure_2t", LIMIT, 0)
                 .unwrap()
                 .layer(leaf::<Req>());
-            let base = ServiceBuilder::new()
-                .load_shed()
-                .concurrency_limit(LIMIT)
-                .service(leaf::<Req>());
             // tower's ConcurrencyLimit shares its semaphore between clones, as the gate is shared.
+            let base = tower_limit();
             (
                 "backpressure",
                 "tower ConcurrencyLimit + LoadShed",
@@ -622,10 +619,7 @@ fn two_thread_rows(rt: &Runtime) {
                 .build()
                 .unwrap()
                 .layer(leaf::<Req>());
-            let base = ServiceBuilder::new()
-                .load_shed()
-                .concurrency_limit(LIMIT)
-                .service(leaf::<Req>());
+            let base = tower_limit();
             (
                 "lifo queue",
                 "tower ConcurrencyLimit + LoadShed",
