@@ -5,13 +5,14 @@ use std::ptr::NonNull;
 #[cfg(not(all(test, backstop_loom)))]
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, counter, gauge};
 use tokio::time::Instant;
 
 use super::names;
+use super::publish;
 use super::retire;
 use super::shard::{self, Sharded, shard_index};
 use crate::classify::Outcome;
@@ -509,12 +510,8 @@ impl Inner {
     #[cold]
     fn publish(&self, now_ns: u64) {
         // Whoever holds the lock publishes; the rest move on (their events are in the sums).
-        // A lock poisoned by a panic here (a recorder's) holds nothing half-done that matters:
-        // at worst one outcome delta is pushed twice; publishing goes on.
-        let mut published = match self.published.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+        let Some(mut published) = publish::try_lock_or_skip(&self.published) else {
+            return;
         };
         self.next_publish_ns
             .store(now_ns.saturating_add(PUBLISH_EVERY_NS), Relaxed);
@@ -523,19 +520,11 @@ impl Inner {
         self.series.in_flight.set(snap.in_flight as f64);
         self.series.latency_sum.set(snap.latency_ns as f64 / 1e9);
         self.series.area.set(snap.area_us as f64 / 1e6);
-        for ((counter, last), now) in self
-            .series
-            .outcomes
-            .iter()
-            .zip(&mut published.outcomes)
-            .zip(totals.outcomes)
-        {
-            let delta = now.wrapping_sub(*last);
-            if delta > 0 {
-                counter.increment(delta);
-                *last = now;
-            }
-        }
+        publish::push_counts(
+            &self.series.outcomes,
+            &mut published.outcomes,
+            totals.outcomes,
+        );
         drop(published);
         // A retired meter whose last departure missed the list is freed here at the latest
         // (see `retire.rs`): this runs every 100 ms of any live meter's traffic.
@@ -553,12 +542,9 @@ impl Inner {
     #[cold]
     fn rotate(&self, now_ns: u64) {
         // A rotation is a slow path; whoever holds the lock does it and the rest move on. The
-        // series are set after the lock is let go, so a recorder that panics cannot poison it;
-        // a poisoned lock is taken anyway (nothing under it is left half-done).
-        let mut rotation = match self.rotation.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+        // series are set after the lock is let go, so a recorder that panics cannot poison it.
+        let Some(mut rotation) = publish::try_lock_or_skip(&self.rotation) else {
+            return;
         };
         let window_ns = self.window.as_nanos() as u64;
         if now_ns < rotation.start.at_ns + window_ns {

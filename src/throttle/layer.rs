@@ -16,6 +16,7 @@ use super::store::QuotaStore;
 use crate::context::{ByCriticality, Criticality, SameCriticality};
 use crate::error::{BoxError, ConfigError, OverloadReason, Overloaded, check};
 use crate::metrics::names;
+use crate::metrics::publish;
 use crate::metrics::shard::Sharded;
 
 /// Throttles whole clients: sheds the fraction of clients a [`ShedFraction`] asks for and
@@ -184,7 +185,7 @@ impl<K> ThrottleLayerBuilder<K> {
         )?;
         let series = Series::register(&self.name);
         let weak = Arc::downgrade(&series);
-        crate::metrics::publish::register(move || weak.upgrade().map(|s| s.publish()).is_some());
+        publish::register(move || weak.upgrade().map(|s| s.publish()).is_some());
         let timed = self.quotas.as_ref().is_some_and(|q| q.now().is_some());
         Ok(ThrottleLayer {
             policy: Arc::new(Policy {
@@ -283,21 +284,10 @@ impl Series {
     /// Adds to each series what was counted since the last publication.
     fn publish(&self) {
         // Whoever holds the lock publishes; the rest move on (their counts are in the shards).
-        // A recorder that panicked mid-publication leaves the lock poisoned, not the counts
-        // wrong: publishing goes on.
-        let mut published = match self.published.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
+        let Some(mut published) = publish::try_lock_or_skip(&self.published) else {
+            return;
         };
-        let now = self.counts.sums();
-        for ((counter, last), now) in self.counters.iter().zip(published.iter_mut()).zip(now) {
-            let delta = now.wrapping_sub(*last);
-            if delta > 0 {
-                counter.increment(delta);
-                *last = now;
-            }
-        }
+        publish::push_counts(&self.counters, &mut *published, self.counts.sums());
     }
 }
 

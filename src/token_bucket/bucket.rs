@@ -21,6 +21,7 @@ use crate::classify::Outcome;
 use crate::clock::{Clock, Epoch};
 use crate::error::{ConfigError, check};
 use crate::metrics::names;
+use crate::metrics::publish;
 use crate::metrics::shard::Sharded;
 
 // The state word: in the low 36 bits a time `at` in milliseconds since the bucket was built
@@ -393,21 +394,14 @@ impl TokenBucket {
 
     #[cold]
     fn publish_at(&self, now: u64) {
-        let Ok(mut published) = self.inner.published.try_lock() else {
+        let Some(mut published) = publish::try_lock_or_skip(&self.inner.published) else {
             return;
         };
         self.inner
             .next_publish_ms
             .store(now + PUBLISH_EVERY_MS, Ordering::Relaxed);
-        let sums = self.inner.counts.sums();
         let counters = [&self.inner.series.acquired, &self.inner.series.denied];
-        for ((counter, last), sum) in counters.into_iter().zip(published.iter_mut()).zip(sums) {
-            let delta = sum.wrapping_sub(*last);
-            if delta > 0 {
-                counter.increment(delta);
-                *last = sum;
-            }
-        }
+        publish::push_counts(counters, &mut *published, self.inner.counts.sums());
         self.inner.series.tokens.set(self.tokens());
     }
 
